@@ -1,0 +1,385 @@
+"""Bounded, strict msgpack codec for the wire types of `protocol.messages`.
+
+`decode` is the only door into a process: whatever the bytes, it returns a fully validated
+message or raises `ProtocolError` with a short machine-readable `reason` (the dead-letter
+reason). The size is checked before unpacking, msgpack runs with explicit length limits,
+`strict_map_key`, and an ext hook that refuses; nesting deeper than any message needs, non
+string keys, unknown versions, types or fields, mistyped or missing fields, per-token arrays
+whose lengths disagree, and token ids outside the vocabulary are all refused. No pickle.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import sys
+import typing
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from protocol.messages import (
+    MESSAGE_TYPES,
+    SCHEMA_VERSION,
+    AdapterPointer,
+    Message,
+    ResetRequest,
+    Sample,
+    Trajectory,
+)
+
+MAX_DEPTH = 4  # deepest legal message: map -> lora_config map -> list -> scalar
+_HEADER = ("v", "type")
+_I32 = np.dtype("<i4")
+_F32 = np.dtype("<f4")
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted. `reason` is a short machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class CodecLimits:
+    """What a decoder accepts."""
+
+    max_bytes: int = 16 * 1024 * 1024
+    """Largest encoded message, checked before unpacking."""
+    vocab_size: int | None = None
+    """When known, every token id must lie in [0, vocab_size)."""
+
+
+DEFAULT_LIMITS = CodecLimits()
+
+
+# ---------------------------------------------------------------- field schemas
+
+
+@functools.cache
+def _schema(cls: type) -> tuple[tuple[str, str], ...]:
+    """(field name, wire kind) for each field of a message class, from its annotations."""
+    hints = typing.get_type_hints(
+        cls, include_extras=True, globalns=vars(sys.modules[cls.__module__])
+    )
+    out = []
+    for f in dataclasses.fields(cls):
+        out.append((f.name, _kind(hints[f.name])))
+    return tuple(out)
+
+
+def _kind(hint: Any) -> str:
+    if typing.get_origin(hint) is typing.Annotated:
+        return typing.get_args(hint)[1]  # "i32" or "f32"
+    if hint in (int, float, str, dict):
+        return hint.__name__
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is typing.Literal:
+        return "str"
+    if type(None) in args:  # X | None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _kind(inner) + "?"
+    if hint == list[str]:
+        return "strs"
+    if hint == list[tuple[int, int]]:
+        return "spans"
+    raise TypeError(f"no wire kind for {hint!r}")
+
+
+# ---------------------------------------------------------------- encode
+
+
+def encode(msg: Message) -> bytes:
+    """Message -> msgpack bytes (per-token arrays packed as little-endian binary)."""
+    out: dict[str, Any] = {"v": SCHEMA_VERSION, "type": msg.TYPE}
+    for name, kind in _schema(type(msg)):
+        value = getattr(msg, name)
+        if kind == "i32":
+            value = np.asarray(value, dtype=_I32).tobytes()
+        elif kind == "f32":
+            value = np.asarray(value, dtype=_F32).tobytes()
+        elif kind == "spans":
+            value = [[int(a), int(b)] for a, b in value]
+        out[name] = value
+    return msgpack.packb(out, use_bin_type=True)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
+    """msgpack bytes -> validated message; raises ProtocolError for anything else."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ProtocolError("bad_input", f"expected bytes, got {type(raw).__name__}")
+    if len(raw) > limits.max_bytes:
+        raise ProtocolError("too_large", f"{len(raw)} bytes > cap {limits.max_bytes}")
+    obj = _unpack(raw, limits.max_bytes)
+    if not isinstance(obj, dict):
+        raise ProtocolError("not_a_map", type(obj).__name__)
+    _check_depth(obj, 1)
+    v = obj.get("v")
+    if v != SCHEMA_VERSION or type(v) is not int:
+        raise ProtocolError("unknown_version", repr(v)[:40])
+    cls = MESSAGE_TYPES.get(obj.get("type")) if isinstance(obj.get("type"), str) else None
+    if cls is None:
+        raise ProtocolError("unknown_type", repr(obj.get("type"))[:40])
+    schema = _schema(cls)
+    extra = set(obj) - {n for n, _ in schema} - set(_HEADER)
+    if extra:
+        raise ProtocolError("unexpected_field", ",".join(sorted(map(str, extra)))[:80])
+    values = {name: _field(obj, name, kind, limits) for name, kind in schema}
+    msg = cls(**values)
+    _check_invariants(msg)
+    return msg
+
+
+def _unpack(raw: bytes, cap: int) -> Any:
+    def refuse_ext(code: int, data: bytes) -> Any:
+        raise ProtocolError("ext_type", f"ext code {code}")
+
+    try:
+        return msgpack.unpackb(
+            raw,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            ext_hook=refuse_ext,
+            max_bin_len=cap,
+            max_str_len=cap,
+            max_array_len=cap,
+            max_map_len=cap,
+            max_ext_len=0,
+        )
+    except ProtocolError:
+        raise
+    except UnicodeDecodeError as e:
+        raise ProtocolError("bad_utf8", str(e)[:80]) from None
+    except msgpack.ExtraData:
+        raise ProtocolError("trailing_data") from None
+    except msgpack.exceptions.StackError:
+        raise ProtocolError("too_deep", "msgpack nesting limit") from None
+    except (ValueError, TypeError, msgpack.UnpackException, RecursionError) as e:
+        # msgpack reports truncation, bad headers, over-limit lengths, non-str keys and its
+        # own stack limit all as ValueError subclasses; the message says which.
+        text = str(e)
+        if "Unpack failed: incomplete input" in text or "insufficient" in text.lower():
+            raise ProtocolError("truncated", text[:80]) from None
+        if "map key" in text:
+            raise ProtocolError("bad_key", text[:80]) from None
+        if "max_ext_len" in text:
+            raise ProtocolError("ext_type", text[:80]) from None
+        if "exceeds max_" in text:
+            raise ProtocolError("too_large", text[:80]) from None
+        raise ProtocolError("bad_msgpack", text[:80]) from None
+
+
+def _check_depth(obj: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise ProtocolError("too_deep", f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if not isinstance(k, str):
+                raise ProtocolError("bad_key", f"non-string key {type(k).__name__}")
+            if isinstance(v, dict | list):
+                _check_depth(v, depth + 1)
+    elif isinstance(obj, list):
+        for v in obj:
+            if isinstance(v, dict | list):
+                _check_depth(v, depth + 1)
+
+
+def _field(obj: dict, name: str, kind: str, limits: CodecLimits) -> Any:
+    if name not in obj:
+        raise ProtocolError("missing_field", name)
+    value = obj[name]
+    if kind.endswith("?"):
+        if value is None:
+            return None
+        kind = kind[:-1]
+    check = _CHECKS[kind]
+    try:
+        return check(value, limits)
+    except ProtocolError as e:
+        raise ProtocolError(e.reason, f"{name}: {e.detail}") from None
+
+
+def _int(value: Any, limits: CodecLimits) -> int:
+    if type(value) is not int:
+        raise ProtocolError("bad_field_type", f"expected int, got {type(value).__name__}")
+    return value
+
+
+def _float(value: Any, limits: CodecLimits) -> float:
+    if type(value) not in (float, int):
+        raise ProtocolError("bad_field_type", f"expected float, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ProtocolError("bad_value", "not finite")
+    return float(value)
+
+
+def _str(value: Any, limits: CodecLimits) -> str:
+    if type(value) is not str:
+        raise ProtocolError("bad_field_type", f"expected str, got {type(value).__name__}")
+    return value
+
+
+def _strs(value: Any, limits: CodecLimits) -> list[str]:
+    if type(value) is not list or any(type(s) is not str for s in value):
+        raise ProtocolError("bad_field_type", "expected a list of str")
+    return value
+
+
+def _config(value: Any, limits: CodecLimits) -> dict:
+    if type(value) is not dict:
+        raise ProtocolError("bad_field_type", f"expected map, got {type(value).__name__}")
+    for v in value.values():
+        items = v if type(v) is list else [v]
+        if any(x is not None and type(x) not in (int, float, str, bool) for x in items):
+            raise ProtocolError(
+                "bad_field_type", "config values must be scalars or lists of scalars"
+            )
+    return value
+
+
+def _spans(value: Any, limits: CodecLimits) -> list[tuple[int, int]]:
+    if type(value) is not list:
+        raise ProtocolError("bad_field_type", "expected a list of [start, end]")
+    out = []
+    for span in value:
+        if type(span) is not list or len(span) != 2 or any(type(x) is not int for x in span):
+            raise ProtocolError("bad_field_type", "expected a list of [start, end]")
+        out.append((span[0], span[1]))
+    return out
+
+
+def _array(value: Any, dtype: np.dtype) -> np.ndarray:
+    if type(value) is not bytes:
+        raise ProtocolError(
+            "bad_field_type", f"expected {dtype.str} bytes, got {type(value).__name__}"
+        )
+    if len(value) % dtype.itemsize:
+        raise ProtocolError(
+            "bad_length", f"{len(value)} bytes is not a whole number of {dtype.str}"
+        )
+    return np.frombuffer(value, dtype=dtype)
+
+
+def _i32(value: Any, limits: CodecLimits) -> list[int]:
+    arr = _array(value, _I32)
+    if arr.size and (
+        arr.min() < 0 or (limits.vocab_size is not None and arr.max() >= limits.vocab_size)
+    ):
+        raise ProtocolError("token_out_of_range", f"ids span [{arr.min()}, {arr.max()}]")
+    return arr.tolist()
+
+
+def _f32(value: Any, limits: CodecLimits) -> list[float]:
+    arr = _array(value, _F32)
+    if not np.isfinite(arr).all():
+        raise ProtocolError("bad_value", "not finite")
+    return arr.tolist()
+
+
+_CHECKS = {
+    "int": _int,
+    "float": _float,
+    "str": _str,
+    "strs": _strs,
+    "dict": _config,
+    "spans": _spans,
+    "i32": _i32,
+    "f32": _f32,
+}
+
+
+# ---------------------------------------------------------------- cross-field invariants
+
+
+def _require(ok: bool, reason: str, detail: str) -> None:
+    if not ok:
+        raise ProtocolError(reason, detail)
+
+
+def _check_invariants(msg: Message) -> None:
+    _require(bool(msg.id), "bad_value", "empty id")
+    if hasattr(msg, "policy_version"):
+        _require(msg.policy_version >= 0, "bad_value", "policy_version < 0")
+    if isinstance(msg, Trajectory):
+        n = len(msg.completion_token_ids)
+        _require(n > 0, "bad_value", "empty completion")
+        _require(
+            len(msg.logprobs) == n,
+            "length_mismatch",
+            f"logprobs {len(msg.logprobs)} != completion {n}",
+        )
+        _require(
+            0 < msg.prompt_len <= len(msg.prefix_token_ids),
+            "bad_value",
+            "prompt_len outside prefix",
+        )
+        _require(0.0 <= msg.reward <= 1.0, "bad_value", "reward outside [0, 1]")
+        _require(msg.kind in ("fresh", "reset"), "bad_value", f"kind {msg.kind!r}")
+        is_reset = msg.kind == "reset"
+        _require(
+            (msg.parent_id is not None) == is_reset
+            and (msg.reset_step is not None) == is_reset
+            and (msg.reset_value is not None) == is_reset,
+            "bad_value",
+            "parent_id, reset_step and reset_value are set exactly for reset trajectories",
+        )
+        _require(
+            _partitions(msg.step_spans, n),
+            "bad_spans",
+            "step spans do not partition the completion",
+        )
+    elif isinstance(msg, ResetRequest):
+        t = len(msg.advantages)
+        _require(
+            len(msg.step_values) == t + 1, "length_mismatch", "step_values must be advantages + 1"
+        )
+        _require(0 <= msg.critical_step < t, "bad_value", "critical_step outside the steps")
+        _require(msg.n >= 1, "bad_value", "n < 1")
+        _require(
+            0 < msg.prompt_len <= len(msg.prefix_token_ids),
+            "bad_value",
+            "prompt_len outside prefix",
+        )
+        _require(
+            msg.selection in ("advantage", "random"), "bad_value", f"selection {msg.selection!r}"
+        )
+    elif isinstance(msg, Sample):
+        n = len(msg.token_ids)
+        lengths = [len(msg.loss_mask), len(msg.logprobs), len(msg.advantages)]
+        if msg.returns:
+            lengths.append(len(msg.returns))
+        _require(
+            all(x == n for x in lengths),
+            "length_mismatch",
+            f"per-token arrays {lengths} vs tokens {n}",
+        )
+        _require(set(msg.loss_mask) <= {0, 1}, "bad_value", "loss_mask must be 0/1")
+        _require(0.0 <= msg.reward <= 1.0, "bad_value", "reward outside [0, 1]")
+        _require(msg.kind in ("fresh", "reset"), "bad_value", f"kind {msg.kind!r}")
+    elif isinstance(msg, AdapterPointer):
+        _require(msg.version >= 1, "bad_value", "version < 1")
+        _require(msg.size > 0 and len(msg.chunk_keys) > 0, "bad_value", "empty adapter")
+        _require(
+            len(msg.sha256) == 64 and all(c in "0123456789abcdef" for c in msg.sha256),
+            "bad_value",
+            "sha256 must be 64 lowercase hex digits",
+        )
+
+
+def _partitions(spans: list[tuple[int, int]], n: int) -> bool:
+    pos = 0
+    for start, end in spans:
+        if start != pos or end <= start:
+            return False
+        pos = end
+    return pos == n

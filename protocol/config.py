@@ -1,0 +1,156 @@
+"""Typed configuration: TOML sections into frozen dataclasses, and the Redis settings.
+
+Every process has one config dataclass whose fields carry a one-line docstring with the
+unit. `from_mapping` builds one from a TOML table and refuses unknown keys and wrong types
+with a `ConfigError` that names the key, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration mistake a user can fix; the message says which key and why."""
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML file; a missing file or bad syntax is a ConfigError, not a traceback."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: invalid TOML: {e}") from None
+
+
+def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping, checking keys and types; nested dataclasses recurse."""
+    data = dict(data or {})
+    where = where or cls.__name__
+    hints = typing.get_type_hints(cls, globalns=vars(sys.modules[cls.__module__]))
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"[{where}] unknown key(s): {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    values = {}
+    for name in names & set(data):
+        values[name] = _coerce(hints[name], data[name], f"{where}.{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{where}] {e}") from None
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}")
+        return from_mapping(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ConfigError(
+                f"{where}: must be one of {', '.join(map(repr, args))}, got {value!r}"
+            )
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is Any:
+        return value
+    if hint is float and type(value) is int:
+        return float(value)
+    if hint is dict and isinstance(value, dict):
+        return value
+    if type(value) is not hint:
+        raise ConfigError(f"{where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """How a process talks to Redis. Shared by every process (TOML section `[redis]`)."""
+
+    url: str = "redis://127.0.0.1:6379/0"
+    """redis:// or rediss:// URL; user and password may be in it."""
+    run_id: str = "default"
+    """Namespace of every key: `gpo:<run_id>:...`; processes of one run share it."""
+    socket_timeout: float = 10.0
+    """Seconds a single Redis call may take before the connection counts as lost."""
+    connect_timeout: float = 5.0
+    """Seconds to establish a connection."""
+    block_ms: int = 2000
+    """XREADGROUP BLOCK in milliseconds; must stay well below socket_timeout."""
+    batch_size: int = 16
+    """Most entries one read returns."""
+    claim_idle: float = 60.0
+    """Seconds an entry may sit unacknowledged before another consumer takes it over."""
+    pending_check_interval: float = 15.0
+    """Seconds between re-reads of the own pending list and XAUTOCLAIM sweeps."""
+    max_deliveries: int = 5
+    """Deliveries after which an entry goes to `<stream>:dead`."""
+    backlog_limit: int = 1000
+    """Producers wait while a stream's unacknowledged backlog is at or above this."""
+    max_message_bytes: int = 16 * 1024 * 1024
+    """Largest message accepted by decode."""
+    reconnect_backoff_max: float = 5.0
+    """Cap of the exponential backoff between reconnect attempts, in seconds."""
+    tls_ca_file: str | None = None
+    """CA bundle for rediss:// (default: system store)."""
+    tls_cert_file: str | None = None
+    """Client certificate for mutual TLS."""
+    tls_key_file: str | None = None
+    """Key of the client certificate."""
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(
+                f"redis.url must start with redis://, rediss:// or unix://, got {self.url!r}"
+            )
+        if not self.run_id or any(c in self.run_id for c in "{}: \t\n"):
+            raise ConfigError(
+                f"redis.run_id must be non-empty without braces, colons or spaces: {self.run_id!r}"
+            )
+        # A BLOCK that reaches the socket timeout turns every idle read into a TimeoutError
+        # (redis-py 8 defaults did exactly that); keep a margin of a second or a quarter.
+        margin = max(1.0, 0.25 * self.socket_timeout)
+        if self.block_ms / 1000 + margin > self.socket_timeout:
+            raise ConfigError(
+                f"redis.block_ms ({self.block_ms} ms) must be at least {margin:.1f} s below "
+                f"redis.socket_timeout ({self.socket_timeout} s)"
+            )
+        for name in ("batch_size", "max_deliveries", "backlog_limit", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"redis.{name} must be >= 1")
+        if self.claim_idle <= 0 or self.pending_check_interval <= 0:
+            raise ConfigError("redis.claim_idle and redis.pending_check_interval must be > 0")

@@ -1,0 +1,379 @@
+"""The consumer side of a work stream: at-least-once delivery with claims and dead letters.
+
+The loop (RELIABILITY.md): drain the own pending list (id `0`) -> read `>` with BLOCK below
+the socket timeout -> the caller processes -> `ack` -> every `pending_check_interval`,
+re-read the own pending list and XAUTOCLAIM entries idle past `claim_idle` -> long jobs
+`extend_lease` -> after `max_deliveries`, the entry moves to `<stream>:dead`.
+
+Acks and dead-letter moves run as Lua scripts that first check this consumer still owns the
+entry (XACK alone is not owner-checked: a zombie's late ack would remove an entry another
+consumer took over), then XACK and count the ack, atomically; the dead-letter script also
+XADDs the original bytes with the reason. All keys of one script share a hash tag.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+from redis import exceptions as rex
+
+from protocol.codec import CodecLimits, ProtocolError, decode
+from protocol.config import RedisConfig
+from protocol.messages import Message
+from protocol.metrics import TransportMetrics
+from protocol.streams import Keys, Link, is_nogroup
+
+log = logging.getLogger(__name__)
+
+FIELD = b"m"  # the one field of a stream entry: the encoded message
+
+# KEYS: stream, acked counter. ARGV: group, consumer, ids...  -> number acked
+_ACK_LUA = """
+local acked = 0
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    acked = acked + redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+  end
+end
+if acked > 0 then redis.call('INCRBY', KEYS[2], acked) end
+return acked
+"""
+
+# KEYS: stream, dead stream, acked counter. ARGV: group, consumer, id, reason, raw, stream name
+_DEAD_LUA = """
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
+if not (p[1] and p[1][2] == ARGV[2]) then return 0 end
+redis.call('XADD', KEYS[2], '*', 'raw', ARGV[5], 'reason', ARGV[4], 'source_id', ARGV[3],
+           'stream', ARGV[6], 'consumer', ARGV[2])
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+redis.call('INCRBY', KEYS[3], 1)
+return 1
+"""
+
+# KEYS: stream. ARGV: group, consumer, ids... -> ids still owned (and now freshly leased)
+_LEASE_LUA = """
+local owned = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+    table.insert(owned, ARGV[i])
+  end
+end
+return owned
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One stream entry handed to the caller."""
+
+    entry_id: str
+    """Redis stream entry id (not the message id)."""
+    message: Message
+    deliveries: int
+    """How many times Redis has delivered this entry (1 for a first read)."""
+
+
+class Consumer:
+    """Reads one stream as one consumer of one group."""
+
+    def __init__(
+        self,
+        link: Link,
+        keys: Keys,
+        stream: str,
+        group: str,
+        name: str,
+        cfg: RedisConfig,
+        metrics: TransportMetrics,
+        limits: CodecLimits | None = None,
+    ):
+        self.link, self.stream, self.group, self.name, self.cfg, self.m = (
+            link,
+            stream,
+            group,
+            name,
+            cfg,
+            metrics,
+        )
+        self.key = keys.stream(stream)
+        self.dead_key = keys.dead(stream)
+        self.acked_key = keys.acked(stream)
+        self.produced_key = keys.produced(stream)
+        self.limits = limits or CodecLimits(max_bytes=cfg.max_message_bytes)
+        self._ack = link.client.register_script(_ACK_LUA)
+        self._dead = link.client.register_script(_DEAD_LUA)
+        self._lease = link.client.register_script(_LEASE_LUA)
+        self._queue: list[
+            tuple[str, bytes | None, int]
+        ] = []  # recovered entries not yet handed out
+        self._in_flight: set[str] = set()
+        self._last_error: dict[str, str] = {}
+        self._next_pending_check = 0.0  # at start: drain the own pending list first
+
+    # ------------------------------------------------------------ group management
+
+    async def ensure_group(self) -> None:
+        """Create the group (and stream) if missing; idempotent. Starts at id 0 so entries
+        produced before any consumer existed are read."""
+
+        async def create(r):
+            try:
+                await r.xgroup_create(self.key, self.group, id="0", mkstream=True)
+            except rex.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+        await self.link.call(create)
+
+    async def _call(self, op):
+        """`link.call` that recreates the group once on NOGROUP (Redis lost its data)."""
+        try:
+            return await self.link.call(op)
+        except rex.ResponseError as e:
+            if not is_nogroup(e):
+                raise
+            log.warning(
+                "group %s on %s is gone (Redis restarted without data?); recreating",
+                self.group,
+                self.key,
+            )
+            self.m.group_resets.labels(self.stream).inc()
+            self._in_flight.clear()
+            self._queue.clear()
+            await self.ensure_group()
+            return await self.link.call(op)
+
+    # ------------------------------------------------------------ reading
+
+    async def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
+        """The next entries for this consumer: recovered ones first, then new ones.
+
+        Entries that fail to decode, or were delivered more than `max_deliveries` times, go to
+        the dead stream here and are not returned. May return an empty list (BLOCK expired).
+        """
+        count = count or self.cfg.batch_size
+        if not self._queue and time.monotonic() >= self._next_pending_check:
+            await self._recover()
+            self._next_pending_check = time.monotonic() + self.cfg.pending_check_interval
+        if self._queue:
+            batch, self._queue = self._queue[:count], self._queue[count:]
+            return await self._accept(batch, recovered=True)
+        block = self.cfg.block_ms if block_ms is None else block_ms
+        entries = await self._call(
+            lambda r: r.xreadgroup(
+                self.group, self.name, {self.key: ">"}, count=count, block=block or None
+            )
+        )
+        raw = [
+            (eid.decode(), fields.get(FIELD) if fields else None, 1)
+            for eid, fields in _entries(entries)
+        ]
+        return await self._accept(raw, recovered=False)
+
+    async def _recover(self) -> None:
+        """Queue the own pending entries (a crash, or a read whose reply was lost) and the
+        entries of other consumers idle past `claim_idle`, with their delivery counts."""
+        found: dict[str, bytes | None] = {}
+        start = "0"
+        while True:  # own pending list, page by page
+            resp = await self._call(
+                lambda r, s=start: r.xreadgroup(self.group, self.name, {self.key: s}, count=100)
+            )
+            page = [(eid.decode(), (fields or {}).get(FIELD)) for eid, fields in _entries(resp)]
+            if not page:
+                break
+            found.update((eid, raw) for eid, raw in page if eid not in self._in_flight)
+            start = page[-1][0]
+        cursor = "0-0"
+        min_idle_ms = int(self.cfg.claim_idle * 1000)
+        for _ in range(10):  # bounded sweep; the next check continues
+            resp = await self._call(
+                lambda r, c=cursor: r.xautoclaim(
+                    self.key, self.group, self.name, min_idle_ms, c, count=100
+                )
+            )
+            cursor = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
+            for eid, fields in resp[1]:
+                found[eid.decode()] = (fields or {}).get(FIELD)
+            if cursor == "0-0":
+                break
+        if not found:
+            return
+        counts = await self._delivery_counts(list(found))
+        self._queue.extend(
+            (eid, raw, counts.get(eid, 1)) for eid, raw in sorted(found.items(), key=_id_key)
+        )
+
+    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
+        ordered = sorted(ids, key=_id_key)
+        resp = await self._call(
+            lambda r: r.xpending_range(
+                self.key,
+                self.group,
+                min=ordered[0],
+                max=ordered[-1],
+                count=len(ordered) + 1000,
+                consumername=self.name,
+            )
+        )
+        return {p["message_id"].decode(): int(p["times_delivered"]) for p in resp}
+
+    async def _accept(
+        self, batch: Sequence[tuple[str, bytes | None, int]], recovered: bool
+    ) -> list[Delivery]:
+        out = []
+        for eid, raw, n in batch:
+            if recovered:
+                self.m.redelivered.labels(self.stream).inc()
+            if raw is None:  # entry deleted from the stream while pending: nothing to process
+                await self.dead_letter(eid, b"", "entry_deleted")
+                continue
+            if n > self.cfg.max_deliveries:
+                last = self._last_error.pop(eid, "no error recorded by this consumer")
+                await self.dead_letter(
+                    eid, raw, f"max_deliveries: delivered {n} times; last error: {last}"
+                )
+                continue
+            try:
+                msg = decode(raw, self.limits)
+            except ProtocolError as e:
+                await self.dead_letter(eid, raw, f"decode:{e.reason}: {e.detail}"[:500])
+                continue
+            self._in_flight.add(eid)
+            out.append(Delivery(eid, msg, n))
+        return out
+
+    # ------------------------------------------------------------ finishing
+
+    async def ack(self, deliveries: Sequence[Delivery | str]) -> int:
+        """Acknowledge entries this consumer still owns; returns how many were acked.
+        Entries another consumer took over meanwhile are not acked (counted as lease lost)."""
+        ids = [d if isinstance(d, str) else d.entry_id for d in deliveries]
+        if not ids:
+            return 0
+        n = await self._call(
+            lambda r: self._ack(
+                keys=[self.key, self.acked_key], args=[self.group, self.name, *ids], client=r
+            )
+        )
+        for eid in ids:
+            self._in_flight.discard(eid)
+            self._last_error.pop(eid, None)
+        self.m.processed.labels(self.stream).inc(n)
+        if n < len(ids):
+            self.m.lease_lost.labels(self.stream).inc(len(ids) - n)
+        return int(n)
+
+    def release(self, delivery: Delivery, error: BaseException | str) -> None:
+        """The handler failed: leave the entry pending for a retry at the next pending check
+        (the delivery count rises until `max_deliveries` sends it to the dead stream)."""
+        self._in_flight.discard(delivery.entry_id)
+        self._last_error[delivery.entry_id] = (
+            f"{type(error).__name__}: {error}"[:300]
+            if isinstance(error, BaseException)
+            else str(error)[:300]
+        )
+        self.m.handler_errors.labels(self.stream).inc()
+
+    async def dead_letter(self, entry_id: str, raw: bytes, reason: str) -> bool:
+        """Move an owned entry to `<stream>:dead` with its reason and ack it, atomically."""
+        reason_label = (
+            reason.split(":", 2)[0]
+            if not reason.startswith("decode:")
+            else ":".join(reason.split(":")[:2])
+        )
+        done = await self._call(
+            lambda r: self._dead(
+                keys=[self.key, self.dead_key, self.acked_key],
+                args=[self.group, self.name, entry_id, reason, raw, self.stream],
+                client=r,
+            )
+        )
+        self._in_flight.discard(entry_id)
+        if done:
+            log.warning("dead-lettered %s entry %s: %s", self.stream, entry_id, reason)
+            self.m.dead_lettered.labels(self.stream, reason_label).inc()
+        return bool(done)
+
+    async def extend_lease(self, deliveries: Sequence[Delivery | str]) -> list[str]:
+        """Reset the idle time of entries this consumer still owns, so nobody claims them
+        while a long job runs. Returns the ids still owned; the others were taken over."""
+        ids = [d if isinstance(d, str) else d.entry_id for d in deliveries]
+        if not ids:
+            return []
+        owned = await self._call(
+            lambda r: self._lease(keys=[self.key], args=[self.group, self.name, *ids], client=r)
+        )
+        return [x.decode() if isinstance(x, bytes) else x for x in owned]
+
+    @contextlib.asynccontextmanager
+    async def lease(
+        self, deliveries: Sequence[Delivery], interval: float | None = None
+    ) -> AsyncIterator[None]:
+        """Keep extending the lease of `deliveries` while the block runs (long MC jobs)."""
+        every = interval or max(0.5, self.cfg.claim_idle / 3)
+
+        async def keep() -> None:
+            while True:
+                await asyncio.sleep(every)
+                await self.extend_lease(deliveries)
+
+        task = asyncio.create_task(keep(), name=f"lease-{self.stream}")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if task.done() and not task.cancelled() and task.exception():
+            raise task.exception()
+
+    async def trim(self) -> int:
+        """Delete entries every consumer is done with: XTRIM MINID at the oldest entry that
+        is still pending or not yet delivered. Never drops an undelivered entry."""
+
+        async def op(r):
+            groups = await r.xinfo_groups(self.key)
+            floor = None
+            for g in groups:
+                last = g["last-delivered-id"].decode()
+                summary = await r.xpending(self.key, g["name"])
+                oldest_pending = summary["min"].decode() if summary["pending"] else None
+                bound = oldest_pending or _next_id(last)
+                floor = bound if floor is None else min(floor, bound, key=_id_key)
+            if floor is None or floor == "0-1":
+                return 0
+            return await r.xtrim(self.key, minid=floor, approximate=False)
+
+        return int(await self._call(op))
+
+    async def backlog(self) -> int:
+        """Entries produced and not yet acked (counted by the clients, not XINFO lag)."""
+        produced, acked = await self._call(lambda r: r.mget(self.produced_key, self.acked_key))
+        return max(0, int(produced or 0) - int(acked or 0))
+
+
+def _entries(resp) -> list:
+    """Entries of a single-stream XREADGROUP reply (RESP2: [[stream, [(id, fields)...]]])."""
+    if not resp:
+        return []
+    return resp[0][1]
+
+
+def _id_key(item) -> tuple[int, int]:
+    eid = item[0] if isinstance(item, tuple) else item
+    ms, _, seq = eid.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _next_id(eid: str) -> str:
+    ms, seq = _id_key(eid)
+    return f"{ms}-{seq + 1}"

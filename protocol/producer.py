@@ -1,0 +1,96 @@
+"""The producer side of a work stream: XADD with a produced counter, and backpressure.
+
+Backlog = produced - acked, both counted by the clients in keys beside the stream (same hash
+tag): XADD and INCR run in one MULTI; the consumer's ack script INCRBYs `acked`. Unlike XINFO
+lag, this stays right when the stream is trimmed. Producers wait while the backlog is at or
+above the limit, so nothing is ever trimmed to make room (RELIABILITY.md test 14/15).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+
+from protocol.codec import encode
+from protocol.config import RedisConfig
+from protocol.consumer import FIELD
+from protocol.messages import Message
+from protocol.metrics import TransportMetrics
+from protocol.streams import Keys, Link
+
+BACKLOG_REFRESH = 1.0  # seconds between re-reads of the counters while under the limit
+
+
+class Producer:
+    """Writes messages to the work streams of one run."""
+
+    def __init__(self, link: Link, keys: Keys, cfg: RedisConfig, metrics: TransportMetrics):
+        self.link, self.keys, self.cfg, self.m = link, keys, cfg, metrics
+        # stream -> (backlog as last read + what we sent since, monotonic time of the read)
+        self._estimate: dict[str, tuple[int, float]] = {}
+
+    async def send(
+        self, stream: str, messages: Sequence[Message] | Message, wait: bool = True
+    ) -> list[str]:
+        """Append messages to `stream`; returns their entry ids. With `wait`, first waits
+        until the stream's backlog is below `backlog_limit`."""
+        batch = [messages] if not isinstance(messages, Sequence) else list(messages)
+        if not batch:
+            return []
+        if wait:
+            await self.wait_for_room(stream)
+        payloads = [encode(m) for m in batch]
+        return await self.send_raw(stream, payloads)
+
+    async def send_raw(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
+        """Append already encoded payloads (tests use this to inject hostile bytes)."""
+        key, counter = self.keys.stream(stream), self.keys.produced(stream)
+
+        async def op(r):
+            async with r.pipeline(transaction=True) as p:
+                for raw in payloads:
+                    p.xadd(key, {FIELD: raw})
+                p.incrby(counter, len(payloads))
+                return await p.execute()
+
+        result = await self.link.call(op)
+        self.m.produced.labels(stream).inc(len(payloads))
+        backlog, at = self._estimate.get(stream, (0, 0.0))
+        self._estimate[stream] = (backlog + len(payloads), at)
+        return [eid.decode() for eid in result[:-1]]
+
+    async def backlog(self, stream: str) -> int:
+        """Produced minus acknowledged entries of `stream`, read from Redis now."""
+        produced, acked = await self.link.call(
+            lambda r: r.mget(self.keys.produced(stream), self.keys.acked(stream))
+        )
+        value = max(0, int(produced or 0) - int(acked or 0))
+        self._estimate[stream] = (value, time.monotonic())
+        self.m.backlog.labels(stream).set(value)
+        return value
+
+    async def wait_for_room(
+        self, stream: str, limit: int | None = None, timeout: float | None = None
+    ) -> bool:
+        """Wait until the backlog of `stream` is below `limit`; False if `timeout` ran out.
+
+        The local estimate (last read plus own sends) only grows between reads, so it is
+        re-read from Redis when it reaches the limit or is older than BACKLOG_REFRESH."""
+        limit = limit or self.cfg.backlog_limit
+        backlog, at = self._estimate.get(stream, (0, 0.0))
+        if backlog < limit and time.monotonic() - at < BACKLOG_REFRESH:
+            return True
+        start = time.monotonic()
+        delay = 0.05
+        try:
+            while await self.backlog(stream) >= limit:
+                if timeout is not None and time.monotonic() - start > timeout:
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            return True
+        finally:
+            waited = time.monotonic() - start
+            if waited > 0.01:
+                self.m.backpressure_seconds.labels(stream).inc(waited)

@@ -1,0 +1,32 @@
+"""Shared fixtures: private redis-server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.redis_server import RedisServer, make_tls_files
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A running redis-server without persistence."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_aof(tmp_path):
+    """A running redis-server with AOF (appendfsync everysec)."""
+    server = RedisServer(tmp_path / "redis", aof=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_tls(tmp_path):
+    """A redis-server that speaks only TLS and wants a password."""
+    tls = make_tls_files(tmp_path / "tls")
+    server = RedisServer(tmp_path / "redis", tls=tls, password="s3cret-pw").start()
+    yield server
+    server.stop()
