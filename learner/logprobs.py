@@ -6,8 +6,9 @@ The logits at position t predict token t+1, so a row of T tokens yields T-1 log-
 Memory: log p(y) = z_y - logsumexp(z). Only the gathered logit and the logsumexp ([B, T-1]
 each) are kept, so the full [B, T-1, V] log-softmax is never materialised (a
 `log_softmax` + `gather` would build it, and autograd would also save it for backward).
-Logits are upcast to fp32 for the reduction; `chunk_size` bounds that upcast copy when the
-logits are bf16 and no gradient is needed (recomputing old or reference log-probs).
+Logits are upcast to fp32 for the reduction; `chunk_size` bounds that upcast copy (and the
+exp temporary inside logsumexp) when the logits are bf16 and no gradient is needed
+(recomputing old or reference log-probs).
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ def token_logprobs(
         input_ids: [B, T] int token ids of the same rows.
         temperature: the sampling temperature the actors used; the behaviour log-probs they
             record are under softmax(z / temperature), so the learner must match it (top-p
-            truncation is not reproduced; importance weights absorb that mismatch).
-        chunk_size: if set, process this many target positions (flattened over B and T) at
-            a time, bounding the fp32 temporaries to [chunk_size, V].
+            truncation is not reproduced; importance weights absorb that mismatch). Under
+            autograd a temperature other than 1 saves one scaled fp32 copy of the logits.
+        chunk_size: if set, process this many positions of T at a time, bounding the fp32
+            temporaries to [B, chunk_size, V].
 
     Returns:
         [B, T-1] float32, target-aligned.
@@ -42,24 +44,23 @@ def token_logprobs(
         )
     if temperature <= 0:
         raise ValueError("temperature must be > 0")
-    b, t, v = logits.shape
-    z = logits[:, :-1].reshape(-1, v)  # [N, V], N = B*(T-1); a view when contiguous
-    y = input_ids[:, 1:].reshape(-1, 1)  # [N, 1]
-    if chunk_size is None:
-        return _picked_minus_lse(z, y, temperature).view(b, t - 1)
+    n = logits.shape[1] - 1
+    step = n if chunk_size is None else chunk_size
+    # Slices along T are views: no [B, T-1, V] copy of fp32 logits is made.
+    bounds = [(i, min(i + step, n)) for i in range(0, n, max(step, 1))]
     parts = [
-        _picked_minus_lse(z[i : i + chunk_size], y[i : i + chunk_size], temperature)
-        for i in range(0, z.shape[0], chunk_size)
+        _picked_minus_lse(logits[:, i:j], input_ids[:, i + 1 : j + 1], temperature)
+        for i, j in bounds
     ]
-    return torch.cat(parts).view(b, t - 1)
+    return torch.cat(parts, dim=1) if parts else logits.new_zeros(logits.shape[0], 0).float()
 
 
 def _picked_minus_lse(z: Tensor, y: Tensor, temperature: float) -> Tensor:
-    """[N, V] logits and [N, 1] targets -> [N] fp32 log-probs."""
+    """[B, c, V] logits and [B, c] targets -> [B, c] fp32 log-probs."""
     z = z.float()
     if temperature != 1.0:
         z = z / temperature
-    return z.gather(-1, y).squeeze(-1) - torch.logsumexp(z, dim=-1)
+    return z.gather(-1, y.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(z, dim=-1)
 
 
 def token_entropy(logits: Tensor, temperature: float = 1.0) -> Tensor:

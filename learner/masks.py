@@ -47,6 +47,16 @@ def completion_mask(prefix_lens: Tensor, completion_lens: Tensor, seq_len: int) 
     return (pos >= start) & (pos < end)
 
 
+def to_targets(token_values: Tensor) -> Tensor:
+    """Token-aligned [B, T] (index t is about input_ids[t], as in the Sample message's
+    `loss_mask`, `logprobs`, `advantages`, `returns`) -> target-aligned [B, T-1].
+
+    Drops index 0: the first token of a row is never predicted (and is always prefix).
+    Returns a view.
+    """
+    return token_values[:, 1:]
+
+
 def place_completion_values(
     values: Sequence[Tensor],
     prefix_lens: Tensor,

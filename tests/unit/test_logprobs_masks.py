@@ -14,6 +14,7 @@ from learner.masks import (
     masked_sum,
     masked_var,
     place_completion_values,
+    to_targets,
 )
 
 
@@ -33,6 +34,7 @@ def test_logprobs_hand_numbers():
     logits = torch.zeros(1, 3, 4)
     ids = torch.tensor([[0, 3, 1]])
     assert torch.allclose(token_logprobs(logits, ids), torch.full((1, 2), -math.log(4)))
+    assert token_logprobs(logits[:, :1], ids[:, :1]).shape == (1, 0)
     # logits [0, ln 3] at position 0 -> p(token 1) = 3/4, target is ids[1] = 1.
     logits = torch.tensor([[[0.0, math.log(3.0)], [0.0, 0.0]]])
     out = token_logprobs(logits, torch.tensor([[0, 1]]))
@@ -102,6 +104,15 @@ def test_completion_mask_matches_loop():
             assert m[b, j].item() == (p[b] <= j + 1 < p[b] + c[b])
 
 
+def test_token_aligned_sample_fields_shift_onto_targets():
+    # A Sample's loss_mask is token-aligned: 0 on the prefix, 1 on the completion, padded.
+    token_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    want = completion_mask(torch.tensor([2, 1]), torch.tensor([3, 5]), seq_len=6)
+    assert torch.equal(to_targets(token_mask), want)
+    behaviour = torch.tensor([[0.0, 0.0, -0.1, -0.2, -0.3, 0.0]])
+    assert to_targets(behaviour).tolist() == [[0.0, -0.1, -0.2, -0.3, 0.0]]
+
+
 def test_completion_mask_rejects_bad_lengths():
     with pytest.raises(ValueError):
         completion_mask(torch.tensor([0]), torch.tensor([1]), 4)
@@ -134,3 +145,23 @@ def test_masked_reductions_hand_and_empty():
     assert masked_mean(x, none, dim=-1).tolist() == [0.0, 0.0]
     assert masked_var(x, none).item() == 0.0
     assert masked_var(x, torch.tensor([[True, False, False], [False] * 3]), unbiased=True) == 0
+
+
+def test_logprobs_save_no_vocab_sized_copy_for_backward():
+    # Autograd may keep the logits themselves, but nothing else of size [B, T-1, V]: a
+    # log_softmax + gather would save its whole output.
+    b, t, v = 2, 9, 64
+    logits = torch.randn(b, t, v, requires_grad=True)
+    ids = torch.randint(0, v, (b, t))
+    extra: list[int] = []
+
+    def pack(x: torch.Tensor):
+        if x.untyped_storage().data_ptr() != logits.untyped_storage().data_ptr():
+            extra.append(x.numel())
+        return x
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+        out = token_logprobs(logits, ids, chunk_size=4)
+    assert max(extra, default=0) < v  # only [B, c]-sized tensors besides the logits
+    out.sum().backward()
+    assert logits.grad is not None
