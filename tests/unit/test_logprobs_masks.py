@@ -109,8 +109,8 @@ def test_token_aligned_sample_fields_shift_onto_targets():
     token_mask = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
     want = completion_mask(torch.tensor([2, 1]), torch.tensor([3, 5]), seq_len=6)
     assert torch.equal(to_targets(token_mask), want)
-    behaviour = torch.tensor([[0.0, 0.0, -0.1, -0.2, -0.3, 0.0]])
-    assert to_targets(behaviour).tolist() == [[0.0, -0.1, -0.2, -0.3, 0.0]]
+    behaviour = torch.tensor([[0.0, 0.0, -0.5, -0.25, -2.0, 0.0]])
+    assert to_targets(behaviour).tolist() == [[0.0, -0.5, -0.25, -2.0, 0.0]]
 
 
 def test_completion_mask_rejects_bad_lengths():
