@@ -6,7 +6,7 @@ Modes (GPO.md, "Advantages for the PPO loss"):
   reward - V(s_m) (`reset_token_advantages`). Whitened per batch (`whiten`).
 - "group" (GRPO/RLOO-style): reward minus the mean reward of the same prompt's group,
   optionally divided by the group's std (`group_advantages`), broadcast to completion tokens
-  (`outcome_token_advantages`).
+  (`broadcast_to_tokens`).
 The "gae" mode lives in `gae.py`.
 
 Step spans are half-open token ranges [start, end) into the *completion* tokens (not the
@@ -95,19 +95,18 @@ def group_advantages(
     return torch.where(centred == 0, 0.0, centred / (std[inv] + eps))
 
 
-def outcome_token_advantages(rewards: Tensor, baselines: Tensor, mask: Tensor) -> Tensor:
-    """Broadcast one scalar advantage per row (reward - baseline) to its completion tokens.
+def broadcast_to_tokens(row_advantages: Tensor, mask: Tensor) -> Tensor:
+    """Give every completion token of a row that row's scalar advantage.
 
     Args:
-        rewards: [B]; baselines: [B] (V(s_m) for reset rollouts, the group mean for "group",
-            or zeros when `rewards` already holds advantages).
+        row_advantages: [B], e.g. `group_advantages(...)`, or reward - V(s_m) for reset
+            rollouts in a batch.
         mask: [B, T] bool, True on completion tokens.
 
     Returns:
         [B, T] float32, 0 where mask is False.
     """
-    adv = (rewards.float() - baselines.float()).unsqueeze(1)
-    return torch.where(mask, adv, 0.0)
+    return torch.where(mask, row_advantages.float().unsqueeze(1), 0.0)
 
 
 def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) -> Tensor:

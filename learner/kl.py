@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from learner.masks import masked_mean
+from learner.masks import token_mean
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, log_ratio_clip: float = 20.0) -> Tensor:
@@ -31,13 +31,18 @@ def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, log_ratio_clip: float = 20.0) 
 
 
 def masked_k3_kl(
-    logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, log_ratio_clip: float = 20.0
+    logprobs: Tensor,
+    ref_logprobs: Tensor,
+    mask: Tensor,
+    log_ratio_clip: float = 20.0,
+    token_count: float | Tensor | None = None,
 ) -> Tensor:
     """Token-mean of `k3_kl` over True entries of `mask` [B, T]; a scalar, 0 if empty.
+    `token_count` overrides the denominator as in `masks.token_mean`.
 
     Masked-out entries may hold anything (padding garbage, -inf): they are zeroed before the
     exp, so neither the value nor the gradient can become NaN.
     """
     safe_ref = ref_logprobs.masked_fill(~mask, 0.0)
     safe_logp = logprobs.masked_fill(~mask, 0.0)
-    return masked_mean(k3_kl(safe_logp, safe_ref, log_ratio_clip), mask)
+    return token_mean(k3_kl(safe_logp, safe_ref, log_ratio_clip), mask, token_count)

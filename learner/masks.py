@@ -107,6 +107,19 @@ def masked_mean(x: Tensor, mask: Tensor, dim: int | None = None) -> Tensor:
     return masked_sum(x, mask, dim) / count.clamp(min=1).to(x.dtype)
 
 
+def token_mean(x: Tensor, mask: Tensor, token_count: float | Tensor | None = None) -> Tensor:
+    """Masked sum of `x` divided by `token_count` (a scalar; 0 if nothing is selected).
+
+    `token_count=None` uses this batch's own count (`masked_mean`). With gradient
+    accumulation over micro-batches, pass the token count of the whole optimizer step so
+    that every token weighs the same whichever micro-batch it landed in.
+    """
+    if token_count is None:
+        return masked_mean(x, mask)
+    count = torch.as_tensor(token_count, dtype=x.dtype, device=x.device).clamp(min=1)
+    return masked_sum(x, mask) / count
+
+
 def masked_var(x: Tensor, mask: Tensor, unbiased: bool = False) -> Tensor:
     """Variance of `x` over all True entries of `mask` (a scalar); 0 when fewer than
     two entries (unbiased) or none (biased) are selected."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from learner.masks import masked_mean
+from learner.masks import masked_mean, token_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,7 @@ def clipped_surrogate(
     behaviour_logprobs: Tensor | None = None,
     tis_cap: float | None = 2.0,
     dual_clip: float | None = None,
+    token_count: float | Tensor | None = None,
 ) -> tuple[Tensor, PolicyLossStats]:
     """PPO-clip policy loss (to minimise), token-mean over `mask`.
 
@@ -94,6 +95,8 @@ def clipped_surrogate(
         behaviour_logprobs: [B, T] log mu(a_t); None means mu = pi_old (w = 1).
         tis_cap: cap of the importance weight pi_old / mu; None leaves it untruncated.
         dual_clip: c > 1 bounding the loss of tokens with A < 0 at -c * A; None is off.
+        token_count: denominator of the token-mean (see `masks.token_mean`); None is
+            mask.sum().
 
     Returns:
         (loss scalar with gradient, PolicyLossStats). All-masked input gives loss 0.
@@ -134,7 +137,7 @@ def clipped_surrogate(
             tis_truncated_fraction=masked_mean(truncated.float(), mask),
             dual_clip_fraction=masked_mean(dual_hit.float(), mask),
         )
-    return masked_mean(weights * loss, mask), stats
+    return token_mean(weights * loss, mask, token_count), stats
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +156,7 @@ def clipped_value_loss(
     returns: Tensor,
     mask: Tensor,
     clip: float | None = 0.2,
+    token_count: float | Tensor | None = None,
 ) -> tuple[Tensor, ValueLossStats]:
     """PPO2 value loss: 0.5 * token-mean of max((V - R)^2, (V_clip - R)^2), where
     V_clip = V_old + clamp(V - V_old, -clip, clip).
@@ -163,6 +167,8 @@ def clipped_value_loss(
         returns: [B, T] GAE returns (targets).
         mask: [B, T] bool, True on completion tokens.
         clip: clip width in value units; None gives the unclipped 0.5 * MSE.
+        token_count: denominator of the token-mean (see `masks.token_mean`); None is
+            mask.sum().
 
     Returns:
         (loss scalar with gradient, ValueLossStats). All-masked input gives loss 0.
@@ -174,7 +180,7 @@ def clipped_value_loss(
     err = (v - ret) ** 2
     v_clipped = v if clip is None else v_old + (v - v_old).clamp(-clip, clip)
     err_clipped = (v_clipped - ret) ** 2
-    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), mask)
+    loss = 0.5 * token_mean(torch.maximum(err, err_clipped), mask, token_count)
     with torch.no_grad():
         var_ret = masked_mean((ret - masked_mean(ret, mask)) ** 2, mask)
         resid = ret - v_old

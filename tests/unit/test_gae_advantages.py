@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from learner.advantages import (
+    broadcast_to_tokens,
     group_advantages,
-    outcome_token_advantages,
     reset_token_advantages,
     step_token_advantages,
     whiten,
@@ -129,10 +129,10 @@ def test_step_token_advantages_validation_and_empty():
         step_token_advantages(torch.tensor([1.0]), [(0, 1), (1, 2)], 4)
 
 
-def test_reset_and_outcome_token_advantages():
+def test_reset_and_broadcast_token_advantages():
     assert reset_token_advantages(1.0, 0.25, 3).tolist() == [0.75, 0.75, 0.75]
     mask = completion_mask(torch.tensor([2, 1]), torch.tensor([2, 1]), seq_len=4)
-    out = outcome_token_advantages(torch.tensor([1.0, 0.0]), torch.tensor([0.25, 0.5]), mask)
+    out = broadcast_to_tokens(torch.tensor([1.0, 0.0]) - torch.tensor([0.25, 0.5]), mask)
     assert out.tolist() == [[0.0, 0.75, 0.75], [-0.5, 0.0, 0.0]]
 
 

@@ -228,3 +228,24 @@ def test_k3_gradient_and_overflow_guard():
     assert logp.grad.item() == pytest.approx(1.0 - math.e)
     huge = k3_kl(torch.tensor([-1000.0]), torch.tensor([0.0]))
     assert torch.isfinite(huge).all()
+
+
+def test_token_count_spreads_micro_batches_over_the_step():
+    # Two micro-batches of 1 and 3 tokens: with the step's count (4) as denominator their
+    # losses add up to the loss of the whole batch at once.
+    g = torch.Generator().manual_seed(3)
+    logp = -torch.rand(1, 4, generator=g)
+    old = logp + 0.1 * torch.randn(1, 4, generator=g)
+    adv = torch.randn(1, 4, generator=g)
+    full = torch.ones(1, 4, dtype=torch.bool)
+    first = torch.tensor([[True, False, False, False]])
+    whole, _ = clipped_surrogate(logp, old, adv, full)
+    parts = [clipped_surrogate(logp, old, adv, m, token_count=4)[0] for m in (first, ~first)]
+    assert (parts[0] + parts[1]).item() == pytest.approx(whole.item())
+    v_whole, _ = clipped_value_loss(logp, old, adv, full)
+    v_parts = [clipped_value_loss(logp, old, adv, m, token_count=4)[0] for m in (first, ~first)]
+    assert (v_parts[0] + v_parts[1]).item() == pytest.approx(v_whole.item())
+    kl_whole = masked_k3_kl(logp, old, full)
+    kl_parts = [masked_k3_kl(logp, old, m, token_count=4) for m in (first, ~first)]
+    assert (kl_parts[0] + kl_parts[1]).item() == pytest.approx(kl_whole.item())
+    assert clipped_surrogate(logp, old, adv, ~full, token_count=0)[0].item() == 0.0
