@@ -123,7 +123,9 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8) 
     """
     mean = masked_mean(x, mask)
     var = masked_var(x, mask, unbiased=True)
-    out = (x - mean) * torch.rsqrt(var + eps)
+    # var = 0 (one token, or all equal) with eps = 0: scale by 1 rather than 0 * inf.
+    scale = torch.where(var + eps > 0, torch.rsqrt(var + eps), torch.ones_like(var))
+    out = (x - mean) * scale
     if not shift_mean:
         out = out + mean
     return torch.where(mask, out, torch.zeros((), dtype=out.dtype, device=out.device))

@@ -21,6 +21,7 @@ With `behaviour_logprobs=None` (or equal to `old_logprobs`) w_t = 1 and this is 
 Optional dual clip (Ye et al. 2020) bounds the loss of a negative-advantage token at
 -dual_clip * A_t however large r_t grows.
 
+The log-ratio log pi - log pi_old is clamped to +-20 before the exp (no gradient beyond it).
 Masked-out entries of every input may hold anything (padding, NaN): they are zeroed before
 any exp, so neither the loss nor its gradient can pick up NaN from them.
 """
@@ -33,6 +34,9 @@ import torch
 from torch import Tensor
 
 from learner.masks import masked_mean, token_mean
+
+_LOG_RATIO_LIMIT = 20.0
+"""Bound on |log pi - log pi_old| before exponentiating (e^20 ~ 5e8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +113,9 @@ def clipped_surrogate(
     old = torch.where(mask, old_logprobs, zero).detach()
     adv = torch.where(mask, advantages, zero).detach()
 
-    log_ratio = logp - old
+    # The clamp keeps exp finite: an inf ratio would turn the zero gradient of the
+    # non-binding branch into 0 * inf = NaN. At |log r| = 20 the clip binds long before.
+    log_ratio = (logp - old).clamp(-_LOG_RATIO_LIMIT, _LOG_RATIO_LIMIT)
     ratio = log_ratio.exp()
     loss_unclipped = -adv * ratio
     loss_clipped = -adv * ratio.clamp(1.0 - clip_eps, 1.0 + eps_high)

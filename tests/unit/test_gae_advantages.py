@@ -181,3 +181,6 @@ def test_whiten_empty_and_single_token_are_zero_not_nan():
     x = torch.tensor([[2.0, float("nan")]])
     assert whiten(x, torch.zeros(1, 2, dtype=torch.bool)).tolist() == [[0.0, 0.0]]
     assert whiten(x, torch.tensor([[True, False]])).tolist() == [[0.0, 0.0]]
+    assert whiten(x, torch.tensor([[True, False]]), eps=0.0).tolist() == [[0.0, 0.0]]
+    same = whiten(torch.full((1, 3), 0.1), torch.ones(1, 3, dtype=torch.bool), eps=0.0)
+    assert torch.isfinite(same).all() and same.abs().max() < 1e-6

@@ -249,3 +249,11 @@ def test_token_count_spreads_micro_batches_over_the_step():
     kl_parts = [masked_k3_kl(logp, old, m, token_count=4) for m in (first, ~first)]
     assert (kl_parts[0] + kl_parts[1]).item() == pytest.approx(kl_whole.item())
     assert clipped_surrogate(logp, old, adv, ~full, token_count=0)[0].item() == 0.0
+
+
+def test_huge_log_ratio_gives_finite_loss_and_gradient():
+    for adv in (1.0, -1.0):
+        loss, grad, _ = _one(0.0, -200.0, adv)
+        assert math.isfinite(loss) and math.isfinite(grad)
+    loss, grad, _ = _one(0.0, -200.0, 1.0)
+    assert loss == pytest.approx(-1.2) and grad == 0.0
