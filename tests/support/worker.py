@@ -22,7 +22,7 @@ from protocol.config import RedisConfig
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
-from protocol.streams import Keys, Link, run_async
+from protocol.streams import Keys, Link, RedisFatalError, run_async
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -45,6 +45,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument(
         "--max-idle", type=float, default=600.0, help="exit 0 after this long without work"
     )
+    p.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    p.add_argument("--tls-ca", default=None)
+    p.add_argument(
+        "--trim-every", type=float, default=0.0, help="seconds between XTRIM MINID sweeps"
+    )
     return p.parse_args(argv)
 
 
@@ -59,12 +64,17 @@ async def main(args: argparse.Namespace) -> int:
         max_deliveries=args.max_deliveries,
         batch_size=args.batch,
         reconnect_backoff_max=1.0,
+        tls_ca_file=args.tls_ca,
     )
     metrics = Metrics("worker")
     tm = TransportMetrics(metrics)
     port = metrics.serve(args.metrics_port, host="127.0.0.1")
     link = Link(cfg, tm)
-    await link.connect()
+    try:
+        await link.connect()
+    except RedisFatalError as e:
+        print(f"error: {e}", flush=True)
+        return 2
     keys = Keys(cfg.run_id)
     consumer = Consumer(link, keys, "in", "workers", args.name, cfg, tm)
     producer = Producer(link, keys, cfg, tm)
@@ -75,7 +85,7 @@ async def main(args: argparse.Namespace) -> int:
     loop.add_signal_handler(signal.SIGINT, stop.set)
     print(f"ready metrics={port}", flush=True)
 
-    last_work = time.monotonic()
+    last_work = last_trim = time.monotonic()
     while not stop.is_set() and time.monotonic() - last_work < args.max_idle:
         batch = await consumer.read()
         if batch:
@@ -90,12 +100,17 @@ async def main(args: argparse.Namespace) -> int:
                     await hold(consumer, d, args.hold, args.heartbeat, stop)
                     if stop.is_set():
                         break
+                if not await consumer.extend_lease([d]):
+                    continue  # taken over while we worked (we were a zombie): drop our output
                 out = dataclasses.replace(d.message, text=f"{args.name}:{d.message.text}")
                 await producer.send("out", out, wait=False)
             except ValueError as e:
                 consumer.release(d, e)
                 continue
             await consumer.ack([d])
+        if args.trim_every and time.monotonic() - last_trim > args.trim_every:
+            await consumer.trim()
+            last_trim = time.monotonic()
     await link.close()
     metrics.close()
     return 0
@@ -119,4 +134,5 @@ async def _wait(stop: asyncio.Event, seconds: float) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    sys.exit(run_async(main(parse(sys.argv[1:]))))
+    a = parse(sys.argv[1:])
+    sys.exit(run_async(main(a), use_uvloop=a.loop == "uvloop"))
