@@ -14,6 +14,7 @@ reconnects, with exponential backoff, on a lost connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import re
@@ -184,10 +185,8 @@ class Link:
     async def _reset_client(self) -> None:
         """Drop every pooled connection: after a server restart none of them is usable."""
         old, self.client = self.client, make_client(self.cfg)
-        try:
+        with contextlib.suppress(Exception):  # the old pool is dead anyway; nothing to report
             await old.aclose(close_connection_pool=True)
-        except Exception:  # noqa: BLE001 - the old pool is dead anyway; nothing to report
-            pass
 
     async def close(self) -> None:
         self.closed.set()

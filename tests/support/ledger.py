@@ -7,6 +7,7 @@ exactly what RELIABILITY.md promises.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,10 +91,8 @@ class Ledger:
         dead = self.dead()
         dead_ids = set()
         for d in dead:
-            try:
+            with contextlib.suppress(Exception):  # hostile payloads have no id
                 dead_ids.add(decode(d["raw"]).id)
-            except Exception:  # noqa: BLE001 - hostile payloads have no id
-                pass
         lost = set(self.produced) - set(processed) - dead_ids
         twice = {k: v for k, v in processed.items() if v > 1}
         return Report(lost=lost, twice=twice, processed=processed, dead=dead)
