@@ -162,8 +162,10 @@ def test_engine_satisfies_protocol(engine):
 def test_logprobs_match_teacher_forcing_under_adapter(engine, runner, learner, tokenizer):
     version = runner.run(learner.publish(engine, seed=1))
     assert engine.policy_version == version
+    # The prompts plus nested prefixes of the first (the estimator's shape: shared prefixes).
+    texts = [*PROMPTS, PROMPTS[0][:5], PROMPTS[0][:9]]
     requests = [
-        _request(tokenizer, p, n=3, temperature=0.7, max_new_tokens=24, seed=5) for p in PROMPTS
+        _request(tokenizer, p, n=3, temperature=0.7, max_new_tokens=24, seed=5) for p in texts
     ]
     results = runner.run(engine.generate(requests))
     for request, result in zip(requests, results, strict=True):
