@@ -1,0 +1,205 @@
+"""Benchmark: critical-step accuracy against MC cost (`python -m ops.bench_critical`).
+
+Part (a), always: scripted policies (`actors.scripted`) with a known pivotal step. Each case
+is a random problem and one trajectory sampled from it; its ground truth is the exact argmax
+|A| (`oracle_critical_step`), kept only when it beats the runner-up by `--min-margin` so that
+the "right" step is well defined. Every budget runs on the same cases with the same seeds
+(common random numbers: K = 4 sees the first 4 of K = 8's continuations), so differences
+between rows are paired. Reported: accuracy (chosen step == truth), rollouts per trajectory,
+and both against uniform K = 8.
+
+Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task;
+the chosen step against the ground-truth first wrong step and a random-step baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from actors.critical import choose_critical_step, derive_seed
+from actors.engines.base import GenerationRequest, SamplingSettings
+from actors.mc_search import McConfig, StepTrajectory, find_critical_step
+from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
+
+PART_B_MODULES = ("actors.tasks.arithmetic", "actors.bootstrap", "actors.engines.transformers")
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """One benchmark trajectory with its ground truth."""
+
+    problem: ScriptedProblem
+    trajectory: StepTrajectory
+    truth: int
+    """The exact critical step (oracle argmax |A|)."""
+    seed: int
+    """Base seed for this case's MC search."""
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """Results of one budget over all cases."""
+
+    name: str
+    accuracy: float
+    """Fraction of cases whose chosen step is the truth."""
+    rollouts: float
+    """Mean continuations per trajectory."""
+    per_step: float
+    """Mean continuations per step boundary."""
+    rounds: float
+    """Mean `generate` calls per trajectory."""
+    correct: np.ndarray
+    """Per-case 0/1, shape (cases,), for paired comparisons."""
+
+
+def make_cases(seed: int, count: int, min_margin: float) -> list[Case]:
+    """`count` cases from `seed`: random problems, one sampled trajectory each, truth margin
+    >= min_margin (problems failing it are redrawn)."""
+    rng = np.random.default_rng(seed)
+    task, cases, tries = ScriptedTask(), [], 0
+    while len(cases) < count:
+        tries += 1
+        problem = ScriptedProblem.random(rng)
+        engine = ScriptedEngine(problem)
+        req = GenerationRequest(problem.prompt_token_ids, 1, SamplingSettings(seed=tries))
+        tokens = asyncio.run(engine.generate([req]))[0].completions[0].token_ids
+        if problem.oracle_margin(tokens) < min_margin:
+            continue
+        traj = StepTrajectory(
+            prompt_token_ids=problem.prompt_token_ids,
+            completion_token_ids=tokens,
+            step_spans=step_spans(tokens),
+            reward=task.score(problem, decode(tokens)),
+            prompt=problem,
+        )
+        truth = problem.oracle_critical_step(tokens)
+        assert truth is not None  # a positive margin means a nonzero largest |A|
+        cases.append(Case(problem, traj, truth, derive_seed(seed, 1_000_000, len(cases))))
+    return cases
+
+
+async def _run_async(cases: Sequence[Case], config: McConfig, name: str) -> Row:
+    task = ScriptedTask()
+    correct, rollouts, per_step, rounds = [], [], [], []
+    for case in cases:
+        cfg = replace(config, seed=case.seed)
+        engine = ScriptedEngine(case.problem)
+        res = await find_critical_step(engine, task, case.trajectory, cfg, decode=decode)
+        assert res.rollouts == engine.rollouts
+        correct.append(res.critical_step == case.truth)
+        rollouts.append(res.rollouts)
+        per_step.append(res.rollouts / case.trajectory.num_steps)
+        rounds.append(res.rounds)
+    c = np.asarray(correct, dtype=np.float64)
+    return Row(name, float(c.mean()), *(float(np.mean(x)) for x in (rollouts, per_step, rounds)), c)
+
+
+def run_budget(cases: Sequence[Case], config: McConfig, name: str) -> Row:
+    """Run `find_critical_step` with `config` (seeded per case) over every case."""
+    return asyncio.run(_run_async(cases, config, name))
+
+
+def random_row(cases: Sequence[Case]) -> Row:
+    """The Satori-style baseline: a uniform step, no MC."""
+    rng = np.random.default_rng(0)
+    c = np.asarray(
+        [
+            choose_critical_step(np.ones(x.trajectory.num_steps), "random", rng) == x.truth
+            for x in cases
+        ],  # fmt: skip
+        dtype=np.float64,
+    )
+    return Row("random step", float(c.mean()), 0.0, 0.0, 0.0, c)
+
+
+def format_table(rows: Sequence[Row], reference: Row) -> str:
+    """Markdown table; `reference` (uniform K = 8) gives the ratio and difference columns.
+
+    The +- column is the standard error of the paired accuracy difference to the reference.
+    """
+    head = (
+        "| budget | accuracy % | vs K=8 (points) | +- | rollouts/traj | rollouts/step "
+        "| rollouts vs K=8 | generate calls |\n|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for r in rows:
+        diff = r.correct - reference.correct
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        lines.append(
+            f"| {r.name} | {100 * r.accuracy:.1f} | {100 * (r.accuracy - reference.accuracy):+.1f}"
+            f" | {100 * se:.1f} | {r.rollouts:.1f} | {r.per_step:.2f}"
+            f" | {r.rollouts / reference.rollouts:.2f} | {r.rounds:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def part_a(args: argparse.Namespace) -> list[Row]:
+    """Scripted policies: uniform K in `args.ks` and the adaptive budget, on the same cases."""
+    cases = [c for s in args.seeds for c in make_cases(s, args.instances, args.min_margin)]
+    steps = np.mean([c.trajectory.num_steps for c in cases])
+    at_pivot = np.mean([c.truth == c.problem.pivotal_step for c in cases])
+    print(
+        f"part (a): {len(cases)} scripted trajectories (seeds {args.seeds}, {args.instances} "
+        f"each), mean {steps:.1f} steps, truth == designed pivotal step in {100 * at_pivot:.0f}%"
+    )
+    rows = [random_row(cases)]
+    for k in args.ks:
+        rows.append(run_budget(cases, McConfig(k=k), f"uniform K={k}"))
+    adaptive = McConfig(budget="adaptive", adaptive_budget=args.adaptive_budget)
+    rows.append(run_budget(cases, adaptive, f"adaptive (cap {args.adaptive_budget}/step)"))
+    reference = next((r for r in rows if r.name == "uniform K=8"), rows[-1])
+    print(format_table(rows, reference))
+    return rows
+
+
+def part_b_missing() -> list[str]:
+    """Modules part (b) needs that are not importable yet."""
+    return [m for m in PART_B_MODULES if importlib.util.find_spec(m) is None]
+
+
+def part_b(args: argparse.Namespace) -> None:
+    """Tiny base policy on the synthetic arithmetic task: chosen step vs the ground-truth first
+    wrong step, against a random-step baseline. Needs the modules in PART_B_MODULES; until
+    they exist (and agree on an interface for "first wrong step") it reports what is missing.
+    """
+    missing = part_b_missing()
+    if missing:
+        print(f"part (b) skipped: missing {', '.join(missing)}")
+        return
+    print("part (b): modules present but not wired yet (needs the arithmetic task's per-step")
+    print("checker and the bootstrap's tiny-policy loader); see ops/bench_critical.py")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gpo bench critical-step", description=__doc__.split("\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="case seeds")
+    p.add_argument("--instances", type=int, default=400, help="cases per seed")
+    p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 12], help="uniform K values")
+    p.add_argument("--min-margin", type=float, default=0.1, help="truth |A| lead over runner-up")
+    p.add_argument("--adaptive-budget", type=float, default=McConfig().adaptive_budget,
+                   help="adaptive cap, continuations per step")  # fmt: skip
+    p.add_argument("--skip-b", action="store_true", help="run part (a) only")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    start = time.perf_counter()
+    part_a(args)
+    print(f"part (a) took {time.perf_counter() - start:.1f} s")
+    if not args.skip_b:
+        part_b(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
