@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from protocol.codec import ProtocolError, decode, encode
@@ -159,7 +159,7 @@ async def fetch_adapter(
             )
         try:
             load_safetensors(blob)  # parse check only: safetensors, never pickle
-        except (SafetensorsError, ValueError) as e:
+        except (SafetensorError, ValueError) as e:
             raise AdapterRejected("bad_safetensors", f"version {pointer.version}: {e}") from None
     except AdapterRejected as e:
         if metrics:
