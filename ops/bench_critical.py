@@ -115,7 +115,7 @@ def random_row(cases: Sequence[Case]) -> Row:
         [
             choose_critical_step(np.ones(x.trajectory.num_steps), "random", rng) == x.truth
             for x in cases
-        ],  # fmt: skip
+        ],
         dtype=np.float64,
     )
     return Row("random step", float(c.mean()), 0.0, 0.0, 0.0, c)
@@ -185,8 +185,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=400, help="cases per seed")
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 12], help="uniform K values")
     p.add_argument("--min-margin", type=float, default=0.1, help="truth |A| lead over runner-up")
-    p.add_argument("--adaptive-budget", type=float, default=McConfig().adaptive_budget,
-                   help="adaptive cap, continuations per step")  # fmt: skip
+    p.add_argument(
+        "--adaptive-budget",
+        type=float,
+        default=McConfig().adaptive_budget,
+        help="adaptive cap, continuations per step",
+    )
     p.add_argument("--skip-b", action="store_true", help="run part (a) only")
     return p.parse_args(argv)
 

@@ -1,0 +1,284 @@
+"""MC critical-step search (actors/mc_search.py) and its scripted policy (actors/scripted.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from actors.engines.base import (
+    Completion,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+)
+from actors.mc_search import CriticalStepResult, McConfig, StepTrajectory, find_critical_step
+from actors.scripted import (
+    BAD,
+    BOS,
+    EOS,
+    GOOD,
+    NEWLINE,
+    ScriptedEngine,
+    ScriptedProblem,
+    ScriptedTask,
+    decode,
+    step_spans,
+)
+from ops.bench_critical import make_cases, run_budget
+
+# --- a hand-written fake engine: fixed continuations, exact bookkeeping ---------------------
+
+
+class FakeEngine:
+    """Continues any prefix with tokens [100], [101], ... (sample j gets 100 + j)."""
+
+    policy_version = 0
+
+    def __init__(self) -> None:
+        self.batches: list[list[GenerationRequest]] = []
+
+    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
+        self.batches.append(list(requests))
+        return [
+            GenerationResult([Completion([100 + j], [0.0], "stop") for j in range(r.n)], 0)
+            for r in requests
+        ]
+
+    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class TableTask:
+    """Rewards looked up by the exact completion text it is asked to score."""
+
+    def __init__(self, table: dict[str, float]) -> None:
+        self.table = table
+        self.prompts: list[object] = []
+
+    def score(self, prompt: object, completion_text: str) -> float:
+        self.prompts.append(prompt)
+        return self.table[completion_text]
+
+
+def fake_decode(ids: Sequence[int]) -> str:
+    return ",".join(map(str, ids))
+
+
+def search(engine, task, traj, config, dec=decode) -> CriticalStepResult:
+    return asyncio.run(find_critical_step(engine, task, traj, config, decode=dec))
+
+
+def test_uniform_search_on_hand_numbers():
+    # Prompt [9]; completion 1 2 | 3 | 4 (three steps); reward 0. Continuations of s_0 are
+    # scored on "100".."103", of s_1 on "1,2,10x", of s_2 on "1,2,3,10x".
+    rewards = {0: [1, 1, 1, 0], 1: [1, 1, 0, 0], 2: [0, 0, 0, 0]}
+    kept = {0: [], 1: [1, 2], 2: [1, 2, 3]}
+    table = {fake_decode(kept[b] + [100 + j]): r[j] for b, r in rewards.items() for j in range(4)}
+    traj = StepTrajectory([9], [1, 2, 3, 4], [(0, 2), (2, 3), (3, 4)], 0.0, prompt="P")
+    engine, task = FakeEngine(), TableTask(table)
+    res = search(engine, task, traj, McConfig(k=4, seed=3), fake_decode)
+    np.testing.assert_allclose(res.values, [0.75, 0.5, 0.0, 0.0])
+    np.testing.assert_allclose(res.advantages, [-0.25, -0.5, 0.0])
+    assert res.critical_step == 1
+    assert (res.rollouts, res.rounds) == (12, 1)
+    np.testing.assert_array_equal(res.counts, [4, 4, 4])
+    assert [c.token_ids for c in res.critical_completions] == [[100], [101], [102], [103]]
+    # ONE generate call: one request per boundary, n = K, prefix = prompt + kept steps.
+    assert len(engine.batches) == 1
+    batch = engine.batches[0]
+    assert [list(r.prompt_token_ids) for r in batch] == [[9], [9, 1, 2], [9, 1, 2, 3]]
+    assert [r.n for r in batch] == [4, 4, 4]
+    assert len({r.sampling.seed for r in batch}) == 3
+    assert task.prompts == ["P"] * 12
+
+
+def test_no_seed_keeps_the_engines_randomness_and_none_selection_never_resets():
+    traj = StepTrajectory([9], [1, 2], [(0, 1), (1, 2)], 1.0, prompt=None)
+    table = {fake_decode(p + [100 + j]): 1.0 for p in ([], [1]) for j in range(2)}
+    engine = FakeEngine()
+    res = search(engine, TableTask(table), traj, McConfig(k=2, seed=None), fake_decode)
+    assert all(r.sampling.seed is None for r in engine.batches[0])
+    assert res.critical_step is None  # values 1, 1, 1: flat
+    res = search(FakeEngine(), TableTask(table), traj, McConfig(k=2, selection="none"), fake_decode)
+    assert res.critical_step is None
+
+
+def test_bad_spans_and_configs_fail_loudly():
+    traj = StepTrajectory([9], [1, 2], [(0, 2), (1, 2)], 0.0, prompt=None)
+    with pytest.raises(ValueError, match="spans"):
+        search(FakeEngine(), TableTask({}), traj, McConfig(), fake_decode)
+    with pytest.raises(ValueError):
+        McConfig(k=0)
+    with pytest.raises(ValueError):
+        McConfig(budget="adaptive", selection="random")
+
+
+# --- the scripted policy ------------------------------------------------------------------
+
+
+def sample(problem: ScriptedProblem, sampling: SamplingSettings, prefix=None, n=1):
+    engine = ScriptedEngine(problem)
+    prompt = prefix if prefix is not None else problem.prompt_token_ids
+    return asyncio.run(engine.generate([GenerationRequest(prompt, n, sampling)]))[0].completions
+
+
+def test_scripted_engine_implements_the_interface_and_is_deterministic():
+    problem = ScriptedProblem((0.9, 0.5, 0.9), recover=0.1)
+    engine = ScriptedEngine(problem)
+    assert isinstance(engine, Engine) and engine.policy_version == 0
+    a = sample(problem, SamplingSettings(seed=11), n=5)
+    b = sample(problem, SamplingSettings(seed=11), n=3)
+    assert [c.token_ids for c in a[:3]] == [c.token_ids for c in b]  # sample j from (seed, j)
+    assert len({tuple(c.token_ids) for c in a}) > 1
+    for c in a:
+        assert c.finish_reason == "stop" and c.token_ids[-1] == EOS
+        assert len(step_spans(c.token_ids)) == 3 and len(c.logprobs) == len(c.token_ids)
+        assert c.text == decode(c.token_ids)
+
+
+def test_scripted_logprobs_follow_temperature_and_top_p():
+    problem = ScriptedProblem((0.8,))
+    (c,) = sample(problem, SamplingSettings(seed=0, temperature=0.5))
+    verdict = c.token_ids[1]  # step 0 is one filler, the verdict, a newline
+    ok = 0.8**2 / (0.8**2 + 0.2**2)  # p^(1/T) renormalised at T = 0.5
+    want = math.log(ok) if verdict == GOOD else math.log(1 - ok)
+    assert c.logprobs[1] == pytest.approx(want)
+    assert c.logprobs[0] == pytest.approx(math.log(1 / 8))  # uniform over 8 fillers
+    # top_p 0.5: only `ok` (0.8) survives, and 4 of the 8 equally likely fillers.
+    for c in sample(problem, SamplingSettings(seed=1, top_p=0.5), n=20):
+        assert c.token_ids[1] == GOOD and c.logprobs[1] == 0.0
+        assert c.token_ids[0] in range(5, 9) and c.logprobs[0] == pytest.approx(math.log(1 / 4))
+
+
+def test_scripted_stops_and_length():
+    problem = ScriptedProblem((1.0, 1.0, 1.0))
+    (c,) = sample(problem, SamplingSettings(seed=0, max_new_tokens=3))
+    assert (len(c.token_ids), c.finish_reason) == (3, "length")
+    (c,) = sample(problem, SamplingSettings(seed=0, stop=("ok",)))
+    assert c.text.endswith("ok") and c.finish_reason == "stop" and c.text.count("ok") == 1
+    (c,) = sample(problem, SamplingSettings(seed=0, stop_token_ids=(NEWLINE,)))
+    assert c.token_ids[-1] == NEWLINE and c.token_ids.count(NEWLINE) == 1
+
+
+def test_scripted_continues_a_prefix_that_ends_inside_a_step():
+    problem = ScriptedProblem((1.0, 0.0), recover=0.0)
+    # Step 0 done (w0 ok \n); step 1 has its 2 fillers but no verdict yet.
+    prefix = [BOS, 5, GOOD, NEWLINE, 5, 6]
+    (c,) = sample(problem, SamplingSettings(seed=0), prefix=prefix)
+    assert c.token_ids == [BAD, NEWLINE, EOS]
+
+
+def test_exact_values_by_hand():
+    # From a correct state: step 0 stays right w.p. 0.5, step 1 w.p. 1; no recovery.
+    problem = ScriptedProblem((0.5, 1.0), recover=0.0)
+    ok_ok = [5, GOOD, NEWLINE, 5, 6, GOOD, NEWLINE, EOS]
+    no_no = [5, BAD, NEWLINE, 5, 6, BAD, NEWLINE, EOS]
+    np.testing.assert_allclose(problem.exact_values(ok_ok), [0.5, 1.0, 1.0])
+    np.testing.assert_allclose(problem.exact_values(no_no), [0.5, 0.0, 0.0])
+    assert problem.oracle_critical_step(ok_ok) == 0 and problem.pivotal_step == 0
+    # With recovery 0.5 at step 1 a wrong state after step 0 is worth 0.5.
+    np.testing.assert_allclose(ScriptedProblem((0.5, 1.0), 0.5).exact_values(no_no), [0.75, 0.5, 0])
+
+
+def test_task_scores_complete_correct_solutions():
+    task, problem = ScriptedTask(), ScriptedProblem((0.5, 0.5))
+    assert task.score(problem, "w0 ok\nw1 w2 ok\n") == 1.0
+    assert task.score(problem, "w0 no\nw1 w2 ok\n") == 1.0  # recovered: the last step counts
+    assert task.score(problem, "w0 ok\nw1 w2 no\n") == 0.0
+    assert task.score(problem, "w0 ok\nw1 w2 ok") == 0.0  # truncated inside step 1
+
+
+def test_empirical_values_match_exact_values():
+    problem = ScriptedProblem((0.9, 0.4, 0.95, 0.9), recover=0.1)
+    for c in sample(problem, SamplingSettings(seed=5), n=3):
+        spans = step_spans(c.token_ids)
+        traj = StepTrajectory(
+            [BOS], c.token_ids, spans, ScriptedTask().score(problem, c.text), problem
+        )
+        res = search(ScriptedEngine(problem), ScriptedTask(), traj, McConfig(k=400, seed=1))
+        np.testing.assert_allclose(res.values, problem.exact_values(c.token_ids), atol=0.08)
+
+
+# --- finding the known pivotal step -------------------------------------------------------
+
+
+def scripted_trajectory(problem: ScriptedProblem, verdicts: Sequence[int]) -> StepTrajectory:
+    tokens: list[int] = []
+    for j, v in enumerate(verdicts):
+        tokens += [5] * (1 + j % 3) + [v, NEWLINE]
+    tokens.append(EOS)
+    reward = ScriptedTask().score(problem, decode(tokens))
+    return StepTrajectory([BOS], tokens, step_spans(tokens), reward, problem)
+
+
+@pytest.mark.parametrize(
+    "config", [McConfig(k=16), McConfig(budget="adaptive")], ids=["uniform-k16", "adaptive"]
+)
+def test_search_finds_the_known_pivotal_step(config):
+    # Step 3 is right 35% of the time, the others 98%. A trajectory that fails at step 3 and
+    # one that gets through it both turn on step 3; values before it are near 0.35, so MC
+    # noise misplaces it now and then: a random step would hit 1/6, an off-by-one never.
+    problem = ScriptedProblem((0.98, 0.98, 0.98, 0.35, 0.98, 0.98), recover=0.02)
+    fail = scripted_trajectory(problem, [GOOD, GOOD, GOOD, BAD, BAD, BAD])
+    win = scripted_trajectory(problem, [GOOD] * 6)
+    assert problem.oracle_critical_step(fail.completion_token_ids) == 3 == problem.pivotal_step
+    assert problem.oracle_critical_step(win.completion_token_ids) == 3
+    hits = {"fail": 0, "win": 0}
+    for seed in range(30):
+        for name, traj in (("fail", fail), ("win", win)):
+            engine = ScriptedEngine(problem)
+            res = search(engine, ScriptedTask(), traj, replace(config, seed=seed))
+            assert res.rollouts == engine.rollouts
+            hits[name] += res.critical_step == 3
+    assert min(hits.values()) >= 20, hits  # of 30 each
+
+
+def test_adaptive_search_on_a_flat_prompt_finds_nothing_within_its_cap():
+    problem = ScriptedProblem((0.0, 1.0, 1.0, 1.0), recover=0.0)  # step 0 always fails
+    traj = scripted_trajectory(problem, [BAD, BAD, BAD, BAD])  # V = 0 everywhere
+    engine = ScriptedEngine(problem)
+    res = search(engine, ScriptedTask(), traj, McConfig(budget="adaptive", seed=0))
+    assert res.critical_step is None
+    assert res.rollouts <= 4.5 * 4 and engine.calls == res.rounds
+    assert res.step_probabilities[-1] == res.step_probabilities.max()
+
+
+def test_adaptive_rounds_use_fresh_seeds_and_respect_the_cap():
+    problem = ScriptedProblem((0.9, 0.9, 0.5, 0.9, 0.9, 0.9, 0.9, 0.9), recover=0.05)
+    traj = scripted_trajectory(problem, [GOOD, GOOD, BAD] + [BAD] * 5)
+    engine = ScriptedEngine(problem)
+    seeds: list[tuple[int, int]] = []
+    real_generate = engine.generate
+
+    async def spy(requests):
+        seeds.extend((list(r.prompt_token_ids).count(NEWLINE), r.sampling.seed) for r in requests)
+        return await real_generate(requests)
+
+    engine.generate = spy
+    cfg = McConfig(budget="adaptive", seed=4, adaptive_budget=3.0, adaptive_max_rounds=5)
+    res = search(engine, ScriptedTask(), traj, cfg)
+    assert 1 < res.rounds <= 5 and res.rollouts <= 24
+    assert len(set(seeds)) == len(seeds)  # no (boundary, seed) repeats across rounds
+    assert res.step_probabilities.shape == (9,)
+    assert res.step_probabilities.sum() == pytest.approx(1.0)
+
+
+def test_adaptive_matches_uniform_k8_with_at_most_60_percent_of_the_rollouts():
+    # The benchmark's protocol on a fixed seeded set (python -m ops.bench_critical runs more).
+    cases = make_cases(seed=100, count=200, min_margin=0.1) + make_cases(101, 200, 0.1)
+    uniform = run_budget(cases, McConfig(k=8), "K=8")
+    adaptive = run_budget(cases, McConfig(budget="adaptive"), "adaptive")
+    assert adaptive.rollouts <= 0.6 * uniform.rollouts
+    assert adaptive.accuracy >= uniform.accuracy - 0.02
+    # And the measurement can tell budgets apart: K = 2 is far worse than K = 8.
+    k2 = run_budget(cases[:200], replace(McConfig(), k=2), "K=2")
+    assert k2.accuracy < uniform.accuracy - 0.15
