@@ -99,9 +99,11 @@ class McConfig:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """Sampling of continuations; GPO uses the policy's own settings. `seed` is overridden
     per request when `seed` below is set."""
-    seed: int | None = 0
+    seed: int | None = None
     """Base seed: request seeds derive from (seed, round, boundary), and `random` selection
-    and the adaptive posterior draws use it too. None: the engine's own randomness."""
+    and the adaptive posterior draws use it too. Give each trajectory its own (e.g. from its
+    id): one seed for all would feed the same random streams to every trajectory's
+    continuations. None: the engine's own randomness, not reproducible."""
     budget: Literal["uniform", "adaptive"] = "uniform"
     """`uniform`: K at every boundary; `adaptive`: spend where the chosen step may change."""
     adaptive_initial_k: int = 2

@@ -8,14 +8,17 @@ the "right" step is well defined. Every budget runs on the same cases with the s
 between rows are paired. Reported: accuracy (chosen step == truth), rollouts per trajectory,
 and both against uniform K = 8.
 
-Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task;
-the chosen step against the ground-truth first wrong step and a random-step baseline.
+Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task
+(`actors.bootstrap`, built once and cached, minutes on a CPU) in the transformers engine; on
+its failed trajectories, the chosen step against the ground-truth first wrong step and a
+random-step baseline. `--skip-b` runs part (a) only.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import math
 import time
@@ -29,7 +32,11 @@ from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.mc_search import McConfig, StepTrajectory, find_critical_step
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 
-PART_B_MODULES = ("actors.tasks.arithmetic", "actors.bootstrap", "actors.engines.transformers")
+PART_B_MODULES = (
+    "actors.tasks.arithmetic",
+    "actors.bootstrap",
+    "actors.engines.transformers_engine",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,17 +173,74 @@ def part_b_missing() -> list[str]:
     return [m for m in PART_B_MODULES if importlib.util.find_spec(m) is None]
 
 
-def part_b(args: argparse.Namespace) -> None:
-    """Tiny base policy on the synthetic arithmetic task: chosen step vs the ground-truth first
-    wrong step, against a random-step baseline. Needs the modules in PART_B_MODULES; until
-    they exist (and agree on an interface for "first wrong step") it reports what is missing.
+def part_b(args: argparse.Namespace) -> list[Row] | None:
+    """Tiny base policy on the synthetic arithmetic task (builds it once, cached; minutes).
+
+    One sampled trajectory per held-out prompt; the failed ones whose first wrong step is
+    known (`Arithmetic.first_wrong_step`) are the cases, that step the truth. Rows: the
+    random-step baseline (expected accuracy, mean 1/T) and the MC budgets. Returns None when
+    the modules are missing.
     """
     missing = part_b_missing()
     if missing:
         print(f"part (b) skipped: missing {', '.join(missing)}")
-        return
-    print("part (b): modules present but not wired yet (needs the arithmetic task's per-step")
-    print("checker and the bootstrap's tiny-policy loader); see ops/bench_critical.py")
+        return None
+    from actors.bootstrap import BootstrapConfig, bootstrap
+    from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from actors.steps import StepConfig, token_spans
+
+    boot = BootstrapConfig()
+    task = boot.task()
+    engine = TransformersEngine(TransformersEngineConfig(model=str(bootstrap(boot))))
+    tok = engine.tokenizer
+    dec = functools.partial(tok.decode, skip_special_tokens=True)
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=args.b_max_new_tokens)
+    prompts = task.heldout_prompts()[: args.b_prompts]
+    # 1. One trajectory per prompt, in one batch.
+    reqs = [
+        GenerationRequest(tok(p.text)["input_ids"], 1, replace(sampling, seed=i))
+        for i, p in enumerate(prompts)
+    ]
+    results = asyncio.run(engine.generate(reqs))
+    cases: list[tuple[StepTrajectory, int]] = []
+    for prompt, req, res in zip(prompts, reqs, results, strict=True):
+        ids = res.completions[0].token_ids
+        text = dec(ids)
+        truth = task.first_wrong_step(prompt, text)
+        spans = token_spans(ids, tok, StepConfig(), task.split_steps)
+        if task.score(prompt, text) > 0 or truth is None or truth >= len(spans):
+            continue
+        cases.append((StepTrajectory(req.prompt_token_ids, ids, spans, 0.0, prompt), truth))
+    print(
+        f"part (b): {len(cases)} failed trajectories of {len(prompts)} held-out prompts "
+        f"(tiny policy {boot.cache_key()}), mean {np.mean([t.num_steps for t, _ in cases]):.1f} steps"
+    )
+    if not cases:
+        return None
+    # 2. MC search with each budget; the random baseline is its expectation, 1/T.
+    expected = np.asarray([1.0 / t.num_steps for t, _ in cases])
+    rows = [Row("random step (expected)", float(expected.mean()), 0.0, 0.0, 0.0, expected)]
+    budgets = [(f"uniform K={k}", McConfig(k=k, sampling=sampling)) for k in args.b_ks]
+    budgets.append(("adaptive", McConfig(budget="adaptive", sampling=sampling)))
+    for name, cfg in budgets:
+        rows.append(asyncio.run(_run_b(engine, task, cases, cfg, name, dec)))
+    asyncio.run(engine.close())
+    reference = next((r for r in rows if r.name == "uniform K=8"), rows[-1])
+    print(format_table(rows, reference))
+    return rows
+
+
+async def _run_b(engine, task, cases, config: McConfig, name: str, dec) -> Row:
+    correct, rollouts, per_step, rounds = [], [], [], []
+    for i, (traj, truth) in enumerate(cases):
+        cfg = replace(config, seed=derive_seed(7, 0, i))
+        res = await find_critical_step(engine, task, traj, cfg, decode=dec)
+        correct.append(res.critical_step == truth)
+        rollouts.append(res.rollouts)
+        per_step.append(res.rollouts / traj.num_steps)
+        rounds.append(res.rounds)
+    c = np.asarray(correct, dtype=np.float64)
+    return Row(name, float(c.mean()), *(float(np.mean(x)) for x in (rollouts, per_step, rounds)), c)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -192,6 +256,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="adaptive cap, continuations per step",
     )
     p.add_argument("--skip-b", action="store_true", help="run part (a) only")
+    p.add_argument("--b-prompts", type=int, default=100, help="part (b): held-out prompts")
+    p.add_argument("--b-ks", type=int, nargs="+", default=[4, 8], help="part (b): uniform Ks")
+    p.add_argument("--b-max-new-tokens", type=int, default=48, help="part (b): token cap")
     return p.parse_args(argv)
 
 
@@ -201,7 +268,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     part_a(args)
     print(f"part (a) took {time.perf_counter() - start:.1f} s")
     if not args.skip_b:
+        start = time.perf_counter()
         part_b(args)
+        print(f"part (b) took {time.perf_counter() - start:.1f} s")
     return 0
 
 
