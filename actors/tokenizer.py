@@ -1,0 +1,37 @@
+"""A character-level tokenizer for the tiny built-in policy: one token per character.
+
+Built from a `tokenizers` WordLevel model (no download) and wrapped as a transformers
+`PreTrainedTokenizerFast`, so `save_pretrained` / `AutoTokenizer.from_pretrained` round-trip
+it. Ids: the special tokens first (`<pad>`, `<bos>`, `<eos>`, `<unk>`), then the alphabet in
+the given order. Encoding text prepends `<bos>` (as Llama tokenizers do); decoding joins
+characters with nothing between them. Characters outside the alphabet become `<unk>`.
+"""
+
+from __future__ import annotations
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+
+
+def build_char_tokenizer(alphabet: str) -> PreTrainedTokenizerFast:
+    """A tokenizer with one id per distinct character of `alphabet` plus the special tokens."""
+    chars = list(dict.fromkeys(alphabet))
+    vocab = {tok: i for i, tok in enumerate([*SPECIAL_TOKENS, *chars])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A $B", special_tokens=[(BOS, vocab[BOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
