@@ -66,6 +66,8 @@ class Row:
     """Mean `generate` calls per trajectory."""
     correct: np.ndarray
     """Per-case 0/1, shape (cases,), for paired comparisons."""
+    no_step: float = 0.0
+    """Fraction of cases where the search chose no step (flat values)."""
 
 
 def make_cases(seed: int, count: int, min_margin: float) -> list[Case]:
@@ -96,18 +98,20 @@ def make_cases(seed: int, count: int, min_margin: float) -> list[Case]:
 
 async def _run_async(cases: Sequence[Case], config: McConfig, name: str) -> Row:
     task = ScriptedTask()
-    correct, rollouts, per_step, rounds = [], [], [], []
+    correct, rollouts, per_step, rounds, none = [], [], [], [], 0
     for case in cases:
         cfg = replace(config, seed=case.seed)
         engine = ScriptedEngine(case.problem)
         res = await find_critical_step(engine, task, case.trajectory, cfg, decode=decode)
         assert res.rollouts == engine.rollouts
+        none += res.critical_step is None
         correct.append(res.critical_step == case.truth)
         rollouts.append(res.rollouts)
         per_step.append(res.rollouts / case.trajectory.num_steps)
         rounds.append(res.rounds)
     c = np.asarray(correct, dtype=np.float64)
-    return Row(name, float(c.mean()), *(float(np.mean(x)) for x in (rollouts, per_step, rounds)), c)
+    means = (float(np.mean(x)) for x in (rollouts, per_step, rounds))
+    return Row(name, float(c.mean()), *means, c, none / len(cases))
 
 
 def run_budget(cases: Sequence[Case], config: McConfig, name: str) -> Row:
@@ -135,7 +139,7 @@ def format_table(rows: Sequence[Row], reference: Row) -> str:
     """
     head = (
         "| budget | accuracy % | vs K=8 (points) | +- | rollouts/traj | rollouts/step "
-        "| rollouts vs K=8 | generate calls |\n|---|---|---|---|---|---|---|---|"
+        "| rollouts vs K=8 | generate calls | no step % |\n|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in rows:
@@ -144,7 +148,7 @@ def format_table(rows: Sequence[Row], reference: Row) -> str:
         lines.append(
             f"| {r.name} | {100 * r.accuracy:.1f} | {100 * (r.accuracy - reference.accuracy):+.1f}"
             f" | {100 * se:.1f} | {r.rollouts:.1f} | {r.per_step:.2f}"
-            f" | {r.rollouts / reference.rollouts:.2f} | {r.rounds:.2f} |"
+            f" | {r.rollouts / reference.rollouts:.2f} | {r.rounds:.2f} | {100 * r.no_step:.0f} |"
         )
     return "\n".join(lines)
 
@@ -231,16 +235,18 @@ def part_b(args: argparse.Namespace) -> list[Row] | None:
 
 
 async def _run_b(engine, task, cases, config: McConfig, name: str, dec) -> Row:
-    correct, rollouts, per_step, rounds = [], [], [], []
+    correct, rollouts, per_step, rounds, none = [], [], [], [], 0
     for i, (traj, truth) in enumerate(cases):
         cfg = replace(config, seed=derive_seed(7, 0, i))
         res = await find_critical_step(engine, task, traj, cfg, decode=dec)
+        none += res.critical_step is None
         correct.append(res.critical_step == truth)
         rollouts.append(res.rollouts)
         per_step.append(res.rollouts / traj.num_steps)
         rounds.append(res.rounds)
     c = np.asarray(correct, dtype=np.float64)
-    return Row(name, float(c.mean()), *(float(np.mean(x)) for x in (rollouts, per_step, rounds)), c)
+    means = (float(np.mean(x)) for x in (rollouts, per_step, rounds))
+    return Row(name, float(c.mean()), *means, c, none / len(cases))
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
