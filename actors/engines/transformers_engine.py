@@ -107,6 +107,8 @@ class TransformersEngine:
             raise RuntimeError("engine is closed")
         for request in requests:
             _check_request(request)
+        if not requests:
+            return []
         version = self._versions.acquire()
         try:
             chunks = await asyncio.to_thread(self._generate_chunks, list(requests), version)
@@ -306,5 +308,7 @@ def _check_request(request: GenerationRequest) -> None:
         raise ValueError(f"temperature must be > 0, got {s.temperature}")
     if not 0 < s.top_p <= 1:
         raise ValueError(f"top_p must be in (0, 1], got {s.top_p}")
+    if any(not stop for stop in s.stop):
+        raise ValueError("stop strings must not be empty")
     if s.max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {s.max_new_tokens}")

@@ -172,12 +172,17 @@ def test_bad_first_adapter_leaves_base_model_usable(tiny_model_dir, runner, own_
         {"sampling": SamplingSettings(temperature=0.0)},
         {"sampling": SamplingSettings(top_p=0.0)},
         {"sampling": SamplingSettings(max_new_tokens=0)},
+        {"sampling": SamplingSettings(stop=("",))},
     ],
 )
 def test_invalid_requests_are_refused(engine, runner, bad):
     request = GenerationRequest(**{"prompt_token_ids": [5, 6], **bad})
     with pytest.raises(ValueError):
         runner.run(engine.generate([request]))
+
+
+def test_empty_batch_gives_no_results(engine, runner):
+    assert runner.run(engine.generate([])) == []
 
 
 def test_bfloat16_engine_samples_close_to_float32_logprobs(

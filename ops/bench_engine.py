@@ -1,0 +1,203 @@
+"""Benchmark of the transformers engine: throughput against `model.generate`, and prefix reuse.
+
+Two measurements in one run, on a tiny random Llama (or `--model DIR`):
+1. A batch of `--batch` distinct prompts, one sample each: generated tokens per second of the
+   engine against plain `model.generate(do_sample=True)` on the same weights (the engine also
+   computes logprobs; `generate` does not).
+2. The estimator's shape: the `--prefixes` nested prefixes of one trajectory with `--samples`
+   continuations each, timed with `prefix_reuse` `off` (every sample prefills its prompt, as
+   `generate(num_return_sequences=...)` does), `request` and `shared`.
+
+Run: `python -m ops.bench_engine [--model DIR] [--device cuda]`; a later `gpo bench engine`
+calls `main(argv)`. Each figure is the best of `--repeats` runs after one warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from transformers import AutoModelForCausalLM
+
+from actors.engines.base import GenerationRequest, SamplingSettings
+from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
+from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One line of the result table."""
+
+    case: str
+    seconds: float
+    tokens: int
+    baseline: str = ""
+    """Case this row's speed is compared with; empty for a baseline row."""
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gpo bench engine", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model directory (default: build a tiny random Llama)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=64, help="prompts in the throughput batch")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="mean prompt length, tokens")
+    p.add_argument("--new-tokens", type=int, default=64, help="max new tokens per completion")
+    p.add_argument("--prefixes", type=int, default=8, help="nested prefixes in the estimator batch")
+    p.add_argument("--samples", type=int, default=8, help="continuations per prefix")
+    p.add_argument("--step-tokens", type=int, default=48, help="tokens per reasoning step")
+    p.add_argument("--mc-tokens", type=int, default=32, help="max new tokens per continuation")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per case (best is kept)")
+    p.add_argument("--hidden-size", type=int, default=256, help="tiny model width")
+    p.add_argument("--layers", type=int, default=4, help="tiny model depth")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    return p.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = args.model or str(build_tiny_model_dir(tmp, _tiny_config(args)))
+        rows = run(args, model_dir)
+    print(format_table(rows))
+    return 0
+
+
+def _tiny_config(args: argparse.Namespace) -> TinyModelConfig:
+    heads = max(1, args.hidden_size // 64)
+    return TinyModelConfig(
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        intermediate_size=4 * args.hidden_size,
+        max_positions=4096,
+    )
+
+
+def run(args: argparse.Namespace, model_dir: str) -> list[Row]:
+    """All cases, timed round-robin so that load from other processes hits them alike."""
+    rng = random.Random(0)
+    engines = {
+        mode: TransformersEngine(
+            TransformersEngineConfig(
+                model=model_dir, dtype=args.dtype, device=args.device, prefix_reuse=mode
+            )
+        )
+        for mode in ("off", "request", "shared")
+    }
+    vocab = len(engines["shared"].tokenizer)
+    lengths = [
+        rng.randint(args.prompt_tokens // 2, 3 * args.prompt_tokens // 2) for _ in range(args.batch)
+    ]
+    prompts = [_random_ids(rng, vocab, n) for n in lengths]
+    batch = [
+        GenerationRequest(p, sampling=SamplingSettings(max_new_tokens=args.new_tokens, seed=i))
+        for i, p in enumerate(prompts)
+    ]
+    trajectory = _random_ids(rng, vocab, args.prompt_tokens + args.prefixes * args.step_tokens)
+    estimator = [
+        GenerationRequest(
+            trajectory[: args.prompt_tokens + k * args.step_tokens],
+            n=args.samples,
+            sampling=SamplingSettings(max_new_tokens=args.mc_tokens, seed=k),
+        )
+        for k in range(args.prefixes)
+    ]
+    plain = f"generate() batch {args.batch}"
+    shape = f"estimator {args.prefixes}x{args.samples}"
+    cases: list[tuple[str, Callable[[], int], str]] = [
+        (plain, _plain_generate(model_dir, args, prompts), ""),
+        (f"engine batch {args.batch}", _engine_call(engines["shared"], batch), plain),
+    ]
+    for mode in ("off", "request", "shared"):
+        baseline = "" if mode == "off" else f"{shape} prefix off"
+        cases.append((f"{shape} prefix {mode}", _engine_call(engines[mode], estimator), baseline))
+    return _timed_round_robin(cases, args.repeats)
+
+
+def _random_ids(rng: random.Random, vocab: int, length: int) -> list[int]:
+    return [rng.randrange(3, vocab) for _ in range(length)]  # ids 0-2 are special in the tiny model
+
+
+def _engine_call(
+    engine: TransformersEngine, requests: list[GenerationRequest]
+) -> Callable[[], int]:
+    def call() -> int:
+        results = asyncio.run(engine.generate(requests))
+        return sum(len(c.token_ids) for r in results for c in r.completions)
+
+    return call
+
+
+def _plain_generate(
+    model_dir: str, args: argparse.Namespace, prompts: list[list[int]]
+) -> Callable[[], int]:
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+    width = max(len(p) for p in prompts)
+    pad = model.config.pad_token_id or 0
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=args.device)
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=args.device
+    )
+
+    def call() -> int:
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=True,
+                temperature=1.0,
+                top_p=1.0,
+                top_k=0,
+                max_new_tokens=args.new_tokens,
+                pad_token_id=pad,
+            )
+        return _count_until_eos(out[:, width:].tolist(), model.generation_config.eos_token_id)
+
+    return call
+
+
+def _count_until_eos(rows: list[list[int]], eos: int | list[int] | None) -> int:
+    """Generated tokens per row up to and including the first EOS (later ones are padding)."""
+    stops = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    total = 0
+    for row in rows:
+        ends = [i for i, tok in enumerate(row) if tok in stops]
+        total += ends[0] + 1 if ends else len(row)
+    return total
+
+
+def _timed_round_robin(cases: list[tuple[str, Callable[[], int], str]], repeats: int) -> list[Row]:
+    """Best time of each case over `repeats` rounds, after one warm-up call of each."""
+    best = {name: float("inf") for name, _, _ in cases}
+    tokens = {name: call() for name, call, _ in cases}  # warm-up: allocator, kernels, imports
+    for _ in range(repeats):
+        for name, call, _ in cases:
+            start = time.perf_counter()
+            tokens[name] = call()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return [Row(name, best[name], tokens[name], baseline) for name, _, baseline in cases]
+
+
+def format_table(rows: list[Row]) -> str:
+    """Rows as a fixed-width table; `vs` is speed relative to the row's baseline."""
+    speed = {r.case: r.tokens / r.seconds for r in rows}
+    lines = [f"{'case':32} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'vs':>6}"]
+    for r in rows:
+        ratio = f"{speed[r.case] / speed[r.baseline]:.2f}x" if r.baseline else ""
+        lines.append(f"{r.case:32} {r.seconds:8.3f} {r.tokens:7d} {speed[r.case]:9.0f} {ratio:>6}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
