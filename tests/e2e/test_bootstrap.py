@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -10,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.bootstrap import BootstrapConfig, bootstrap
+from actors.bootstrap import BootstrapConfig, bootstrap, main
 from actors.tasks import load_task
 
 
@@ -85,3 +86,21 @@ def test_default_bootstrap_lands_in_the_band(tmp_path):
     # failures start at several different steps, not only at one
     failing = {k: v for k, v in record["first_wrong_step_histogram"].items() if k != "None"}
     assert sum(1 for v in failing.values() if v >= 3) >= 2
+
+
+def test_cli_reads_toml_then_flags_and_reuses_the_cache(tmp_path, capsys):
+    config = _fast_config(tmp_path / "cache")
+    path = bootstrap(config)
+    toml = tmp_path / "run.toml"
+    toml.write_text(
+        "[bootstrap]\n"
+        + "".join(
+            f"{k} = {json.dumps(v)}\n"
+            for k, v in dataclasses.asdict(config).items()
+            if k not in ("cache_dir", "seed")
+        )
+    )
+    assert main(["--config", str(toml), "--cache-dir", str(tmp_path / "cache"), "--seed", "0"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == str(path)
+    assert out[1].startswith("pass@1 ")
