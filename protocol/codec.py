@@ -100,12 +100,10 @@ def encode(msg: Message) -> bytes:
     out: dict[str, Any] = {"v": SCHEMA_VERSION, "type": msg.TYPE}
     for name, kind in _schema(type(msg)):
         value = getattr(msg, name)
-        if kind == "i32":
-            value = np.asarray(value, dtype=_I32).tobytes()
-        elif kind == "f32":
-            value = np.asarray(value, dtype=_F32).tobytes()
+        if kind in ("i32", "f32"):
+            value = value.tobytes()  # __post_init__ made it a little-endian array
         elif kind == "spans":
-            value = [[int(a), int(b)] for a, b in value]
+            value = np.asarray(value, dtype=_I32).tobytes()
         out[name] = value
     return msgpack.packb(out, use_bin_type=True)
 
@@ -129,11 +127,23 @@ def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
     cls = MESSAGE_TYPES.get(obj.get("type")) if isinstance(obj.get("type"), str) else None
     if cls is None:
         raise ProtocolError("unknown_type", repr(obj.get("type"))[:40])
-    schema = _schema(cls)
-    extra = set(obj) - {n for n, _ in schema} - set(_HEADER)
-    if extra:
-        raise ProtocolError("unexpected_field", ",".join(sorted(map(str, extra)))[:80])
-    values = {name: _field(obj, name, kind, limits) for name, kind in schema}
+    fields = _decoder(cls)
+    if len(obj) != len(fields) + len(_HEADER):
+        extra = set(obj) - {name for name, _, _ in fields} - set(_HEADER)
+        if extra:
+            raise ProtocolError("unexpected_field", ",".join(sorted(map(str, extra)))[:80])
+    values = {}
+    for name, check, optional in fields:
+        if name not in obj:
+            raise ProtocolError("missing_field", name)
+        value = obj[name]
+        if value is None and optional:
+            values[name] = None
+            continue
+        try:
+            values[name] = check(value, limits)
+        except ProtocolError as e:
+            raise ProtocolError(e.reason, f"{name}: {e.detail}") from None
     msg = cls(**values)
     _check_invariants(msg)
     return msg
@@ -194,19 +204,12 @@ def _check_depth(obj: Any, depth: int) -> None:
                 _check_depth(v, depth + 1)
 
 
-def _field(obj: dict, name: str, kind: str, limits: CodecLimits) -> Any:
-    if name not in obj:
-        raise ProtocolError("missing_field", name)
-    value = obj[name]
-    if kind.endswith("?"):
-        if value is None:
-            return None
-        kind = kind[:-1]
-    check = _CHECKS[kind]
-    try:
-        return check(value, limits)
-    except ProtocolError as e:
-        raise ProtocolError(e.reason, f"{name}: {e.detail}") from None
+@functools.cache
+def _decoder(cls: type) -> tuple[tuple[str, Any, bool], ...]:
+    """(field name, check function, may be None) per field, resolved once per class."""
+    return tuple(
+        (name, _CHECKS[kind.rstrip("?")], kind.endswith("?")) for name, kind in _schema(cls)
+    )
 
 
 def _int(value: Any, limits: CodecLimits) -> int:
@@ -248,14 +251,11 @@ def _config(value: Any, limits: CodecLimits) -> dict:
 
 
 def _spans(value: Any, limits: CodecLimits) -> list[tuple[int, int]]:
-    if type(value) is not list:
-        raise ProtocolError("bad_field_type", "expected a list of [start, end]")
-    out = []
-    for span in value:
-        if type(span) is not list or len(span) != 2 or any(type(x) is not int for x in span):
-            raise ProtocolError("bad_field_type", "expected a list of [start, end]")
-        out.append((span[0], span[1]))
-    return out
+    arr = _array(value, _I32)  # [start0, end0, start1, end1, ...]
+    if arr.size % 2:
+        raise ProtocolError("bad_length", "spans need an even number of int32")
+    flat = arr.tolist()
+    return list(zip(flat[0::2], flat[1::2]))
 
 
 def _array(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -270,20 +270,20 @@ def _array(value: Any, dtype: np.dtype) -> np.ndarray:
     return np.frombuffer(value, dtype=dtype)
 
 
-def _i32(value: Any, limits: CodecLimits) -> list[int]:
+def _i32(value: Any, limits: CodecLimits) -> np.ndarray:
     arr = _array(value, _I32)
     if arr.size and (
         arr.min() < 0 or (limits.vocab_size is not None and arr.max() >= limits.vocab_size)
     ):
         raise ProtocolError("token_out_of_range", f"ids span [{arr.min()}, {arr.max()}]")
-    return arr.tolist()
+    return arr
 
 
-def _f32(value: Any, limits: CodecLimits) -> list[float]:
+def _f32(value: Any, limits: CodecLimits) -> np.ndarray:
     arr = _array(value, _F32)
     if not np.isfinite(arr).all():
         raise ProtocolError("bad_value", "not finite")
-    return arr.tolist()
+    return arr
 
 
 _CHECKS = {
@@ -356,14 +356,18 @@ def _check_invariants(msg: Message) -> None:
     elif isinstance(msg, Sample):
         n = len(msg.token_ids)
         lengths = [len(msg.loss_mask), len(msg.logprobs), len(msg.advantages)]
-        if msg.returns:
+        if len(msg.returns):
             lengths.append(len(msg.returns))
         _require(
             all(x == n for x in lengths),
             "length_mismatch",
             f"per-token arrays {lengths} vs tokens {n}",
         )
-        _require(set(msg.loss_mask) <= {0, 1}, "bad_value", "loss_mask must be 0/1")
+        _require(
+            bool(((msg.loss_mask == 0) | (msg.loss_mask == 1)).all()),
+            "bad_value",
+            "loss_mask must be 0/1",
+        )
         _require(0.0 <= msg.reward <= 1.0, "bad_value", "reward outside [0, 1]")
         _require(msg.kind in ("fresh", "reset"), "bad_value", f"kind {msg.kind!r}")
     elif isinstance(msg, AdapterPointer):

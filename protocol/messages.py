@@ -5,22 +5,29 @@ the field comments before a consumer ever sees a message, so code that receives 
 on them. Common header fields: `id` (producer-assigned, deterministic where possible, the
 key of every deduplication), `run` (run id) and `ts` (unix seconds at production).
 
-Per-token arrays (`TokenIds`, `Floats`) travel as little-endian int32 / float32 bytes inside
-the msgpack map: ten times faster to check than msgpack lists, and float32 keeps logprobs to
-about 1e-7 relative, far inside what PPO needs.
+Per-token arrays (`TokenIds`, `Floats`) are numpy arrays (int32 / float32; lists are
+converted at construction) and travel as little-endian bytes inside the msgpack map: no
+per-element Python work on either side, zero-copy into torch on the learner, and float32
+keeps logprobs to about 1e-7 relative, far inside what PPO needs. Decoded arrays are
+read-only views of the received bytes, as frozen as the message around them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
-SCHEMA_VERSION = 1
+import numpy as np
 
-TokenIds = Annotated[list[int], "i32"]
-"""Token ids; on the wire little-endian int32 bytes; each in [0, vocab_size) when known."""
-Floats = Annotated[list[float], "f32"]
-"""Finite floats; on the wire little-endian float32 bytes."""
+SCHEMA_VERSION = 1
+DTYPES = {"i32": np.dtype("<i4"), "f32": np.dtype("<f4")}
+
+TokenIds = Annotated[np.ndarray, "i32"]
+"""Token ids, int32; each in [0, vocab_size) when the vocabulary is known."""
+Floats = Annotated[np.ndarray, "f32"]
+"""Finite floats, float32."""
 Spans = list[tuple[int, int]]
 """Half-open token ranges [start, end)."""
 
@@ -28,8 +35,48 @@ TrajectoryKind = Literal["fresh", "reset"]
 Selection = Literal["advantage", "random", "none"]
 
 
-@dataclass(frozen=True, slots=True)
-class Prompt:
+class _Wire:
+    """Shared behaviour of wire types: array fields as numpy, equality by value."""
+
+    __slots__ = ()
+
+    def __post_init__(self) -> None:
+        for name, dtype in _array_fields(type(self)):
+            value = getattr(self, name)
+            if not (isinstance(value, np.ndarray) and value.dtype == dtype and value.ndim == 1):
+                object.__setattr__(self, name, np.asarray(value, dtype=dtype).reshape(-1))
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, np.ndarray):
+                if not np.array_equal(a, b):
+                    return False
+            elif a != b:
+                return False
+        return True
+
+    __hash__ = None
+
+
+_ARRAY_FIELDS: dict[type, tuple[tuple[str, np.dtype], ...]] = {}
+
+
+def _array_fields(cls: type) -> tuple[tuple[str, np.dtype], ...]:
+    if cls not in _ARRAY_FIELDS:
+        hints = typing.get_type_hints(cls, include_extras=True)
+        _ARRAY_FIELDS[cls] = tuple(
+            (name, DTYPES[typing.get_args(h)[1]])
+            for name, h in hints.items()
+            if typing.get_origin(h) is Annotated
+        )
+    return _ARRAY_FIELDS[cls]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Prompt(_Wire):
     """A task prompt for the actors (stream `prompts`, group `actors`)."""
 
     TYPE: ClassVar[str] = "prompt"
@@ -48,8 +95,8 @@ class Prompt:
     """Pass over the training split that produced this prompt; >= 0."""
 
 
-@dataclass(frozen=True, slots=True)
-class Trajectory:
+@dataclass(frozen=True, slots=True, eq=False)
+class Trajectory(_Wire):
     """One rollout with its reward (stream `trajectories`, group `estimators`)."""
 
     TYPE: ClassVar[str] = "trajectory"
@@ -88,8 +135,8 @@ class Trajectory:
     """Wall time of the generate call that produced it; >= 0."""
 
 
-@dataclass(frozen=True, slots=True)
-class ResetRequest:
+@dataclass(frozen=True, slots=True, eq=False)
+class ResetRequest(_Wire):
     """Regenerate from just before a critical step (stream `resets`, group `actors`)."""
 
     TYPE: ClassVar[str] = "reset"
@@ -120,8 +167,8 @@ class ResetRequest:
     """How the step was chosen: `advantage` (GPO) or `random` (baseline)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
+@dataclass(frozen=True, slots=True, eq=False)
+class Sample(_Wire):
     """A training sample, ready for the learner without recomputation (stream `samples`)."""
 
     TYPE: ClassVar[str] = "sample"
@@ -148,8 +195,8 @@ class Sample:
     policy_version: int
 
 
-@dataclass(frozen=True, slots=True)
-class AdapterPointer:
+@dataclass(frozen=True, slots=True, eq=False)
+class AdapterPointer(_Wire):
     """A published LoRA adapter version (stream `weights`, read in full by everyone)."""
 
     TYPE: ClassVar[str] = "adapter"

@@ -1,7 +1,8 @@
 """The producer side of a work stream: XADD with a produced counter, and backpressure.
 
 Backlog = produced - acked, both counted by the clients in keys beside the stream (same hash
-tag): XADD and INCR run in one MULTI; the consumer's ack script INCRBYs `acked`. Unlike XINFO
+tag): the XADDs of a batch and the INCRBY of `produced` run in one script (atomic like MULTI,
+with one reply instead of one per queued command); the consumer's ack script INCRBYs `acked`. Unlike XINFO
 lag, this stays right when the stream is trimmed. Producers wait while the backlog is at or
 above the limit, so nothing is ever trimmed to make room (RELIABILITY.md test 14/15).
 """
@@ -14,10 +15,19 @@ from collections.abc import Sequence
 
 from protocol.codec import encode
 from protocol.config import RedisConfig
-from protocol.consumer import FIELD
 from protocol.messages import Message
 from protocol.metrics import TransportMetrics
 from protocol.streams import Keys, Link
+
+# KEYS: stream, produced counter. ARGV: payloads... -> entry ids
+_XADD_LUA = """
+local ids = {}
+for i = 1, #ARGV do
+  ids[i] = redis.call('XADD', KEYS[1], '*', 'm', ARGV[i])
+end
+redis.call('INCRBY', KEYS[2], #ARGV)
+return ids
+"""
 
 BACKLOG_REFRESH = 1.0  # seconds between re-reads of the counters while under the limit
 
@@ -29,6 +39,7 @@ class Producer:
         self.link, self.keys, self.cfg, self.m = link, keys, cfg, metrics
         # stream -> (backlog as last read + what we sent since, monotonic time of the read)
         self._estimate: dict[str, tuple[int, float]] = {}
+        self._xadd = link.client.register_script(_XADD_LUA)
 
     async def send(
         self, stream: str, messages: Sequence[Message] | Message, wait: bool = True
@@ -47,18 +58,13 @@ class Producer:
         """Append already encoded payloads (tests use this to inject hostile bytes)."""
         key, counter = self.keys.stream(stream), self.keys.produced(stream)
 
-        async def op(r):
-            async with r.pipeline(transaction=True) as p:
-                for raw in payloads:
-                    p.xadd(key, {FIELD: raw})
-                p.incrby(counter, len(payloads))
-                return await p.execute()
-
-        result = await self.link.call(op)
+        result = await self.link.call(
+            lambda r: self._xadd(keys=[key, counter], args=list(payloads), client=r)
+        )
         self.m.produced.labels(stream).inc(len(payloads))
         backlog, at = self._estimate.get(stream, (0, 0.0))
         self._estimate[stream] = (backlog + len(payloads), at)
-        return [eid.decode() for eid in result[:-1]]
+        return [eid.decode() for eid in result]
 
     async def backlog(self, stream: str) -> int:
         """Produced minus acknowledged entries of `stream`, read from Redis now."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.redis_server import RedisServer, make_tls_files
+from ops.redis_server import RedisServer, make_tls_files
 
 
 @pytest.fixture

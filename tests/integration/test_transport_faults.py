@@ -194,9 +194,11 @@ async def main():
     tm = TransportMetrics(Metrics("p"))
     link = Link(cfg, tm)
     await link.connect()
+    producer = Producer(link, Keys("t"), cfg, tm)
+    await producer.send("in", prompt(99), wait=False)  # warm: the XADD script is now cached
     print("go", flush=True)
     sys.stdin.readline()
-    await Producer(link, Keys("t"), cfg, tm).send("in", prompt(0), wait=False)
+    await producer.send("in", prompt(0), wait=False)
     print("sent", int(tm.reconnects._value.get()), flush=True)
 asyncio.run(main())
 """
@@ -212,8 +214,8 @@ asyncio.run(main())
     line = p.stdout.readline().split()
     p.wait(10)
     assert line[0] == "sent" and int(line[1]) >= 1
-    ledger.produced.append("p0")
-    assert wait_until(lambda: r.xlen(KEYS.stream("in")) == 2, 5), (
+    ledger.produced += ["p99", "p0"]
+    assert wait_until(lambda: r.xlen(KEYS.stream("in")) == 3, 5), (
         "expected the retried XADD to duplicate"
     )
     w = Worker(redis_server.url, "w")
@@ -222,7 +224,7 @@ asyncio.run(main())
     w.stop()
     rep = assert_clean(ledger, allow_dup_ids={"p0"})
     assert rep.processed["p0"] == 2  # both entries were handled ...
-    assert set(rep.processed) == {"p0"}  # ... and dedup by message id trains it once
+    assert set(rep.processed) == {"p0", "p99"}  # ... and dedup by message id trains it once
 
 
 # 6, 7, 20 -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pickle
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -123,7 +124,11 @@ pointers = st.builds(
     base_model=text,
     lora_config=st.dictionaries(
         st.text(max_size=10),
-        st.one_of(st.integers(), st.text(max_size=10), st.lists(st.text(max_size=10), max_size=4)),
+        st.one_of(
+            st.integers(-(2**63), 2**63 - 1),
+            st.text(max_size=10),
+            st.lists(st.text(max_size=10), max_size=4),
+        ),
         max_size=5,
     ),
     sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
@@ -197,7 +202,8 @@ def raw_map(**fields) -> bytes:
             raw_map(completion_token_ids=(-1).to_bytes(4, "little", signed=True) * 3),
             "token_out_of_range",
         ),
-        (raw_map(step_spans=[[0, 1], [2, 3]]), "bad_spans"),
+        (raw_map(step_spans=bytes(np.array([0, 1, 2, 3], dtype="<i4"))), "bad_spans"),
+        (raw_map(step_spans=[[0, 2], [2, 3]]), "bad_field_type"),
         (raw_map(reward=1.5), "bad_value"),
         (raw_map(reward=float("nan")), "bad_value"),
         (raw_map(kind="reset"), "bad_value"),

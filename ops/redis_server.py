@@ -1,6 +1,6 @@
-"""A private redis-server for tests: free loopback port, temp dir, optional AOF, password, TLS.
+"""A private redis-server: free loopback port, own directory, optional AOF, password, TLS.
 
-The tests kill it (`kill9`), freeze it (`pause`/`resume`: SIGSTOP/SIGCONT) and restart it
+Tests kill it (`kill9`), freeze it (`pause`/`resume`: SIGSTOP/SIGCONT) and restart it
 on the same port and directory, so they can check what survives and who recovers.
 """
 

@@ -1,0 +1,39 @@
+"""`gpo`: the umbrella command. Subcommands are small modules; this file only dispatches.
+
+gpo bench transport|engine|critical-step [options]
+gpo bootstrap [options]     build the tiny base policy (cached)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
+    "bootstrap": (
+        "actors.bootstrap",
+        "build (or reuse) the tiny base policy on the synthetic task",
+    ),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: gpo <command> [options]\n\ncommands:")
+        for name, (_, doc) in SUBCOMMANDS.items():
+            print(f"  {name:<12}{doc}")
+        return 0
+    if argv[0] not in SUBCOMMANDS:
+        print(f"gpo: unknown command {argv[0]!r}; run `gpo --help`", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[argv[0]][0])
+    if not hasattr(module, "main"):
+        print(f"gpo {argv[0]}: not available in this build", file=sys.stderr)
+        return 2
+    return module.main(argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
