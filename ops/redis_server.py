@@ -99,19 +99,26 @@ class RedisServer:
         *,
         aof: bool = False,
         password: str | None = None,
+        username: str | None = None,
         tls: TlsFiles | None = None,
         extra: tuple[str, ...] = (),
     ):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self.aof, self.password, self.tls, self.extra = aof, password, tls, extra
+        self.aof, self.password, self.username, self.tls, self.extra = (
+            aof,
+            password,
+            username,
+            tls,
+            extra,
+        )
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         scheme = "rediss" if self.tls else "redis"
-        auth = f":{self.password}@" if self.password else ""
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
         return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def args(self) -> list[str]:
@@ -152,7 +159,13 @@ class RedisServer:
             ]
         else:
             args += ["--port", str(self.port)]
-        if self.password:
+        if self.username:  # an ACL user with every right on the run's keys; the default user off
+            acl = self.dir / "users.acl"
+            acl.write_text(
+                f"user default off\nuser {self.username} on >{self.password} ~gpo:* &* +@all\n"
+            )
+            args += ["--aclfile", str(acl)]
+        elif self.password:
             args += ["--requirepass", self.password]
         return args + list(self.extra)
 

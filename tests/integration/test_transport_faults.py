@@ -521,3 +521,23 @@ def test_21_tls_and_password(redis_tls):
     assert "refused the credentials" in p.stdout or "password" in p.stdout.lower(), p.stdout
     assert "wrong" not in p.stdout  # the password is redacted
     assert "Traceback" not in p.stderr
+
+
+def test_21_acl_user_in_url(tmp_path):
+    from ops.redis_server import RedisServer
+
+    server = RedisServer(tmp_path / "redis", username="gpo-worker", password="w0rker-pw").start()
+    try:
+        assert server.url.startswith("redis://gpo-worker:w0rker-pw@")
+        import redis
+
+        with pytest.raises(redis.RedisError, match="(?i)auth"):  # the default user is off
+            redis.Redis(host="127.0.0.1", port=server.port, protocol=2).ping()
+        ledger = Ledger(server.client())
+        w = Worker(server.url, "w")
+        ledger.produce(3)
+        assert ledger.wait_processed(ledger.produced, 10)
+        w.stop()
+        assert_clean(ledger)
+    finally:
+        server.stop()
