@@ -3,7 +3,8 @@
 Two measurements in one run, on a tiny random Llama (or `--model DIR`):
 1. A batch of `--batch` distinct prompts, one sample each: generated tokens per second of the
    engine against plain `model.generate(do_sample=True)` on the same weights (the engine also
-   computes logprobs; `generate` does not).
+   computes logprobs; `generate` does not), and the floor both are bound by: the same number
+   of cached forward passes with nothing else (no sampling, no stopping checks).
 2. The estimator's shape: the `--prefixes` nested prefixes of one trajectory with `--samples`
    continuations each, timed with `prefix_reuse` `off` (every sample prefills its prompt, as
    `generate(num_return_sequences=...)` does), `request` and `shared`.
@@ -117,6 +118,7 @@ def run(args: argparse.Namespace, model_dir: str) -> list[Row]:
     cases: list[tuple[str, Callable[[], int], str]] = [
         (plain, _plain_generate(model_dir, args, prompts), ""),
         (f"engine batch {args.batch}", _engine_call(engines["shared"], batch), plain),
+        (f"forward-only floor batch {args.batch}", _forward_floor(model_dir, args, prompts), plain),
     ]
     for mode in ("off", "request", "shared"):
         baseline = "" if mode == "off" else f"{shape} prefix off"
@@ -163,6 +165,40 @@ def _plain_generate(
                 pad_token_id=pad,
             )
         return _count_until_eos(out[:, width:].tolist(), model.generation_config.eos_token_id)
+
+    return call
+
+
+def _forward_floor(
+    model_dir: str, args: argparse.Namespace, prompts: list[list[int]]
+) -> Callable[[], int]:
+    """Prefill plus `new_tokens` cached forward passes and nothing else: the bound of any loop."""
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=args.device)
+    mask = torch.tensor(
+        [[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=args.device
+    )
+
+    def call() -> int:
+        with torch.inference_mode():
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            out = model(
+                input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+            )
+            step_mask, step_pos, cache = mask, positions[:, -1:], out.past_key_values
+            for _ in range(args.new_tokens - 1):
+                step_mask = torch.cat([step_mask, step_mask.new_ones(len(prompts), 1)], dim=1)
+                step_pos = step_pos + 1
+                tokens = out.logits[:, -1].argmax(-1, keepdim=True)
+                out = model(
+                    input_ids=tokens,
+                    attention_mask=step_mask,
+                    position_ids=step_pos,
+                    past_key_values=cache,
+                )
+        return len(prompts) * args.new_tokens
 
     return call
 

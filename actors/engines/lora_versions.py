@@ -11,11 +11,13 @@ learner's model) and are parsed with `safetensors.torch.load`: no pickle. An ada
 or shapes differ from what its config injects is refused with ValueError and rolled back.
 
 Methods that touch modules (`add`, `activate`, `delete`) must be called with the engine's
-model lock held; the reference counts are only touched from the event loop thread.
+model lock held; the version pins (`acquire`, `release`, `make_current`) take their own small
+lock, so the event loop can pin a version without waiting for a forward pass.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections import Counter
 
@@ -60,27 +62,31 @@ class LoraVersions:
         self._peft: PeftModel | None = None
         self._active: int | None = 0
         self._in_use: Counter[int] = Counter()
+        self._pins = threading.Lock()
 
     def acquire(self) -> int:
         """Pin the current version for a request starting now; returns it."""
-        self._in_use[self.current] += 1
-        return self.current
+        with self._pins:
+            self._in_use[self.current] += 1
+            return self.current
 
     def release(self, version: int) -> int | None:
         """Unpin a finished request's version; returns the version to delete now, if any."""
-        self._in_use[version] -= 1
-        if self._in_use[version] == 0:
-            del self._in_use[version]
-            if version not in (0, self.current):
-                return version
-        return None
+        with self._pins:
+            self._in_use[version] -= 1
+            if self._in_use[version] == 0:
+                del self._in_use[version]
+                if version not in (0, self.current):
+                    return version
+            return None
 
     def make_current(self, version: int) -> int | None:
         """Send new requests to `version`; returns the old version to delete now, if any."""
-        old, self.current = self.current, version
-        if old != 0 and old not in self._in_use:
-            return old
-        return None
+        with self._pins:
+            old, self.current = self.current, version
+            if old != 0 and old not in self._in_use:
+                return old
+            return None
 
     def add(self, version: int, config: LoraConfig, weights: dict[str, torch.Tensor]) -> None:
         """Inject adapter `version` and load its weights; ValueError (and no change) if they don't fit."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
+from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.engines.base import (
@@ -110,12 +111,9 @@ class TransformersEngine:
         if not requests:
             return []
         version = self._versions.acquire()
-        try:
-            chunks = await asyncio.to_thread(self._generate_chunks, list(requests), version)
-        finally:
-            stale = self._versions.release(version)
-            if stale is not None:
-                await asyncio.to_thread(self._locked, self._versions.delete, stale)
+        # The worker thread unpins the version itself: cancelling this coroutine does not stop
+        # the thread, and its adapter must outlive it.
+        chunks = await asyncio.to_thread(self._generate_pinned, list(requests), version)
         return [GenerationResult(completions, version) for completions in chunks]
 
     async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
@@ -126,10 +124,7 @@ class TransformersEngine:
             raise ValueError(f"adapter versions start at 1, got {version}")
         lora = lora_config_from_dict(config)
         weights = parse_adapter_weights(safetensors_bytes)
-        await asyncio.to_thread(self._locked, self._versions.add, version, lora, weights)
-        stale = self._versions.make_current(version)
-        if stale is not None:
-            await asyncio.to_thread(self._locked, self._versions.delete, stale)
+        await asyncio.to_thread(self._add_adapter, version, lora, weights)
 
     async def close(self) -> None:
         """Release the model; later calls raise RuntimeError."""
@@ -140,9 +135,27 @@ class TransformersEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _locked(self, fn, *args) -> None:
+    def _add_adapter(
+        self, version: int, lora: LoraConfig, weights: dict[str, torch.Tensor]
+    ) -> None:
+        """Inject, switch new requests to it, and drop the old version if nothing runs on it."""
         with self._lock, torch.no_grad():
-            fn(*args)
+            self._versions.add(version, lora, weights)
+            stale = self._versions.make_current(version)
+            if stale is not None:
+                self._versions.delete(stale)
+
+    def _generate_pinned(
+        self, requests: list[GenerationRequest], version: int
+    ) -> list[list[Completion]]:
+        """Generate under a pinned version, then unpin it (deleting it if it went stale)."""
+        try:
+            return self._generate_chunks(requests, version)
+        finally:
+            stale = self._versions.release(version)
+            if stale is not None:
+                with self._lock:
+                    self._versions.delete(stale)
 
     def _generate_chunks(
         self, requests: list[GenerationRequest], version: int
