@@ -38,7 +38,7 @@ class StepConfig:
     """How completions are cut into reasoning steps."""
 
     min_step_chars: int = 20
-    """A piece with fewer non-whitespace-edged characters than this is merged into the next."""
+    """A piece shorter than this (characters, surrounding whitespace stripped) joins the next."""
     max_steps: int = 24
     """Upper bound on the number of steps; extra pieces are merged with neighbours evenly."""
     split_pattern: str = r"\n"
