@@ -238,14 +238,21 @@ def _strs(value: Any, limits: CodecLimits) -> list[str]:
     return value
 
 
-def _config(value: Any, limits: CodecLimits) -> dict:
+def _config(value: Any, limits: CodecLimits, nested: bool = False) -> dict:
+    """A JSON-like config map (peft's LoraConfig.to_dict()): string keys; values are scalars,
+    lists of scalars, or (one level down, like `rank_pattern`) maps of those."""
     if type(value) is not dict:
         raise ProtocolError("bad_field_type", f"expected map, got {type(value).__name__}")
-    for v in value.values():
+    for k, v in value.items():
+        if type(k) is not str:
+            raise ProtocolError("bad_key", "config keys must be strings")
+        if type(v) is dict and not nested:
+            _config(v, limits, nested=True)
+            continue
         items = v if type(v) is list else [v]
         if any(x is not None and type(x) not in (int, float, str, bool) for x in items):
             raise ProtocolError(
-                "bad_field_type", "config values must be scalars or lists of scalars"
+                "bad_field_type", "config values must be scalars, lists of scalars or maps of those"
             )
     return value
 

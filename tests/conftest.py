@@ -30,3 +30,11 @@ def redis_tls(tmp_path):
     server = RedisServer(tmp_path / "redis", tls=tls, password="s3cret-pw").start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random character-level Llama saved with save_pretrained (no downloads)."""
+    from actors.engines.tiny_model import build_tiny_model_dir
+
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "model")

@@ -1,0 +1,217 @@
+"""gpo-actor: the rollout actor process.
+
+Takes critical-step reset requests (stream `resets`) before prompts (stream `prompts`), both
+as consumer group `actors`; generates `n` rollouts per prompt and `reset.n` per reset from
+its prefix with the current LoRA policy; scores and segments them; publishes Trajectory
+messages on `trajectories`; acks. Between batches it loads each new adapter from `weights`,
+and it takes no new work while its adapter trails the newest by more than
+`max_policy_lag` versions. SIGTERM: the batch in flight is finished, published and acked,
+then the process exits 0 (a second signal exits at once; unacked work is redelivered).
+
+    gpo-actor --config run.toml [--redis-url URL] [--run-id ID] [--name NAME] [--metrics-port P]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+
+from transformers import AutoTokenizer
+
+from actors.engines.base import Engine
+from actors.engines.factory import EngineConfig, build_engine, check_model_dir
+from actors.rollout import RolloutConfig, request_for, total_tokens, trajectories_for
+from actors.tasks.base import Task, load_task
+from actors.weights import WeightsSync
+from protocol.codec import CodecLimits, encode
+from protocol.consumer import Consumer, Delivery
+from protocol.messages import Prompt, ResetRequest
+from protocol.metrics import Metrics
+from protocol.process import Runtime, UserError, common_parser, load_config, run_process
+from protocol.producer import Producer
+from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES
+
+log = logging.getLogger("gpo.actor")
+
+
+@dataclass(frozen=True, slots=True)
+class ActorConfig:
+    """TOML section `[actor]`."""
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """The inference engine and base model (`[actor.engine]`)."""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Sampling and step segmentation (`[actor.rollout]`)."""
+    task: str = "arithmetic"
+    """Task plugin: a built-in name or `package.module:Class`."""
+    task_options: dict = field(default_factory=dict)
+    """Keyword options of the task class."""
+    batch_messages: int = 8
+    """Most prompts or reset requests generated together in one engine batch."""
+    max_policy_lag: int = 2
+    """Take no new work while the loaded adapter trails the newest by more than this many versions."""
+    lag_poll_seconds: float = 0.5
+    """While lagging, seconds between retries to catch up."""
+    fetch_concurrency: int = 4
+    """Adapter chunks fetched at once."""
+
+    def __post_init__(self) -> None:
+        if self.batch_messages < 1 or self.max_policy_lag < 0:
+            raise ValueError("actor.batch_messages must be >= 1 and actor.max_policy_lag >= 0")
+
+
+class ActorMetrics:
+    def __init__(self, m: Metrics):
+        self.tokens = m.counter("generated_tokens_total", "Completion tokens generated.")
+        self.generate_seconds = m.histogram("generate_seconds", "Wall time of one engine batch.")
+        self.trajectories = m.counter("trajectories_total", "Trajectories published.", ("kind",))
+        self.reward = m.histogram(
+            "reward",
+            "Verifier reward of published trajectories.",
+            ("kind",),
+            buckets=(0.0, 0.25, 0.5, 0.75, 1.0),
+        )
+        self.lagging_seconds = m.counter(
+            "policy_lag_wait_seconds_total", "Time spent refusing work while lagging."
+        )
+        self.wrong_task = m.counter(
+            "wrong_task_total", "Messages for a task this actor does not serve."
+        )
+
+
+def load_task_or_fail(spec: str, options: dict) -> Task:
+    try:
+        return load_task(spec, **options)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+async def next_work(
+    resets: Consumer, prompts: Consumer, limit: int, block_ms: int
+) -> list[tuple[Consumer, Delivery]]:
+    """Reset requests first (never blocking on them), then prompts to fill the batch."""
+    got = [(resets, d) for d in await resets.read(count=limit, block_ms=0)]
+    if len(got) < limit:
+        wait = 0 if got else block_ms
+        got += [(prompts, d) for d in await prompts.read(count=limit - len(got), block_ms=wait)]
+    return got
+
+
+async def rollout(
+    engine: Engine,
+    task: Task,
+    tokenizer,
+    cfg: ActorConfig,
+    name: str,
+    work: list[Prompt | ResetRequest],
+):
+    """One engine batch for all work messages; their trajectories in order."""
+    start = time.perf_counter()
+    results = await engine.generate([request_for(w, cfg.rollout) for w in work])
+    seconds = time.perf_counter() - start
+    trajectories = []
+    for w, result in zip(work, results, strict=True):
+        trajectories += trajectories_for(w, result, task, tokenizer, cfg.rollout, name, seconds)
+    return trajectories, seconds
+
+
+async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokenizer) -> int:
+    limits = CodecLimits(max_bytes=rt.redis_cfg.max_message_bytes, vocab_size=len(tokenizer))
+    prompts = Consumer(
+        rt.link, rt.keys, PROMPTS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
+    )
+    resets = Consumer(
+        rt.link, rt.keys, RESETS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
+    )
+    producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport)
+    weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch_concurrency)
+    m = ActorMetrics(rt.metrics)
+    await prompts.ensure_group()
+    await resets.ensure_group()
+    log.info("serving task %s as %s", task.name, rt.name)
+    while not rt.stop.is_set():
+        # 1. a new adapter is loaded only here, between batches
+        await weights.sync()
+        # 2. too far behind the learner: take no new work until caught up
+        if weights.lag() > cfg.max_policy_lag:
+            await rt.sleep(cfg.lag_poll_seconds)
+            m.lagging_seconds.inc(cfg.lag_poll_seconds)
+            continue
+        # 3. resets before prompts
+        batch = await next_work(resets, prompts, cfg.batch_messages, rt.redis_cfg.block_ms)
+        batch = await drop_wrong_task(batch, task.name, m)
+        if not batch:
+            continue
+        # 4. generate, score, segment; leases kept alive however long it takes
+        async with contextlib.AsyncExitStack() as stack:
+            for consumer in (resets, prompts):
+                await stack.enter_async_context(
+                    consumer.lease([d for c, d in batch if c is consumer])
+                )
+            trajectories, seconds = await rollout(
+                engine, task, tokenizer, cfg, rt.name, [d.message for _, d in batch]
+            )
+        # 5. publish, then 6. ack: a crash in between republishes the same ids (deduplicated)
+        await producer.send(TRAJECTORIES, trajectories)
+        for consumer in (resets, prompts):
+            await consumer.ack([d for c, d in batch if c is consumer])
+        # 7. metrics
+        m.generate_seconds.observe(seconds)
+        m.tokens.inc(total_tokens(trajectories))
+        for t in trajectories:
+            m.trajectories.labels(t.kind).inc()
+            m.reward.labels(t.kind).observe(t.reward)
+    log.info("stopping: in-flight work finished and acknowledged")
+    return 0
+
+
+async def drop_wrong_task(batch, task_name: str, m: ActorMetrics):
+    """Work for another task cannot be served here: dead-letter it with the reason."""
+    keep = []
+    for consumer, d in batch:
+        if d.message.task == task_name:
+            keep.append((consumer, d))
+        else:
+            m.wrong_task.inc()
+            await consumer.dead_letter(
+                d.entry_id, encode(d.message), f"wrong_task: {d.message.task!r} != {task_name!r}"
+            )
+    return keep
+
+
+async def amain(cfg: ActorConfig, rt_args) -> int:
+    task = load_task_or_fail(cfg.task, cfg.task_options)
+    check_model_dir(cfg.engine.model)
+    async with Runtime("actor", *rt_args) as rt:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.engine.model)
+        engine = build_engine(cfg.engine)
+        try:
+            return await run(cfg, rt, engine, task, tokenizer)
+        finally:
+            await engine.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = common_parser("gpo-actor", __doc__)
+    parser.add_argument("--model", help="base model directory (overrides actor.engine.model)")
+    parser.add_argument(
+        "--engine", choices=["transformers", "vllm"], help="overrides actor.engine.kind"
+    )
+    args = parser.parse_args(argv)
+    if args.model:
+        args.set.append(f"actor.engine.model={args.model!r}")
+    if args.engine:
+        args.set.append(f"actor.engine.kind={args.engine!r}")
+    return run_process(_configured(args), "actor", args.log_level)
+
+
+async def _configured(args) -> int:
+    cfg, redis_cfg = load_config(args, "actor", ActorConfig)
+    return await amain(cfg, (redis_cfg, args.name or "", args.metrics_port, args.metrics_host))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
