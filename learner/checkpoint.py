@@ -1,0 +1,158 @@
+"""Learner checkpoints: safetensors for tensors, JSON for the rest; never pickle.
+
+Layout under `checkpoint_dir`:
+
+    step-000012/adapter.safetensors     LoRA weights, peft key names (what gets published)
+    step-000012/value_head.safetensors  value head (`gae` mode only)
+    step-000012/optimizer.safetensors   AdamW moments, keys `<param index>.<state name>`
+    step-000012/state.json              step, version, trained ids, feeder cursor, optimizer
+                                        param groups
+    latest                              the name of the newest complete checkpoint
+
+A checkpoint is written into `step-<n>.tmp/` and renamed into place, then `latest` is
+replaced atomically (write + rename): a kill at any moment leaves either the old or the new
+checkpoint as `latest`, never a half-written one. It is the learner's commit point: what it
+holds is what the policy has trained on (see `loop.py` for the ordering with acks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+LATEST = "latest"
+
+
+@dataclass
+class LearnerState:
+    """Everything besides tensors that a resumed learner needs."""
+
+    step: int = 0
+    """Updates done."""
+    version: int = 0
+    """Adapter version of the policy after `step` updates (0 = base model)."""
+    trained_ids: set[str] = field(default_factory=set)
+    """Every sample id trained on up to `step`."""
+    feeder_epoch: int = 0
+    """Feeder cursor: pass over the training split..."""
+    feeder_index: int = 0
+    """...and position inside it of the next prompt to send."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint."""
+
+    state: LearnerState
+    adapter: dict[str, Tensor]
+    value_head: dict[str, Tensor] | None
+    optimizer: dict
+    """`torch.optim.Optimizer.state_dict()` form, ready for `load_state_dict`."""
+    path: Path
+
+
+def save_checkpoint(
+    root: str | Path,
+    state: LearnerState,
+    adapter: dict[str, Tensor],
+    value_head: dict[str, Tensor] | None,
+    optimizer: dict,
+    keep: int = 2,
+) -> Path:
+    """Write a checkpoint of `state` atomically; delete all but the newest `keep`."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.step:06d}"
+    tmp = root / f"{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_cpu(adapter), tmp / "adapter.safetensors")
+    if value_head is not None:
+        save_file(_cpu(value_head), tmp / "value_head.safetensors")
+    tensors, groups = _flatten_optimizer(optimizer)
+    save_file(tensors, tmp / "optimizer.safetensors")
+    meta = {
+        "step": state.step,
+        "version": state.version,
+        "trained_ids": sorted(state.trained_ids),
+        "feeder_epoch": state.feeder_epoch,
+        "feeder_index": state.feeder_index,
+        "optimizer_param_groups": groups,
+    }
+    (tmp / "state.json").write_text(json.dumps(meta))
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_atomic(root / LATEST, name)
+    _prune(root, keep)
+    return final
+
+
+def load_latest(root: str | Path) -> Checkpoint | None:
+    """The checkpoint named by `latest`, or None when there is none."""
+    root = Path(root)
+    pointer = root / LATEST
+    if not pointer.is_file():
+        return None
+    path = root / pointer.read_text().strip()
+    meta = json.loads((path / "state.json").read_text())
+    state = LearnerState(
+        step=int(meta["step"]),
+        version=int(meta["version"]),
+        trained_ids=set(meta["trained_ids"]),
+        feeder_epoch=int(meta["feeder_epoch"]),
+        feeder_index=int(meta["feeder_index"]),
+    )
+    head_file = path / "value_head.safetensors"
+    head = load_file(head_file) if head_file.is_file() else None
+    optimizer = _unflatten_optimizer(
+        load_file(path / "optimizer.safetensors"), meta["optimizer_param_groups"]
+    )
+    return Checkpoint(state, load_file(path / "adapter.safetensors"), head, optimizer, path)
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, Tensor], list[dict]]:
+    tensors = {}
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            t = value if isinstance(value, Tensor) else torch.tensor(value)
+            tensors[f"{idx}.{key}"] = t.detach().to("cpu").contiguous()
+    groups = [
+        {k: (list(v) if isinstance(v, tuple) else v) for k, v in g.items()}
+        for g in sd["param_groups"]
+    ]
+    return tensors, groups
+
+
+def _unflatten_optimizer(tensors: dict[str, Tensor], groups: list[dict]) -> dict:
+    state: dict[int, dict[str, Tensor]] = {}
+    for key, t in tensors.items():
+        idx, _, name = key.partition(".")
+        state.setdefault(int(idx), {})[name] = t
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    return {"state": state, "param_groups": groups}
+
+
+def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prune(root: Path, keep: int) -> None:
+    done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
+    for old in done[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)

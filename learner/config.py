@@ -1,0 +1,152 @@
+"""`LearnerConfig`: every knob of `gpo-learner` (TOML section `[learner]`), checked once.
+
+Invariants checked in `__post_init__` (a violation is a `ConfigError` naming the field):
+positive sizes and rates, `reset_fraction` in [0, 1], `feeder_backlog_target` <= bound,
+and the `gae` mode's need for a value head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from protocol.config import ConfigError
+
+AdvantageMode = Literal["gae", "mc", "group"]
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """What the learner trains, how, and how it checkpoints, evaluates and feeds prompts."""
+
+    model: str = ""
+    """Base model: a local directory written by `save_pretrained` (or a cached hub id)."""
+    base_model_id: str = ""
+    """Identifier put in every AdapterPointer; empty means `model`."""
+    dtype: Literal["fp32", "bf16"] = "fp32"
+    """Dtype of the frozen base weights; LoRA weights, logprobs and the value head stay fp32."""
+    device: str = "cpu"
+    """Torch device (`cpu`, `cuda`); with torch.distributed, `cuda` means `cuda:<local rank>`."""
+    lora_rank: int = 8
+    """LoRA rank r."""
+    lora_alpha: float = 16.0
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    """Module names that get a LoRA adapter (lora_dropout is always 0)."""
+    lr: float = 1e-4
+    """AdamW learning rate of the LoRA (and value head) parameters."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip per optimizer step; 0 turns it off."""
+    ppo_epochs: int = 1
+    """Passes over each batch."""
+    minibatches: int = 1
+    """Optimizer steps per epoch: the batch is split into this many minibatches."""
+    clip_eps: float = 0.2
+    """PPO ratio clip width (r in [1 - eps, 1 + eps])."""
+    tis_cap: float = 2.0
+    """Cap of the truncated importance weight pi_old / mu against the actors' logprobs."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the reference (adapter disabled); 0 skips the reference pass."""
+    advantage: AdvantageMode = "mc"
+    """`mc`: the Sample's per-token advantages; `group`: reward - mean reward of the prompt's
+    group in the batch; `gae`: a value head on the policy and GAE."""
+    whiten_advantages: bool = True
+    """Normalise advantages to zero mean, unit variance over the batch's trained tokens."""
+    gamma: float = 1.0
+    """GAE discount per token (`gae` mode)."""
+    lam: float = 0.95
+    """GAE lambda (`gae` mode)."""
+    value_coef: float = 0.5
+    """Weight of the clipped value loss (`gae` mode)."""
+    value_clip: float = 0.2
+    """Value clip width in reward units (`gae` mode)."""
+    temperature: float = 1.0
+    """Sampling temperature of the actors; logprobs are recomputed under the same one."""
+    token_budget: int = 4096
+    """Most tokens (rows x padded length) in one micro-batch; gradients accumulate across them."""
+    batch_size: int = 64
+    """Samples per update."""
+    reset_fraction: float = 0.5
+    """Share of reset samples wanted in a batch; the other kind fills any shortfall."""
+    max_policy_lag: int = 4
+    """Samples generated more than this many versions behind the current one are dropped."""
+    checkpoint_dir: str = "checkpoints/learner"
+    """Directory of checkpoints (`step-<n>/`, `latest`) and of the run log."""
+    checkpoint_every: int = 1
+    """Updates between checkpoints. A checkpoint is the commit point: samples are acked
+    only after the checkpoint that contains them, so the samples backlog must allow
+    `checkpoint_every * batch_size` pending entries."""
+    keep_checkpoints: int = 2
+    """Checkpoints kept on disk (older ones are deleted)."""
+    eval_every: int = 0
+    """Updates between held-out evaluations; 0 turns evaluation off."""
+    eval_count: int = 64
+    """Held-out prompts per evaluation (the first n of the task's held-out split)."""
+    eval_max_new_tokens: int = 64
+    """Longest completion sampled during evaluation, in tokens."""
+    eval_batch: int = 32
+    """Prompts decoded together during evaluation."""
+    feeder_backlog_target: int = 64
+    """The feeder tops the `prompts` backlog (produced - acked) up to this many."""
+    feeder_backlog_bound: int = 256
+    """The feeder never lets the `prompts` backlog pass this many."""
+    task: str = "arithmetic"
+    """Task plugin spec (`module:Class` or a built-in name); gives prompts and the verifier."""
+    task_options: dict = field(default_factory=dict)
+    """Keyword options of the task class."""
+    seed: int = 0
+    """Seed of the feeder order, minibatch order, value head init and evaluation sampling."""
+    adapter_keep: int = 3
+    """Adapter versions whose chunks stay in Redis."""
+    read_count: int = 64
+    """Most samples taken from the stream per read."""
+    log_sample_ids: bool = False
+    """Write the ids of each update's samples into the run log (audits and fault tests)."""
+
+    def __post_init__(self) -> None:
+        positive = (
+            "lora_rank",
+            "ppo_epochs",
+            "minibatches",
+            "token_budget",
+            "batch_size",
+            "checkpoint_every",
+            "keep_checkpoints",
+            "eval_count",
+            "eval_max_new_tokens",
+            "eval_batch",
+            "adapter_keep",
+            "read_count",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "clip_eps", "tis_cap", "temperature", "lora_alpha"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"learner.{name} must be > 0")
+        for name in ("kl_coef", "max_grad_norm", "weight_decay", "value_coef", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"learner.{name} must be >= 0")
+        if not 0.0 <= self.reset_fraction <= 1.0:
+            raise ConfigError("learner.reset_fraction must lie in [0, 1]")
+        if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
+            raise ConfigError("learner.gamma must lie in (0, 1] and learner.lam in [0, 1]")
+        if self.max_policy_lag < 0:
+            raise ConfigError("learner.max_policy_lag must be >= 0")
+        if not 1 <= self.feeder_backlog_target <= self.feeder_backlog_bound:
+            raise ConfigError(
+                "need 1 <= learner.feeder_backlog_target <= learner.feeder_backlog_bound"
+            )
+        if self.minibatches > self.batch_size:
+            raise ConfigError("learner.minibatches must not exceed learner.batch_size")
+        if not self.lora_target_modules:
+            raise ConfigError("learner.lora_target_modules must name at least one module")
+
+    @property
+    def base_id(self) -> str:
+        """The base model identifier published with each adapter."""
+        return self.base_model_id or self.model

@@ -1,0 +1,247 @@
+"""The learner loop: feed prompts, read samples, train, publish, checkpoint, ack.
+
+Exactly-once training (RELIABILITY.md test 18) rests on one rule: **the checkpoint is the
+commit point and acks follow it**. Per update the order is
+
+    optimizer step -> publish adapter -> [every N updates: checkpoint -> ack]
+
+and the samples of an update stay pending in Redis (unacked, owned by this consumer) until
+a checkpoint holding both their effect on the weights and their ids exists. A `kill -9` at
+any point therefore leaves one of two states, and both are right:
+- before the checkpoint is renamed into place: the restart loads the previous checkpoint,
+  whose dedup set lacks those ids, and the samples, still pending, are redelivered and
+  trained once on the restored weights (the lost update never reached a checkpoint);
+- after it: the restart loads the new checkpoint; the redelivered samples are in its dedup
+  set, so they are dropped as duplicates and acked.
+Acking before the checkpoint could lose a sample (acked, its update rolled back); training
+before deduplicating against the checkpoint could train one twice. Dropped samples
+(duplicates, stale) are acked at once: a duplicate's original is either committed or still
+pending, and a stale sample only gets staler.
+
+Versions: a restart publishes the checkpoint's adapter as a *new* version, one above both
+the checkpoint's and the newest on the weights stream, because updates published after the
+last checkpoint were rolled back and versions must only grow for every follower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+import torch
+from peft.utils import get_peft_model_state_dict
+
+from actors.tasks.base import Task, TaskPrompt
+from learner.batches import choose_batch
+from learner.checkpoint import LearnerState, save_checkpoint
+from learner.config import LearnerConfig
+from learner.dedup import TrainedIds, admit
+from learner.distributed import broadcast_samples
+from learner.evaluate import heldout_pass_at_1
+from learner.feeder import Feeder
+from learner.policy import Policy
+from learner.telemetry import LearnerMetrics, RunLog
+from learner.train import World, ppo_update
+from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
+from protocol.consumer import Consumer, Delivery
+from protocol.process import Runtime
+
+log = logging.getLogger(__name__)
+
+FAULT_ENV = "GPO_LEARNER_FAULT"
+"""Fault-test hook: `<point>:<step>` SIGKILLs the process at that point of that update
+(points: `after_step`, `after_publish`, `after_checkpoint`). Unset in real runs."""
+
+
+@dataclass
+class Parts:
+    """What the loop works with, built by `main`."""
+
+    cfg: LearnerConfig
+    rt: Runtime
+    policy: Policy
+    optimizer: torch.optim.Optimizer
+    consumer: Consumer
+    feeder: Feeder
+    task: Task
+    tokenizer: object
+    heldout: list[TaskPrompt]
+    state: LearnerState
+    trained: TrainedIds
+    metrics: LearnerMetrics
+    adapter_metrics: AdapterMetrics
+    runlog: RunLog
+    committed_step: int = 0
+    """Step of the newest checkpoint on disk."""
+    world: World = field(default_factory=World)
+    buffer: list[Delivery] = field(default_factory=list)
+    """Admitted deliveries not yet trained (pending in Redis)."""
+    unacked: list[Delivery] = field(default_factory=list)
+    """Trained deliveries whose checkpoint is not written yet (pending in Redis)."""
+
+
+async def run(p: Parts) -> int:
+    """Train until SIGTERM; returns the exit code."""
+    cfg, st = p.cfg, p.state
+    await announce(p)
+    while not p.rt.stop.is_set():
+        # 1. keep the prompts backlog at its target
+        await p.feeder.top_up()
+        # 2. read samples; drop duplicates and stale ones
+        await take_samples(p)
+        if len(p.buffer) < cfg.batch_size:
+            continue
+        # 3. a batch with the configured share of reset samples
+        chosen = choose_batch(
+            [d.message.kind for d in p.buffer], cfg.batch_size, cfg.reset_fraction
+        )
+        batch = [p.buffer[i] for i in chosen]
+        p.buffer = [d for i, d in enumerate(p.buffer) if i not in set(chosen)]
+        samples = [d.message for d in batch]
+        # 4. PPO epochs, off the event loop (Redis and /metrics stay served)
+        start = time.perf_counter()
+        broadcast_samples(p.world, samples)
+        stats = await asyncio.to_thread(
+            ppo_update, p.policy, p.optimizer, samples, cfg, st.step, p.world
+        )
+        secs = time.perf_counter() - start
+        lags = [max(0, st.version - s.policy_version) for s in samples]
+        st.step += 1
+        p.trained.add(s.id for s in samples)
+        p.unacked += batch
+        fault("after_step", st.step)
+        # 5. publish the new adapter version
+        await publish(p, st.version + 1)
+        fault("after_publish", st.step)
+        # 6. metrics and run log
+        stats["reward_mean"] = sum(s.reward for s in samples) / len(samples)
+        p.metrics.update(stats, [s.kind for s in samples], lags, secs)
+        ids = {"sample_ids": [s.id for s in samples]} if cfg.log_sample_ids else {}
+        p.runlog.write(
+            "update",
+            step=st.step,
+            version=st.version,
+            seconds=secs,
+            lag_mean=sum(lags) / len(lags),
+            resets=sum(s.kind == "reset" for s in samples),
+            **stats,
+            **ids,
+        )
+        # 7. checkpoint (the commit point), then ack what it holds
+        if st.step % cfg.checkpoint_every == 0:
+            await commit(p)
+        # 8. held-out evaluation
+        if cfg.eval_every and st.step % cfg.eval_every == 0:
+            await evaluate(p)
+    # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
+    await commit(p)
+    broadcast_samples(p.world, None)
+    return 0
+
+
+async def take_samples(p: Parts) -> None:
+    """Read up to what the batch still needs and re-judge the whole buffer: duplicates and
+    samples that went stale meanwhile are dropped, counted and acked."""
+    need = max(p.cfg.batch_size - len(p.buffer), 0)
+    fresh = await p.consumer.read(count=min(max(need, 1), p.cfg.read_count)) if need else []
+    pool = p.buffer + fresh
+    verdict = admit(
+        [d.message for d in pool], p.trained, set(), p.state.version, p.cfg.max_policy_lag
+    )
+    p.buffer = [pool[i] for i in verdict.keep]
+    p.metrics.duplicates.inc(len(verdict.duplicate))
+    p.metrics.stale.inc(len(verdict.stale))
+    dropped = [pool[i] for i in verdict.duplicate + verdict.stale]
+    if dropped:
+        await p.consumer.ack(dropped)
+
+
+async def publish(p: Parts, version: int) -> None:
+    """Export the adapter and broadcast it as `version`."""
+    blob, lora = p.policy.export_adapter()
+    pointer = await publish_adapter(
+        p.rt.link,
+        p.rt.keys,
+        version,
+        blob,
+        lora,
+        p.cfg.base_id,
+        keep=p.cfg.adapter_keep,
+        metrics=p.adapter_metrics,
+    )
+    p.state.version = version
+    p.metrics.published(version, pointer.sha256)
+
+
+async def announce(p: Parts) -> None:
+    """On start: republish the resumed adapter above every version followers may hold."""
+    newest = await AdapterFollower(p.rt.link, p.rt.keys).poll()
+    stream_version = newest.version if newest else 0
+    p.runlog.write(
+        "resume", step=p.state.step, version=p.state.version, stream_version=stream_version
+    )
+    if p.state.step > 0 or stream_version > 0:
+        await publish(p, max(p.state.version, stream_version) + 1)
+        log.info("resumed at step %d; republished as version %d", p.state.step, p.state.version)
+
+
+async def commit(p: Parts) -> None:
+    """Checkpoint everything trained so far, then ack its samples (see the module doc)."""
+    if p.state.step == p.committed_step:
+        return
+    st = p.state
+    st.trained_ids = p.trained.committed | p.trained.uncommitted
+    st.feeder_epoch, st.feeder_index = p.feeder.epoch, p.feeder.index
+    start = time.perf_counter()
+    head = p.policy.value_head.state_dict() if p.policy.value_head is not None else None
+    await asyncio.to_thread(
+        save_checkpoint,
+        p.cfg.checkpoint_dir,
+        st,
+        get_peft_model_state_dict(p.policy.model),
+        head,
+        p.optimizer.state_dict(),
+        p.cfg.keep_checkpoints,
+    )
+    p.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+    p.committed_step = st.step
+    p.trained.commit()
+    fault("after_checkpoint", st.step)
+    await p.consumer.ack(p.unacked)
+    p.unacked = []
+
+
+async def evaluate(p: Parts) -> None:
+    start = time.perf_counter()
+    score = await asyncio.to_thread(
+        heldout_pass_at_1,
+        p.policy,
+        p.task,
+        p.tokenizer,
+        p.heldout,
+        p.cfg.eval_max_new_tokens,
+        p.cfg.eval_batch,
+        p.cfg.temperature,
+        p.cfg.seed * 1_000_003 + p.state.step,
+    )
+    p.metrics.heldout.set(score)
+    p.runlog.write(
+        "eval",
+        step=p.state.step,
+        version=p.state.version,
+        pass_at_1=score,
+        n=len(p.heldout),
+        seconds=time.perf_counter() - start,
+    )
+    log.info("step %d: held-out pass@1 %.3f (n=%d)", p.state.step, score, len(p.heldout))
+
+
+def fault(point: str, step: int) -> None:
+    """SIGKILL this process when the fault-test hook names this point and step."""
+    if os.environ.get(FAULT_ENV) == f"{point}:{step}":
+        log.warning("fault hook %s:%d: SIGKILL", point, step)
+        os.kill(os.getpid(), signal.SIGKILL)

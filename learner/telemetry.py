@@ -1,0 +1,91 @@
+"""The learner's Prometheus metrics (`gpo_learner_*`) and its run log (JSON lines).
+
+One emission point per update (`LearnerMetrics.update`), so the loop stays a table of
+contents. The run log gets one record per event (`resume`, `update`, `eval`, `checkpoint`)
+with the seconds since the process started, enough to plot pass@1 against updates and
+against wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from protocol.metrics import Metrics
+
+LAG_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+"""Policy lag buckets, in adapter versions."""
+
+
+class LearnerMetrics:
+    def __init__(self, m: Metrics):
+        self.updates = m.counter("updates_total", "PPO updates (optimizer-step batches) done.")
+        self.samples = m.counter("samples_trained_total", "Samples trained on.", ("kind",))
+        self.tokens = m.counter("tokens_trained_total", "Completion tokens trained on.")
+        self.stale = m.counter(
+            "samples_dropped_stale_total", "Samples dropped for exceeding max_policy_lag."
+        )
+        self.duplicates = m.counter(
+            "samples_dropped_duplicate_total", "Samples dropped because their id was trained."
+        )
+        self.lag = m.histogram(
+            "policy_lag_versions",
+            "Versions between a trained sample's policy and the learner's.",
+            buckets=LAG_BUCKETS,
+        )
+        self.update_seconds = m.histogram("update_seconds", "Wall time of one PPO update.")
+        self.checkpoint_seconds = m.histogram(
+            "checkpoint_seconds", "Wall time of writing one checkpoint."
+        )
+        self.tokens_per_second = m.gauge(
+            "tokens_per_second", "Trained completion tokens per second of the last update."
+        )
+        self.version = m.gauge("adapter_version", "Adapter version of the current policy.")
+        self.adapter = m.info("adapter", "Current adapter version and sha256 prefix.")
+        self.reward = m.gauge("reward_mean", "Mean outcome reward of the last batch.")
+        self.heldout = m.gauge("heldout_pass_at_1_ratio", "Held-out pass@1 at temperature 1.")
+        self.stats = {
+            name: m.gauge(name, doc)
+            for name, doc in (
+                ("loss", "Total PPO loss of the last update (token mean)."),
+                ("policy_loss", "Clipped surrogate loss of the last update."),
+                ("value_loss", "Clipped value loss of the last update (gae mode)."),
+                ("kl", "k3 KL to the reference policy, last update."),
+                ("approx_kl", "k3 KL from pi_old to pi, last update."),
+                ("clip_fraction", "Share of tokens whose ratio clip was binding, last update."),
+                ("entropy_nats", "Mean policy entropy per trained token, last update."),
+                ("grad_norm", "Mean gradient norm before clipping, last update."),
+            )
+        }
+
+    def update(self, stats: dict[str, float], kinds: list[str], lags: list[int], secs: float):
+        self.updates.inc()
+        for k in kinds:
+            self.samples.labels(k).inc()
+        for lag in lags:
+            self.lag.observe(lag)
+        self.tokens.inc(stats["tokens"])
+        self.update_seconds.observe(secs)
+        self.tokens_per_second.set(stats["tokens"] / max(secs, 1e-9))
+        self.reward.set(stats["reward_mean"])
+        for name, gauge in self.stats.items():
+            gauge.set(stats["entropy" if name == "entropy_nats" else name])
+
+    def published(self, version: int, sha256: str) -> None:
+        self.version.set(version)
+        self.adapter.info({"version": str(version), "sha256": sha256[:12]})
+
+
+class RunLog:
+    """Appends JSON records to a file, one per line, flushed each time."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.start = time.monotonic()
+
+    def write(self, event: str, **fields) -> None:
+        record = {"event": event, "t": round(time.monotonic() - self.start, 3), **fields}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")

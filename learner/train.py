@@ -1,0 +1,214 @@
+"""One PPO update on a batch of samples: prepare (pi_old, reference, values, advantages),
+then `ppo_epochs` passes of minibatch optimizer steps with gradient accumulation.
+
+Data parallelism (torch.distributed, any backend): every rank holds the same batch and the
+same micro-batch plan and computes the micro-batches `i % world == rank`. Every loss term is
+a token-sum divided by the token count of the *whole* minibatch (all ranks), so the sum of
+the ranks' gradients is the one-process gradient; it is all-reduced (SUM) once per optimizer
+step over the trainable parameters only (LoRA + value head), which is what DDP does minus the
+per-micro-batch `no_sync` bookkeeping. Whitening statistics are all-reduced the same way.
+With world = 1 no collective is called.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from learner.batches import MicroBatch, collate, plan_micro_batches, token_advantages
+from learner.config import LearnerConfig
+from learner.gae import gae, terminal_rewards
+from learner.kl import masked_k3_kl
+from learner.logprobs import token_entropy
+from learner.masks import masked_sum
+from learner.policy import Policy
+from learner.ppo_loss import clipped_surrogate, clipped_value_loss
+from protocol.messages import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class World:
+    """This process's place in the data-parallel group."""
+
+    rank: int = 0
+    size: int = 1
+
+    def owns(self, i: int) -> bool:
+        return i % self.size == self.rank
+
+    def all_sum(self, t: Tensor) -> Tensor:
+        """Sum `t` over ranks in place (no-op alone)."""
+        if self.size > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+
+@dataclass
+class Prepared:
+    """A micro-batch with its no-gradient inputs to the loss."""
+
+    mb: MicroBatch
+    old_logprobs: Tensor
+    ref_logprobs: Tensor | None
+    old_values: Tensor | None
+    returns: Tensor | None
+
+
+def ppo_update(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    samples: Sequence[Sample],
+    cfg: LearnerConfig,
+    step: int,
+    world: World = World(),
+) -> dict[str, float]:
+    """Train on `samples` (the same list on every rank); returns mean statistics."""
+    plan = plan_micro_batches([len(s.token_ids) for s in samples], cfg.token_budget)
+    advantages = token_advantages(samples, cfg.advantage)
+    prepared = {
+        i: prepare(policy, collate(samples, advantages, rows, policy.device), cfg)
+        for i, rows in enumerate(plan)
+        if world.owns(i)
+    }
+    if cfg.whiten_advantages:
+        whiten_global(list(prepared.values()), world)
+    totals: dict[str, Tensor] = {}
+    steps = 0
+    rng = random.Random(f"{cfg.seed}:{step}")  # the same minibatch order on every rank
+    for _epoch in range(cfg.ppo_epochs):
+        order = list(range(len(plan)))
+        rng.shuffle(order)
+        for part in np.array_split(np.array(order), min(cfg.minibatches, len(plan))):
+            stats = optimizer_step(policy, optimizer, prepared, [int(i) for i in part], cfg, world)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + v
+            steps += 1
+    tokens = totals.pop("tokens")
+    grad_norm = totals.pop("grad_norm")
+    out = {k: float(v / tokens.clamp(min=1)) for k, v in totals.items()}
+    out["grad_norm"] = float(grad_norm) / steps
+    out["tokens"] = float(tokens) / cfg.ppo_epochs
+    return out
+
+
+@torch.no_grad()
+def prepare(policy: Policy, mb: MicroBatch, cfg: LearnerConfig) -> Prepared:
+    """pi_old logprobs, reference logprobs (if KL is on), old values and GAE (if `gae`)."""
+    policy.model.eval()
+    fwd = policy.forward(mb.input_ids, mb.attention_mask)
+    ref = None
+    if cfg.kl_coef > 0:
+        with policy.reference():
+            ref = policy.forward(mb.input_ids, mb.attention_mask).logprobs
+    returns = None
+    if fwd.values is not None:
+        rewards = terminal_rewards(mb.rewards, mb.mask)
+        adv, returns = gae(rewards, fwd.values, mb.mask, cfg.gamma, cfg.lam)
+        mb = MicroBatch(**{**_fields(mb), "advantages": adv})
+    policy.model.train()
+    return Prepared(mb, fwd.logprobs, ref, fwd.values, returns)
+
+
+def whiten_global(prepared: list[Prepared], world: World, eps: float = 1e-8) -> None:
+    """Whiten advantages in place with one mean and (unbiased) std over every trained
+    token of the batch, on all ranks. Rows with nothing to learn still get 0 off the mask."""
+    stats = torch.zeros(3, dtype=torch.float64)
+    for p in prepared:
+        a, m = p.mb.advantages.double().cpu(), p.mb.mask.cpu()
+        stats += torch.stack([m.sum().double(), masked_sum(a, m), masked_sum(a * a, m)])
+    n, s, ss = world.all_sum(stats).tolist()
+    if n < 1:
+        return
+    mean = s / n
+    var = max(ss - n * mean * mean, 0.0) / max(n - 1, 1)
+    scale = 1.0 / (var + eps) ** 0.5 if var + eps > 0 else 1.0
+    for p in prepared:
+        adv = torch.where(p.mb.mask, (p.mb.advantages - mean) * scale, 0.0)
+        p.mb = MicroBatch(**{**_fields(p.mb), "advantages": adv.float()})
+
+
+def optimizer_step(
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    prepared: dict[int, Prepared],
+    part: list[int],
+    cfg: LearnerConfig,
+    world: World,
+) -> dict[str, Tensor]:
+    """Accumulate the gradient of the minibatch `part` (own micro-batches only), all-reduce,
+    clip, step. Returns token-weighted sums of the statistics (and `tokens`)."""
+    mine = [prepared[i] for i in part if i in prepared]
+    count = torch.tensor(float(sum(int(p.mb.mask.sum()) for p in mine)), dtype=torch.float64)
+    tokens = float(world.all_sum(count))
+    params = policy.trainable()
+    for q in params:  # a rank without micro-batches in this minibatch still all-reduces zeros
+        q.grad = torch.zeros_like(q) if q.grad is None else q.grad.zero_()
+    sums = torch.zeros(7, dtype=torch.float64)
+    for p in mine:
+        sums += minibatch_loss(policy, p, cfg, tokens)
+    if world.size > 1:
+        flat = torch.cat([q.grad.reshape(-1) for q in params])
+        world.all_sum(flat)
+        torch.nn.utils.vector_to_parameters(flat, [q.grad for q in params])
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+    optimizer.step()
+    world.all_sum(sums)
+    names = ("loss", "policy_loss", "kl", "value_loss", "clip_fraction", "entropy", "approx_kl")
+    out = {k: sums[i] for i, k in enumerate(names)}
+    out["tokens"] = torch.tensor(tokens, dtype=torch.float64)
+    out["grad_norm"] = norm.detach().double()
+    return out
+
+
+def minibatch_loss(policy: Policy, p: Prepared, cfg: LearnerConfig, tokens: float) -> Tensor:
+    """Forward and backward one micro-batch; loss = sum over its tokens / `tokens`.
+    Returns its statistics as token-weighted sums, [7] float64."""
+    mb = p.mb
+    fwd = policy.forward(mb.input_ids, mb.attention_mask)
+    pg, st = clipped_surrogate(
+        fwd.logprobs,
+        p.old_logprobs,
+        mb.advantages,
+        mb.mask,
+        clip_eps=cfg.clip_eps,
+        behaviour_logprobs=mb.behaviour,
+        tis_cap=cfg.tis_cap,
+        token_count=tokens,
+    )
+    loss = pg
+    kl = torch.zeros(())
+    if p.ref_logprobs is not None:
+        kl = masked_k3_kl(fwd.logprobs, p.ref_logprobs, mb.mask, token_count=tokens)
+        loss = loss + cfg.kl_coef * kl
+    vl = torch.zeros(())
+    if fwd.values is not None:
+        vl, _ = clipped_value_loss(
+            fwd.values, p.old_values, p.returns, mb.mask, cfg.value_clip, token_count=tokens
+        )
+        loss = loss + cfg.value_coef * vl
+    loss.backward()
+    with torch.no_grad():
+        n = mb.mask.sum().double()
+        entropy = masked_sum(token_entropy(fwd.logits.detach(), cfg.temperature), mb.mask)
+        # loss terms are already sums / tokens: scale back to sums so ranks add up
+        return torch.stack(
+            [
+                loss.detach().double() * tokens,
+                pg.detach().double() * tokens,
+                kl.detach().double() * tokens,
+                vl.detach().double() * tokens,
+                st.clip_fraction.double() * n,
+                entropy.double(),
+                st.approx_kl.double() * n,
+            ]
+        ).cpu()
+
+
+def _fields(mb: MicroBatch) -> dict:
+    return {k: getattr(mb, k) for k in MicroBatch.__slots__}

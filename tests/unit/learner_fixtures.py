@@ -1,0 +1,70 @@
+"""Shared helpers of the learner tests: a tiny random Llama directory and Sample factories."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from actors.engines.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
+from learner.config import LearnerConfig
+from protocol.messages import Sample
+
+TINY = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+"""Hidden 64, 2 layers: a forward and backward of a small batch takes milliseconds."""
+VOCAB = 3 + len(ALPHABET)  # special tokens + the characters
+
+
+def tiny_model(path: Path) -> str:
+    if not (path / "config.json").exists():
+        build_tiny_model_dir(path, TINY)
+    return str(path)
+
+
+def tiny_config(model: str, **overrides) -> LearnerConfig:
+    base = dict(
+        model=model,
+        lora_rank=4,
+        lora_alpha=8.0,
+        lr=1e-2,
+        batch_size=8,
+        token_budget=64,
+        task="arithmetic",
+        task_options={"n_train": 50, "n_heldout": 8},
+        eval_count=4,
+        eval_max_new_tokens=8,
+    )
+    base.update(overrides)
+    return LearnerConfig(**base)
+
+
+def make_sample(
+    sid: str,
+    prompt_len: int = 4,
+    completion_len: int = 6,
+    reward: float = 1.0,
+    version: int = 0,
+    kind: str = "fresh",
+    prompt_id: str = "p0",
+    seed: int = 0,
+    advantage: float = 0.5,
+) -> Sample:
+    rng = np.random.default_rng(seed)
+    n = prompt_len + completion_len
+    mask = np.r_[np.zeros(prompt_len), np.ones(completion_len)].astype(np.int32)
+    return Sample(
+        id=sid,
+        run="t",
+        ts=time.time(),
+        prompt_id=prompt_id,
+        kind=kind,
+        token_ids=rng.integers(3, VOCAB, n).astype(np.int32),
+        loss_mask=mask,
+        logprobs=np.where(mask == 1, -np.log(VOCAB), 0.0).astype(np.float32),
+        advantages=np.where(mask == 1, advantage, 0.0).astype(np.float32),
+        returns=np.zeros(0, np.float32),
+        step_values=np.zeros(0, np.float32),
+        reward=reward,
+        policy_version=version,
+    )
