@@ -11,7 +11,9 @@ from actors.engines.tiny_model import ALPHABET, TinyModelConfig, build_tiny_mode
 from learner.config import LearnerConfig
 from protocol.messages import Sample
 
-TINY = TinyModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+TINY = TinyModelConfig(
+    hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128
+)
 """Hidden 64, 2 layers: a forward and backward of a small batch takes milliseconds."""
 VOCAB = 3 + len(ALPHABET)  # special tokens + the characters
 

@@ -1,0 +1,228 @@
+"""gpo-learner as a real process against a real redis-server, with a tiny random Llama.
+
+Samples are encoded here and injected into the `samples` stream the way estimators write
+them (XADD + produced counter). The learner's run log (with `log_sample_ids`) is the
+training ledger: a `resume` record at step S voids the previous incarnation's updates past
+S (they never reached a checkpoint), so what remains is exactly the history of the weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from protocol.codec import decode, encode
+from protocol.consumer import FIELD
+from protocol.streams import PROMPTS, SAMPLES, WEIGHTS, Keys
+from tests.support.ledger import ROOT
+from tests.unit.learner_fixtures import make_sample, tiny_model
+
+KEYS = Keys("t")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(pred, timeout: float, step: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return False
+
+
+class Learner:
+    """A `python -m learner.main` process."""
+
+    def __init__(self, url: str, config: Path, log: Path, fault: str | None = None):
+        env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+        env.pop("GPO_LEARNER_FAULT", None)
+        if fault:
+            env["GPO_LEARNER_FAULT"] = fault
+        self.port = free_port()
+        self.log = log.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "learner.main", "--config", str(config), "--redis-url", url]
+            + ["--run-id", "t", "--metrics-port", str(self.port), "--metrics-host", "127.0.0.1"],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env=env,
+        )
+
+    def metric(self, name: str) -> float:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read()
+        total = 0.0
+        for line in text.decode().splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def write_config(tmp: Path, model: str, **extra) -> Path:
+    fields = {
+        "model": model,
+        "lora_rank": 4,
+        "lora_alpha": 8.0,
+        "lr": 1e-3,
+        "batch_size": 4,
+        "token_budget": 64,
+        "max_policy_lag": 1,
+        "checkpoint_dir": str(tmp / "ckpt"),
+        "checkpoint_every": 1,
+        "eval_every": 2,
+        "eval_count": 4,
+        "eval_max_new_tokens": 8,
+        "feeder_backlog_target": 8,
+        "feeder_backlog_bound": 16,
+        "task": "arithmetic",
+        "log_sample_ids": True,
+        **extra,
+    }
+    body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
+    body += "\n[learner.task_options]\nn_train = 40\nn_heldout = 8\n"
+    redis = "[redis]\nblock_ms = 200\nsocket_timeout = 3.0\npending_check_interval = 0.5\n"
+    path = tmp / "learner.toml"
+    path.write_text(redis + "[learner]\n" + body)
+    return path
+
+
+def inject(r, samples) -> None:
+    for s in samples:
+        r.xadd(KEYS.stream(SAMPLES), {FIELD: encode(s)})
+        r.incrby(KEYS.produced(SAMPLES), 1)
+
+
+def pointers(r) -> list:
+    return [decode(f[FIELD]) for _, f in r.xrange(KEYS.stream(WEIGHTS))]
+
+
+def newest_version(r) -> int:
+    ps = pointers(r)
+    return max((p.version for p in ps), default=0)
+
+
+def trained_history(runlog: Path) -> Counter:
+    """Sample ids of the updates that the final weights contain, counted."""
+    updates: list[dict] = []
+    for line in runlog.read_text().splitlines():
+        rec = json.loads(line)
+        if rec["event"] == "resume":
+            updates = [u for u in updates if u["step"] <= rec["step"]]
+        elif rec["event"] == "update":
+            updates.append(rec)
+    return Counter(i for u in updates for i in u["sample_ids"])
+
+
+def pending(r) -> int:
+    return int(r.xpending(KEYS.stream(SAMPLES), "learner")["pending"])
+
+
+def test_learner_trains_publishes_dedups_drops_stale_and_resumes(redis_server, tmp_path, model_dir):
+    r = redis_server.client()
+    config = write_config(tmp_path, model_dir)
+    runlog = tmp_path / "ckpt" / "run_log.jsonl"
+    learner = Learner(redis_server.url, config, tmp_path / "learner.log")
+    try:
+        first = [
+            make_sample(f"s{i}", seed=i, reward=float(i % 2), prompt_id=f"p{i // 2}")
+            for i in range(8)
+        ]
+        inject(r, first[:4] + [first[0]] + first[4:])  # s0 twice
+        assert wait_until(lambda: newest_version(r) >= 2, 60), (
+            tmp_path / "learner.log"
+        ).read_text()[-3000:]
+        # two updates done at version 2; max_policy_lag 1 makes version-0 samples stale
+        stale = [make_sample(f"old{i}", seed=20 + i, version=0) for i in range(2)]
+        fresh = [make_sample(f"n{i}", seed=30 + i, version=2, kind="reset") for i in range(4)]
+        inject(r, stale + fresh)
+        assert wait_until(lambda: newest_version(r) >= 3, 60)
+        assert wait_until(
+            lambda: learner.metric("gpo_learner_samples_dropped_stale_total") == 2, 10
+        )
+        assert learner.metric("gpo_learner_samples_dropped_duplicate_total") == 1
+        assert learner.metric("gpo_learner_updates_total") == 3
+        assert learner.metric("gpo_learner_adapter_version") == 3
+        # the feeder filled the prompts backlog to its target and not past its bound
+        assert r.xlen(KEYS.stream(PROMPTS)) == 8
+        assert wait_until(lambda: pending(r) == 0, 10)  # everything trained or dropped is acked
+        assert learner.stop() == 0
+    finally:
+        if learner.proc.poll() is None:
+            learner.proc.kill()
+
+    history = trained_history(runlog)
+    assert history == Counter({f"s{i}": 1 for i in range(8)} | {f"n{i}": 1 for i in range(4)})
+    events = [json.loads(line) for line in runlog.read_text().splitlines()]
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [2] and 0.0 <= evals[0]["pass_at_1"] <= 1.0
+    v3 = next(p for p in pointers(r) if p.version == 3)
+    assert v3.lora_config["r"] == 4 and v3.lora_config["lora_dropout"] == 0.0
+    latest = (tmp_path / "ckpt" / "latest").read_text()
+    assert latest == "step-000003"
+
+    # Restart: resumes step 3 and republishes the same adapter as a new version 4.
+    again = Learner(redis_server.url, config, tmp_path / "learner.log")
+    try:
+        assert wait_until(lambda: newest_version(r) == 4, 60)
+        v4 = next(p for p in pointers(r) if p.version == 4)
+        assert v4.sha256 == v3.sha256
+        assert again.stop() == 0
+    finally:
+        if again.proc.poll() is None:
+            again.proc.kill()
+    resume = [json.loads(line) for line in runlog.read_text().splitlines()][-1]
+    assert resume["event"] == "resume" and resume["step"] == 3
+
+
+@pytest.mark.parametrize("point", ["after_step", "after_publish", "after_checkpoint"])
+def test_18_kill9_between_step_and_ack_trains_every_sample_once(
+    redis_server, tmp_path, model_dir, point
+):
+    r = redis_server.client()
+    config = write_config(tmp_path, model_dir, eval_every=0, max_policy_lag=8)
+    runlog = tmp_path / "ckpt" / "run_log.jsonl"
+    log = tmp_path / "learner.log"
+    ids = [f"s{i}" for i in range(12)]
+    inject(r, [make_sample(sid, seed=i, reward=float(i % 2)) for i, sid in enumerate(ids)])
+    doomed = Learner(redis_server.url, config, log, fault=f"{point}:2")
+    assert doomed.proc.wait(90) == -signal.SIGKILL, log.read_text()[-3000:]
+    assert pending(r) >= 4  # the killed update's samples were never acked
+    learner = Learner(redis_server.url, config, log)
+    try:
+        assert wait_until(lambda: set(trained_history(runlog)) == set(ids), 90), log.read_text()[
+            -3000:
+        ]
+        assert wait_until(lambda: pending(r) == 0, 20)
+        assert learner.stop() == 0
+    finally:
+        if learner.proc.poll() is None:
+            learner.proc.kill()
+    history = trained_history(runlog)
+    assert history == Counter(dict.fromkeys(ids, 1)), history
+    state = json.loads((tmp_path / "ckpt" / "step-000003" / "state.json").read_text())
+    assert sorted(state["trained_ids"]) == sorted(ids)
