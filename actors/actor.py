@@ -19,18 +19,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from transformers import AutoTokenizer
-
 from actors.engines.base import Engine
-from actors.engines.factory import EngineConfig, build_engine, check_model_dir
+from actors.engines.factory import EngineConfig
+from actors.inference_process import run_with_engine
 from actors.rollout import RolloutConfig, request_for, total_tokens, trajectories_for
-from actors.tasks.base import Task, load_task
+from actors.tasks.base import Task
 from actors.weights import WeightsSync
 from protocol.codec import CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import Prompt, ResetRequest
 from protocol.metrics import Metrics
-from protocol.process import Runtime, UserError, common_parser, load_config, run_process
+from protocol.process import Runtime, common_parser, load_config, run_process
 from protocol.producer import Producer
 from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES
 
@@ -82,13 +81,6 @@ class ActorMetrics:
         )
 
 
-def load_task_or_fail(spec: str, options: dict) -> Task:
-    try:
-        return load_task(spec, **options)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
 async def next_work(
     resets: Consumer, prompts: Consumer, limit: int, block_ms: int
 ) -> list[tuple[Consumer, Delivery]]:
@@ -119,6 +111,7 @@ async def rollout(
 
 
 async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokenizer) -> int:
+    """The actor loop: sync weights, check lag, take work, generate, publish, ack."""
     limits = CodecLimits(max_bytes=rt.redis_cfg.max_message_bytes, vocab_size=len(tokenizer))
     prompts = Consumer(
         rt.link, rt.keys, PROMPTS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
@@ -182,18 +175,6 @@ async def drop_wrong_task(batch, task_name: str, m: ActorMetrics):
     return keep
 
 
-async def amain(cfg: ActorConfig, rt_args) -> int:
-    task = load_task_or_fail(cfg.task, cfg.task_options)
-    check_model_dir(cfg.engine.model)
-    async with Runtime("actor", *rt_args) as rt:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.engine.model)
-        engine = build_engine(cfg.engine)
-        try:
-            return await run(cfg, rt, engine, task, tokenizer)
-        finally:
-            await engine.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = common_parser("gpo-actor", __doc__)
     parser.add_argument("--model", help="base model directory (overrides actor.engine.model)")
@@ -210,7 +191,15 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _configured(args) -> int:
     cfg, redis_cfg = load_config(args, "actor", ActorConfig)
-    return await amain(cfg, (redis_cfg, args.name or "", args.metrics_port, args.metrics_host))
+    rt_args = (redis_cfg, args.name or "", args.metrics_port, args.metrics_host)
+    return await run_with_engine(
+        "actor",
+        cfg.engine,
+        cfg.task,
+        cfg.task_options,
+        rt_args,
+        lambda rt, engine, task, tokenizer: run(cfg, rt, engine, task, tokenizer),
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,106 @@
+"""gpo-actor and gpo-estimator together on a real redis-server, tiny random model.
+
+Prompts go in; the actor's fresh trajectories are estimated (selection `random`, so every
+trajectory gets a reset even when the tiny policy never succeeds); the estimator's reset
+requests are served by the actor; the reset rollouts come back to the estimator and leave as
+reset samples with advantage reward - V(s_m)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from transformers import AutoTokenizer
+
+from ops.redis_server import free_port
+from protocol.codec import decode
+from protocol.consumer import FIELD
+from protocol.streams import RESETS, SAMPLES, TRAJECTORIES, Keys
+from tests.integration.test_actor import RUN, produce_prompts
+from tests.support.procs import GpoProcess
+
+KEYS = Keys(RUN)
+K, N, N_RESET = 2, 2, 2
+
+
+def config(tmp_path, model_dir) -> str:
+    path = tmp_path / "run.toml"
+    shared = f"""
+task = "arithmetic"
+[{{p}}.engine]
+model = "{model_dir}"
+[{{p}}.rollout]
+n = {N}
+max_new_tokens = 8
+seed = 7
+"""
+    path.write_text(
+        f"""
+[run]
+id = "{RUN}"
+[redis]
+block_ms = 300
+socket_timeout = 3.0
+[actor]
+batch_messages = 4
+{shared.replace("{p}", "actor")}
+[estimator]
+n_reset = {N_RESET}
+{shared.replace("{p}", "estimator")}
+[estimator.mc]
+k = {K}
+selection = "random"
+"""
+    )
+    return str(path)
+
+
+def read(r, stream):
+    return [decode(f[FIELD]) for _, f in r.xrange(KEYS.stream(stream))]
+
+
+def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
+    cfg = config(tmp_path, tiny_model_dir)
+    common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
+    eport = free_port()
+    actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
+    est = GpoProcess("actors.estimator", *common, "--name", "est-0", "--metrics-port", str(eport))
+    actor.wait_for("serving task", 120)
+    est.wait_for("estimating for task", 120)
+    r = redis_server.client()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [f"train:0:{i}" for i in range(3)]
+    produce_prompts(r, tok, prompts)
+    n_fresh = len(prompts) * N
+    want = n_fresh + n_fresh * N_RESET
+    deadline = time.monotonic() + 120
+    while len(read(r, SAMPLES)) < want and time.monotonic() < deadline:
+        time.sleep(0.3)
+    rollouts = est.metric(eport, "gpo_estimator_mc_rollouts_total")
+    assert actor.stop() == 0 and est.stop() == 0
+
+    trajs = {t.id: t for t in read(r, TRAJECTORIES)}
+    samples = {s.id: s for s in read(r, SAMPLES)}
+    resets = {q.id: q for q in read(r, RESETS)}
+    assert len(samples) == want == len(trajs), (len(samples), len(trajs), want)
+    fresh = [t for t in trajs.values() if t.kind == "fresh"]
+    assert len(fresh) == n_fresh and len(resets) == n_fresh
+    assert rollouts == sum(K * len(t.step_spans) for t in fresh)  # K at every boundary
+    for t in fresh:
+        q = resets[f"reset:{t.id}"]
+        start = t.step_spans[q.critical_step][0]
+        assert (
+            q.prefix_token_ids.tolist()
+            == t.prefix_token_ids.tolist() + t.completion_token_ids[:start].tolist()
+        )
+        assert q.value == q.step_values[q.critical_step] and q.n == N_RESET
+        assert samples[t.id].step_values[-1] == t.reward
+    for t in trajs.values():
+        s = samples[t.id]
+        p = len(t.prefix_token_ids)
+        assert s.loss_mask.tolist() == [0] * p + [1] * len(t.completion_token_ids)
+        assert np.array_equal(s.logprobs[p:], t.logprobs)
+        if t.kind == "reset":
+            assert t.parent_id in {f.id for f in fresh}
+            assert np.allclose(s.advantages[p:], t.reward - t.reset_value)
+    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0

@@ -1,0 +1,157 @@
+"""The estimator's per-trajectory logic, without Redis: samples, resets, reset advantages."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from actors import scripted
+from actors.estimator import (
+    EstimatorConfig,
+    EstimatorMetrics,
+    estimate,
+    make_sample,
+    token_advantages,
+)
+from actors.mc_search import McConfig
+from actors.rollout import RolloutConfig
+from protocol.codec import decode, encode
+from protocol.messages import Trajectory
+from protocol.metrics import Metrics
+
+
+def test_token_advantages_by_hand():
+    got = token_advantages([(0, 2), (2, 3), (3, 6)], np.array([0.5, -0.25, 0.0]), 6)
+    assert got.tolist() == [0.5, 0.5, -0.25, 0.0, 0.0, 0.0]
+
+
+def traj(**kw) -> Trajectory:
+    base = dict(
+        id="train:0:1/0",
+        run="r",
+        ts=time.time(),
+        prompt_id="train:0:1",
+        task="scripted",
+        answer="",
+        kind="fresh",
+        parent_id=None,
+        reset_step=None,
+        reset_value=None,
+        prompt_len=1,
+        prefix_token_ids=[scripted.BOS],
+        completion_token_ids=[5, 3, 2, 6, 3, 2],
+        logprobs=[-0.1, -0.2, -0.3, -0.4, -0.5, -0.6],
+        step_spans=[(0, 3), (3, 6)],
+        reward=1.0,
+        policy_version=3,
+        actor="a",
+        gen_seconds=0.1,
+    )
+    return Trajectory(**{**base, **kw})
+
+
+def test_make_sample_masks_prefix_and_aligns_arrays():
+    s = make_sample(
+        traj(prefix_token_ids=[0, 7, 8], prompt_len=3), np.arange(6, dtype=np.float32), np.zeros(0)
+    )
+    assert s.token_ids.tolist() == [0, 7, 8, 5, 3, 2, 6, 3, 2]
+    assert s.loss_mask.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
+    assert s.logprobs.tolist() == pytest.approx([0, 0, 0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6])
+    assert s.advantages.tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5]
+    assert s.id == "train:0:1/0" and s.policy_version == 3
+    assert decode(encode(s)) == s  # a valid wire message
+
+
+class TaskOver:
+    """The scripted task behind the estimator's TaskPrompt-based interface."""
+
+    name = "scripted"
+
+    def __init__(self, problem):
+        self.problem = problem
+
+    def score(self, prompt, completion):
+        return scripted.ScriptedTask().score(self.problem, completion)
+
+
+class ToyTokenizer:
+    def decode(self, ids, skip_special_tokens=True):
+        return scripted.decode(ids)
+
+
+class NoEngine:
+    policy_version = 0
+
+    async def generate(self, requests):
+        raise AssertionError("a reset rollout needs no MC")
+
+
+def cfg(**mc) -> EstimatorConfig:
+    return EstimatorConfig(rollout=RolloutConfig(max_new_tokens=64), mc=McConfig(**mc), n_reset=3)
+
+
+def test_reset_rollout_advantage_is_reward_minus_reset_value():
+    t = traj(kind="reset", parent_id="p/0", reset_step=1, reset_value=0.25, reward=1.0)
+    sample, reset = asyncio.run(
+        estimate(
+            t, NoEngine(), TaskOver(None), ToyTokenizer(), cfg(), EstimatorMetrics(Metrics("e"))
+        )
+    )
+    assert reset is None
+    assert sample.kind == "reset"
+    assert sample.advantages.tolist() == [0.0] + [0.75] * 6
+
+
+def test_fresh_trajectory_reset_at_the_pivotal_step():
+    # Steps 0, 1 and 3 always stay right; step 2 is a coin flip and cannot be recovered:
+    # V(s_0) = V(s_1) = V(s_2) = 0.5, and this trajectory failed at step 2, so V(s_3) = 0:
+    # A = [0, 0, -0.5, 0] and the critical step is 2.
+    problem = scripted.ScriptedProblem(stay_correct=(1.0, 1.0, 0.5, 1.0), recover=0.0)
+    completion = [5, 3, 2, 6, 3, 2, 7, 4, 2, 5, 4, 2, scripted.EOS]
+    spans = scripted.step_spans(completion)
+    spans[-1] = (spans[-1][0], len(completion))  # EOS joins the last step
+    t = traj(
+        completion_token_ids=completion,
+        logprobs=[-0.5] * len(completion),
+        step_spans=spans,
+        reward=0.0,
+    )
+    m = EstimatorMetrics(Metrics("e"))
+    sample, reset = asyncio.run(
+        estimate(
+            t, scripted.ScriptedEngine(problem), TaskOver(problem), ToyTokenizer(), cfg(k=12), m
+        )
+    )
+    assert reset is not None and reset.critical_step == 2
+    assert reset.prefix_token_ids.tolist() == [scripted.BOS] + completion[: spans[2][0]]
+    assert reset.value == pytest.approx(reset.step_values[2])
+    assert abs(reset.advantages[2]) == max(abs(a) for a in reset.advantages)
+    assert reset.n == 3 and reset.id == f"reset:{t.id}" and reset.selection == "advantage"
+    assert reset.step_values[-1] == 0.0  # V(s_T) is the trajectory's reward
+    step2 = slice(1 + spans[2][0], 1 + spans[2][1])
+    assert np.all(sample.advantages[step2] == np.float32(reset.advantages[2]))
+    assert decode(encode(reset)) == reset
+    assert m.rollouts._value.get() == 12 * 4
+
+
+def test_selection_none_sends_no_reset_but_keeps_values():
+    problem = scripted.ScriptedProblem(stay_correct=(1.0, 0.5), recover=0.0)
+    completion = [5, 3, 2, 6, 4, 2]
+    t = traj(
+        completion_token_ids=completion, step_spans=scripted.step_spans(completion), reward=0.0
+    )
+    sample, reset = asyncio.run(
+        estimate(
+            t,
+            scripted.ScriptedEngine(problem),
+            TaskOver(problem),
+            ToyTokenizer(),
+            cfg(k=4, selection="none"),
+            EstimatorMetrics(Metrics("e")),
+        )
+    )
+    assert reset is None
+    assert len(sample.step_values) == 3 and sample.step_values[-1] == 0.0
