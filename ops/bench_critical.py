@@ -70,14 +70,24 @@ class Row:
     """Fraction of cases where the search chose no step (flat values)."""
 
 
-def make_cases(seed: int, count: int, min_margin: float) -> list[Case]:
-    """`count` cases from `seed`: random problems, one sampled trajectory each, truth margin
-    >= min_margin (problems failing it are redrawn)."""
+FAMILIES = {
+    # one pronounced pivot: easy steps almost never fail, the pivotal one usually does
+    "clear": dict(easy=(0.97, 1.0), hard=(0.3, 0.7), recover=(0.0, 0.02)),
+    # the pivot competes with noisier easy steps and self-correction
+    "hard": dict(),
+}
+
+
+def make_cases(
+    seed: int, count: int, min_margin: float, family: str = "hard", steps: tuple[int, int] = (4, 12)
+) -> list[Case]:
+    """`count` cases from `seed`: random problems of `family`, one sampled trajectory each,
+    truth margin >= min_margin (problems failing it are redrawn)."""
     rng = np.random.default_rng(seed)
     task, cases, tries = ScriptedTask(), [], 0
     while len(cases) < count:
         tries += 1
-        problem = ScriptedProblem.random(rng)
+        problem = ScriptedProblem.random(rng, steps=steps, **FAMILIES[family])
         engine = ScriptedEngine(problem)
         req = GenerationRequest(problem.prompt_token_ids, 1, SamplingSettings(seed=tries))
         tokens = asyncio.run(engine.generate([req]))[0].completions[0].token_ids
@@ -155,11 +165,15 @@ def format_table(rows: Sequence[Row], reference: Row) -> str:
 
 def part_a(args: argparse.Namespace) -> list[Row]:
     """Scripted policies: uniform K in `args.ks` and the adaptive budget, on the same cases."""
-    cases = [c for s in args.seeds for c in make_cases(s, args.instances, args.min_margin)]
+    cases = [
+        c
+        for s in args.seeds
+        for c in make_cases(s, args.instances, args.min_margin, args.family, tuple(args.steps))
+    ]
     steps = np.mean([c.trajectory.num_steps for c in cases])
     at_pivot = np.mean([c.truth == c.problem.pivotal_step for c in cases])
     print(
-        f"part (a): {len(cases)} scripted trajectories (seeds {args.seeds}, {args.instances} "
+        f"part (a): {len(cases)} scripted trajectories, family {args.family!r} (seeds {args.seeds}, {args.instances} "
         f"each), mean {steps:.1f} steps, truth == designed pivotal step in {100 * at_pivot:.0f}%"
     )
     rows = [random_row(cases)]
@@ -255,6 +269,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--instances", type=int, default=400, help="cases per seed")
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 12], help="uniform K values")
     p.add_argument("--min-margin", type=float, default=0.1, help="truth |A| lead over runner-up")
+    p.add_argument(
+        "--steps",
+        type=int,
+        nargs=2,
+        default=[4, 12],
+        metavar=("MIN", "MAX"),
+        help="number of steps per scripted problem, uniform in [MIN, MAX]",
+    )
+    p.add_argument(
+        "--family",
+        choices=sorted(FAMILIES),
+        default="clear",
+        help="scripted problems: `clear` (one pronounced pivot) or `hard` (noisier steps)",
+    )
     p.add_argument(
         "--adaptive-budget",
         type=float,
