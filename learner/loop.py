@@ -48,6 +48,7 @@ from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
 from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
 from protocol.consumer import Consumer, Delivery
+from protocol.messages import Sample
 from protocol.process import Runtime
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,10 @@ async def run(p: Parts) -> int:
     """Train until SIGTERM; returns the exit code."""
     cfg, st = p.cfg, p.state
     await announce(p)
+    leases = asyncio.create_task(keep_leases(p), name="learner-leases")
     while not p.rt.stop.is_set():
+        if leases.done():
+            leases.result()  # a failed lease keeper takes the process down
         # 1. keep the prompts backlog at its target
         await p.feeder.top_up()
         # 2. read samples; drop duplicates and stale ones
@@ -96,11 +100,7 @@ async def run(p: Parts) -> int:
         if len(p.buffer) < cfg.batch_size:
             continue
         # 3. a batch with the configured share of reset samples
-        chosen = choose_batch(
-            [d.message.kind for d in p.buffer], cfg.batch_size, cfg.reset_fraction
-        )
-        batch = [p.buffer[i] for i in chosen]
-        p.buffer = [d for i, d in enumerate(p.buffer) if i not in set(chosen)]
+        batch = pop_batch(p)
         samples = [d.message for d in batch]
         # 4. PPO epochs, off the event loop (Redis and /metrics stay served)
         start = time.perf_counter()
@@ -118,19 +118,7 @@ async def run(p: Parts) -> int:
         await publish(p, st.version + 1)
         fault("after_publish", st.step)
         # 6. metrics and run log
-        stats["reward_mean"] = sum(s.reward for s in samples) / len(samples)
-        p.metrics.update(stats, [s.kind for s in samples], lags, secs)
-        ids = {"sample_ids": [s.id for s in samples]} if cfg.log_sample_ids else {}
-        p.runlog.write(
-            "update",
-            step=st.step,
-            version=st.version,
-            seconds=secs,
-            lag_mean=sum(lags) / len(lags),
-            resets=sum(s.kind == "reset" for s in samples),
-            **stats,
-            **ids,
-        )
+        record(p, samples, stats, lags, secs)
         # 7. checkpoint (the commit point), then ack what it holds
         if st.step % cfg.checkpoint_every == 0:
             await commit(p)
@@ -139,8 +127,35 @@ async def run(p: Parts) -> int:
             await evaluate(p)
     # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
     await commit(p)
+    leases.cancel()
     broadcast_samples(p.world, None)
     return 0
+
+
+def pop_batch(p: Parts) -> list[Delivery]:
+    """Take the next batch out of the buffer, honouring `reset_fraction`."""
+    kinds = [d.message.kind for d in p.buffer]
+    chosen = set(choose_batch(kinds, p.cfg.batch_size, p.cfg.reset_fraction))
+    batch = [d for i, d in enumerate(p.buffer) if i in chosen]
+    p.buffer = [d for i, d in enumerate(p.buffer) if i not in chosen]
+    return batch
+
+
+def record(p: Parts, samples: list[Sample], stats: dict, lags: list[int], secs: float) -> None:
+    """One update's metrics and run-log record."""
+    stats["reward_mean"] = sum(s.reward for s in samples) / len(samples)
+    p.metrics.update(stats, [s.kind for s in samples], lags, secs)
+    ids = {"sample_ids": [s.id for s in samples]} if p.cfg.log_sample_ids else {}
+    p.runlog.write(
+        "update",
+        step=p.state.step,
+        version=p.state.version,
+        seconds=secs,
+        lag_mean=sum(lags) / len(lags),
+        resets=sum(s.kind == "reset" for s in samples),
+        **stats,
+        **ids,
+    )
 
 
 async def take_samples(p: Parts) -> None:
@@ -148,7 +163,10 @@ async def take_samples(p: Parts) -> None:
     samples that went stale meanwhile are dropped, counted and acked."""
     need = max(p.cfg.batch_size - len(p.buffer), 0)
     fresh = await p.consumer.read(count=min(max(need, 1), p.cfg.read_count)) if need else []
-    pool = p.buffer + fresh
+    held = {d.entry_id for d in p.buffer + p.unacked}
+    # An entry we already hold can come back through our own claim sweep; acking it as a
+    # duplicate would ack an uncommitted sample, so it is simply ignored.
+    pool = p.buffer + [d for d in fresh if d.entry_id not in held]
     verdict = admit(
         [d.message for d in pool], p.trained, set(), p.state.version, p.cfg.max_policy_lag
     )
@@ -158,6 +176,18 @@ async def take_samples(p: Parts) -> None:
     dropped = [pool[i] for i in verdict.duplicate + verdict.stale]
     if dropped:
         await p.consumer.ack(dropped)
+
+
+async def keep_leases(p: Parts) -> None:
+    """Keep every held entry (buffered or trained-but-uncommitted) from going idle past
+    `claim_idle`: otherwise a claim sweep would redeliver it, and after `max_deliveries` the
+    transport would dead-letter (and so ack) a sample whose update is not committed."""
+    every = max(0.5, p.consumer.cfg.claim_idle / 3)
+    while True:
+        await asyncio.sleep(every)
+        held = p.buffer + p.unacked
+        if held:
+            await p.consumer.extend_lease(held)
 
 
 async def publish(p: Parts, version: int) -> None:

@@ -27,7 +27,7 @@ from learner.feeder import Feeder
 from learner.loop import Parts, run
 from learner.policy import Policy, build_policy, load_tokenizer
 from learner.telemetry import LearnerMetrics, RunLog
-from learner.train import World, ppo_update
+from learner.train import World, make_optimizer, ppo_update
 from protocol.adapters import AdapterMetrics
 from protocol.codec import CodecLimits
 from protocol.config import RedisConfig
@@ -44,7 +44,7 @@ def build_training(
     if not cfg.model or not Path(cfg.model).exists():
         raise UserError(f"learner.model {cfg.model!r} is not a model directory")
     policy = build_policy(cfg, rank_device(cfg.device, world))
-    optimizer = torch.optim.AdamW(policy.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(policy, cfg)
     ckpt = load_latest(cfg.checkpoint_dir)
     if ckpt is None:
         return policy, optimizer, LearnerState()

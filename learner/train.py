@@ -60,6 +60,11 @@ class Prepared:
     returns: Tensor | None
 
 
+def make_optimizer(policy: Policy, cfg: LearnerConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters (LoRA, value head), in `Policy.trainable` order."""
+    return torch.optim.AdamW(policy.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
 def ppo_update(
     policy: Policy,
     optimizer: torch.optim.Optimizer,

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from peft.utils import get_peft_model_state_dict
 from learner.distributed import init_world, broadcast_samples
 from learner.policy import build_policy
-from learner.train import ppo_update
+from learner.train import make_optimizer, ppo_update
 from tests.unit.learner_fixtures import make_sample, tiny_config
 
 torch.set_num_threads(1)
@@ -36,7 +36,7 @@ cfg = tiny_config(model, advantage=mode, kl_coef=0.1, ppo_epochs=2, minibatches=
                   token_budget=24, lr=1e-3)
 world = init_world("cpu")
 policy = build_policy(cfg)
-opt = torch.optim.AdamW(policy.trainable(), lr=cfg.lr)
+opt = make_optimizer(policy, cfg)
 samples = [make_sample(f"s{i}", seed=i, reward=float(i % 3 == 0), prompt_id=f"p{i // 4}",
                        completion_len=3 + i, advantage=0.1 * i) for i in range(8)]
 samples = broadcast_samples(world, samples if world.rank == 0 else None)

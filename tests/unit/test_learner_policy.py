@@ -1,0 +1,180 @@
+"""The LoRA policy, its adapter export, PPO updates, checkpoints, the feeder and the config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import torch
+from peft.utils import get_peft_model_state_dict
+from safetensors.torch import load as load_safetensors
+from transformers import AutoModelForCausalLM
+
+from actors.engines.lora_versions import LoraVersions, lora_config_from_dict
+from actors.tasks.base import TaskPrompt
+from learner.checkpoint import LearnerState, load_latest, save_checkpoint
+from learner.config import LearnerConfig
+from learner.feeder import Feeder, epoch_order
+from learner.policy import build_policy
+from learner.train import make_optimizer, ppo_update
+from protocol.config import ConfigError
+from tests.unit.learner_fixtures import make_sample, tiny_config, tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> str:
+    return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def batch(n: int = 6):
+    return [
+        make_sample(
+            f"s{i}", seed=i, reward=float(i % 2), prompt_id=f"p{i // 2}", completion_len=3 + i
+        )
+        for i in range(n)
+    ]
+
+
+def trained(cfg: LearnerConfig, updates: int = 1):
+    policy = build_policy(cfg)
+    opt = make_optimizer(policy, cfg)
+    for step in range(updates):
+        ppo_update(policy, opt, batch(), cfg, step)
+    return policy, opt
+
+
+def test_exported_adapter_loads_into_an_engine_and_matches(model_dir):
+    cfg = tiny_config(model_dir, advantage="group")
+    policy, _ = trained(cfg)
+    blob, config = policy.export_adapter()
+    weights = load_safetensors(blob)
+    assert set(weights) == set(get_peft_model_state_dict(policy.model))
+    assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)
+    assert config == {
+        "r": 4,
+        "lora_alpha": 8.0,
+        "lora_dropout": 0.0,
+        "target_modules": ["k_proj", "o_proj", "q_proj", "v_proj"],
+        "bias": "none",
+        "task_type": "CAUSAL_LM",
+    }
+    engine_side = LoraVersions(AutoModelForCausalLM.from_pretrained(model_dir).eval())
+    engine_side.add(1, lora_config_from_dict(config), weights)
+    engine_side.activate(1)
+    ids = torch.tensor([[5, 9, 11, 20, 7]])
+    policy.model.eval()
+    with torch.no_grad():
+        ours = policy.model(input_ids=ids).logits
+        theirs = engine_side._peft(input_ids=ids).logits
+        with policy.reference():
+            ref = policy.model(input_ids=ids).logits
+        engine_side.activate(0)
+        base = engine_side._peft(input_ids=ids).logits
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ref, base)  # reference = the base model, adapter disabled
+    assert not torch.allclose(ours, ref)
+
+
+def test_zero_advantages_leave_the_policy_unchanged(model_dir):
+    """With every advantage 0 (one prompt, equal rewards) and no KL, nothing should move."""
+    cfg = tiny_config(model_dir, advantage="group", kl_coef=0.0)
+    policy = build_policy(cfg)
+    before = {k: v.clone() for k, v in get_peft_model_state_dict(policy.model).items()}
+    opt = make_optimizer(policy, cfg)
+    same = [make_sample(f"s{i}", seed=i, reward=1.0, prompt_id="p") for i in range(4)]
+    stats = ppo_update(policy, opt, same, cfg, 0)
+    assert stats["loss"] == 0.0 and stats["grad_norm"] == 0.0
+    assert stats["tokens"] == 4 * 6
+    for k, v in get_peft_model_state_dict(policy.model).items():
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)
+
+
+def test_first_update_is_on_policy_and_clips_nothing(model_dir):
+    """Epoch 1 of the first minibatch runs at ratio 1: clip fraction and approx KL are 0."""
+    cfg = tiny_config(model_dir, advantage="gae", ppo_epochs=1, minibatches=1)
+    policy = build_policy(cfg)
+    opt = make_optimizer(policy, cfg)
+    stats = ppo_update(policy, opt, batch(), cfg, 0)
+    assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
+    assert stats["value_loss"] > 0 and stats["grad_norm"] > 0
+
+
+def test_checkpoint_round_trip_resumes_the_same_training(model_dir, tmp_path):
+    cfg = tiny_config(model_dir, advantage="gae", kl_coef=0.05)
+    policy, opt = trained(cfg, updates=2)
+    state = LearnerState(step=2, version=2, trained_ids={"a", "b"}, feeder_epoch=1, feeder_index=7)
+    head = policy.value_head.state_dict()
+    for step in (1, 2):  # two checkpoints; keep=1 prunes the first
+        state.step = step
+        save_checkpoint(
+            tmp_path, state, get_peft_model_state_dict(policy.model), head, opt.state_dict(), keep=1
+        )
+    (tmp_path / "step-000009.tmp").mkdir()  # a half-written checkpoint is never picked
+    ckpt = load_latest(tmp_path)
+    assert ckpt.path.name == "step-000002"
+    assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-000002", "step-000009.tmp"]
+    assert ckpt.state == state
+    meta = json.loads((ckpt.path / "state.json").read_text())
+    assert meta["trained_ids"] == ["a", "b"]
+
+    fresh = build_policy(cfg)
+    fresh.load_adapter_state(ckpt.adapter)
+    fresh.value_head.load_state_dict(ckpt.value_head)
+    fresh_opt = make_optimizer(fresh, cfg)
+    fresh_opt.load_state_dict(ckpt.optimizer)
+    a = ppo_update(policy, opt, batch(), cfg, 2)
+    b = ppo_update(fresh, fresh_opt, batch(), cfg, 2)
+    assert a == pytest.approx(b, rel=1e-6, abs=1e-9)
+    for k, v in get_peft_model_state_dict(policy.model).items():
+        torch.testing.assert_close(get_peft_model_state_dict(fresh.model)[k], v)
+
+
+def test_load_adapter_state_refuses_other_keys(model_dir):
+    policy = build_policy(tiny_config(model_dir))
+    with pytest.raises(ValueError, match="adapter keys differ"):
+        policy.load_adapter_state({"x": torch.zeros(1)})
+
+
+class FakeProducer:
+    def __init__(self, backlog: int):
+        self.value, self.sent = backlog, []
+
+    async def backlog(self, stream: str) -> int:
+        return self.value
+
+    async def send(self, stream, msgs, wait=True):
+        self.sent += msgs
+        self.value += len(msgs)
+
+
+def test_feeder_tops_up_to_target_across_epochs():
+    prompts = [TaskPrompt(f"t:{i}", f"Q: {i}+1\n", str(i + 1)) for i in range(3)]
+    prod = FakeProducer(backlog=1)
+    f = Feeder(prod, prompts, lambda t: [3] * len(t), "arith", "r", target=5, bound=6, seed=0)
+    assert asyncio.run(f.top_up()) == 4
+    assert asyncio.run(f.top_up()) == 0  # at the target: nothing more
+    ids = [p.id for p in prod.sent]
+    assert ids == ["train:0:0", "train:0:1", "train:0:2", "train:1:0"]
+    order0, order1 = epoch_order(3, 0, 0), epoch_order(3, 0, 1)
+    assert [p.text for p in prod.sent] == [prompts[i].text for i in order0] + [
+        prompts[order1[0]].text
+    ]
+    assert prod.sent[3].epoch == 1 and (f.epoch, f.index) == (1, 1)
+    prod.value = 0
+    assert asyncio.run(f.top_up()) == 5 and prod.value == 5 <= f.bound
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"reset_fraction": 1.5},
+        {"batch_size": 0},
+        {"feeder_backlog_target": 10, "feeder_backlog_bound": 5},
+        {"lr": 0.0},
+        {"lora_target_modules": []},
+    ],
+)
+def test_config_refuses_bad_values(bad):
+    with pytest.raises(ConfigError):
+        LearnerConfig(**bad)
