@@ -119,7 +119,7 @@ async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokeniz
     resets = Consumer(
         rt.link, rt.keys, RESETS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
     )
-    producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport)
+    producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport, rt.stop)
     weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch_concurrency)
     m = ActorMetrics(rt.metrics)
     await prompts.ensure_group()

@@ -213,7 +213,7 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
         rt.transport,
         limits,
     )
-    producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport)
+    producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport, rt.stop)
     weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch_concurrency)
     m = EstimatorMetrics(rt.metrics)
     await trajectories.ensure_group()

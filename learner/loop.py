@@ -89,6 +89,8 @@ async def run(p: Parts) -> int:
     """Train until SIGTERM; returns the exit code."""
     cfg, st = p.cfg, p.state
     await announce(p)
+    if cfg.eval_every and st.step == 0:
+        await evaluate(p)  # the base policy's score: the "before" of every learning curve
     leases = asyncio.create_task(keep_leases(p), name="learner-leases")
     while not p.rt.stop.is_set():
         if leases.done():

@@ -10,6 +10,8 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
+    "launch": ("ops.launch", "run learner, actors and estimators on this machine, supervised"),
+    "report": ("ops.report", "write runs/<id>/report.html with plots from a run directory"),
     "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
     "bootstrap": (
         "actors.bootstrap",

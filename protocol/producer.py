@@ -35,8 +35,18 @@ BACKLOG_REFRESH = 1.0  # seconds between re-reads of the counters while under th
 class Producer:
     """Writes messages to the work streams of one run."""
 
-    def __init__(self, link: Link, keys: Keys, cfg: RedisConfig, metrics: TransportMetrics):
-        self.link, self.keys, self.cfg, self.m = link, keys, cfg, metrics
+    def __init__(
+        self,
+        link: Link,
+        keys: Keys,
+        cfg: RedisConfig,
+        metrics: TransportMetrics,
+        stop: asyncio.Event | None = None,
+    ):
+        """`stop`: the process's stop event; once set, backpressure waits end at once, so a
+        stopping process can publish the work it finished and exit instead of waiting for
+        consumers that may be stopping too."""
+        self.link, self.keys, self.cfg, self.m, self.stop = link, keys, cfg, metrics, stop
         # stream -> (backlog as last read + what we sent since, monotonic time of the read)
         self._estimate: dict[str, tuple[int, float]] = {}
         self._xadd = link.client.register_script(_XADD_LUA)
@@ -92,6 +102,8 @@ class Producer:
         try:
             while await self.backlog(stream) >= limit:
                 if timeout is not None and time.monotonic() - start > timeout:
+                    return False
+                if self.stop is not None and self.stop.is_set():
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)

@@ -1,0 +1,457 @@
+"""gpo launch: run a whole GPO training run on one machine, supervised.
+
+    gpo launch --config ops/configs/demo.toml [--redis-url URL] [--run-id ID] [--actors N]
+               [--estimators M] [--max-minutes T] [--max-updates U]
+
+Starts a private redis-server when no `--redis-url` is given (AOF on, data in the run
+directory), then the learner, N actors and M estimators as separate OS processes, each with
+its own metrics port, log file and consumer name. A worker that dies is restarted with
+exponential backoff, and the terminal says so. Every `progress_seconds` it scrapes every
+process's `/metrics` and Redis, prints updates, reward, held-out accuracy, the adapter
+version of every actor and estimator, the backlog of every stream and the time left, and
+appends the same figures to `runs/<id>/progress.jsonl`. Ctrl-C (or reaching a limit) stops
+every process with SIGTERM, writes the report (`runs/<id>/report.html` and PNG plots) and
+prints where the results are. Prometheus can scrape all processes through the file-based
+discovery list `runs/<id>/prometheus_targets.json` (see ops/prometheus.yml).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from ops.redis_server import RedisServer, free_port
+from protocol.config import ConfigError, from_mapping, load_toml
+from protocol.streams import WORK_STREAMS, Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """TOML section `[launch]`: the shape of a local run."""
+
+    model: str = ""
+    """Base model directory for every process (overrides their own settings); `bootstrap`
+    builds or reuses the tiny built-in policy of `gpo bootstrap`."""
+    actors: int = 1
+    """Rollout actor processes."""
+    estimators: int = 1
+    """Advantage-estimator processes."""
+    runs_dir: str = "runs"
+    """Parent directory of run directories (`<runs_dir>/<run id>/`)."""
+    max_minutes: float = 0.0
+    """Stop the run after this many minutes (0: run until Ctrl-C or max_updates)."""
+    max_updates: int = 0
+    """Stop once the learner has made this many updates (0: no limit)."""
+    progress_seconds: float = 5.0
+    """Seconds between progress lines (and progress.jsonl records)."""
+    restart_backoff_max: float = 30.0
+    """Longest wait before restarting a crashed worker, in seconds."""
+    torch_threads: int = 1
+    """CPU threads per worker process (OMP_NUM_THREADS); more only helps on large machines."""
+    stop_timeout: float = 60.0
+    """Seconds a worker gets to finish its in-flight work after SIGTERM before it is killed."""
+    redis_maxmemory: str = "2gb"
+    """maxmemory of the private redis-server (noeviction: producers are throttled instead)."""
+    report: bool = True
+    """Write runs/<id>/report.html with plots when the run ends."""
+
+    def __post_init__(self) -> None:
+        if self.actors < 1 or self.estimators < 0:
+            raise ConfigError("launch.actors must be >= 1 and launch.estimators >= 0")
+
+
+@dataclass
+class Worker:
+    """One supervised process."""
+
+    name: str
+    module: str
+    args: list[str]
+    log: Path
+    port: int
+    env: dict = field(default_factory=dict)
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started: float = 0.0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                self.module,
+                *self.args,
+                "--name",
+                self.name,
+                "--metrics-port",
+                str(self.port),
+                "--metrics-host",
+                "127.0.0.1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            env={**os.environ, **self.env},
+            start_new_session=True,  # Ctrl-C in the terminal goes to the launcher alone
+        )
+        out.close()
+        self.started = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Launcher:
+    def __init__(self, cfg: LaunchConfig, config_path: Path, run_id: str, redis_url: str | None):
+        self.cfg, self.config_path, self.run_id = cfg, config_path, run_id
+        self.run_dir = (
+            (ROOT / cfg.runs_dir / run_id)
+            if not Path(cfg.runs_dir).is_absolute()
+            else Path(cfg.runs_dir) / run_id
+        )
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.redis: RedisServer | None = None
+        self.redis_url = redis_url
+        self.workers: list[Worker] = []
+        self.stopping = False
+        self.failed = False
+        self.start_time = time.monotonic()
+
+    # ---------------------------------------------------------------- start
+
+    def start(self) -> None:
+        if self.redis_url is None:
+            self.redis = RedisServer(
+                self.run_dir / "redis",
+                aof=True,
+                extra=("--maxmemory", self.cfg.redis_maxmemory, "--maxmemory-policy", "noeviction"),
+            ).start()
+            self.redis_url = self.redis.url
+            print(
+                f"private redis-server on 127.0.0.1:{self.redis.port} (AOF in {self.run_dir / 'redis'})"
+            )
+        common = [
+            "--config",
+            str(self.config_path),
+            "--redis-url",
+            self.redis_url,
+            "--run-id",
+            self.run_id,
+        ]
+        env = {
+            "OMP_NUM_THREADS": str(self.cfg.torch_threads),
+            "MKL_NUM_THREADS": str(self.cfg.torch_threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        model = resolve_model(self.cfg.model)
+        overrides = {"learner": ["learner.checkpoint_dir", str(self.run_dir / "learner")]}
+        args = {
+            role: [*common, *_sets({f"{prefix}.model": model} if model else {})]
+            for role, prefix in (
+                ("learner", "learner"),
+                ("actor", "actor.engine"),
+                ("estimator", "estimator.engine"),
+            )
+        }
+        args["learner"] += _sets({overrides["learner"][0]: overrides["learner"][1]})
+        specs = [("learner", "learner.main", args["learner"])]
+        specs += [(f"actor-{i}", "actors.actor", args["actor"]) for i in range(self.cfg.actors)]
+        specs += [
+            (f"estimator-{i}", "actors.estimator", args["estimator"])
+            for i in range(self.cfg.estimators)
+        ]
+        for name, module, args in specs:
+            w = Worker(name, module, args, self.run_dir / "logs" / f"{name}.log", free_port(), env)
+            w.start()
+            self.workers.append(w)
+        self.write_targets()
+        (self.run_dir / "launch.json").write_text(
+            json.dumps(
+                {
+                    "run_id": self.run_id,
+                    "config": str(self.config_path),
+                    "redis_url": _redact(self.redis_url),
+                    "workers": {w.name: {"port": w.port, "log": str(w.log)} for w in self.workers},
+                },
+                indent=2,
+            )
+        )
+        print(
+            f"run {self.run_id}: learner, {self.cfg.actors} actor(s), {self.cfg.estimators} estimator(s); "
+            f"logs in {self.run_dir / 'logs'}"
+        )
+
+    def write_targets(self) -> None:
+        """Prometheus file_sd list: one target per process, labelled with its role and name."""
+        targets = [
+            {
+                "targets": [f"127.0.0.1:{w.port}"],
+                "labels": {
+                    "job": "gpo",
+                    "run": self.run_id,
+                    "process": w.name.split("-")[0],
+                    "name": w.name,
+                },
+            }
+            for w in self.workers
+        ]
+        tmp = self.run_dir / "prometheus_targets.json.tmp"
+        tmp.write_text(json.dumps(targets, indent=2))
+        tmp.replace(self.run_dir / "prometheus_targets.json")
+
+    # ---------------------------------------------------------------- supervise
+
+    def supervise_once(self) -> str | None:
+        """Restart crashed workers; returns a reason to stop the run, or None."""
+        now = time.monotonic()
+        for w in self.workers:
+            if w.alive() or self.stopping:
+                continue
+            if w.proc is not None and w.next_start == 0.0:
+                code = w.proc.returncode
+                if w.name == "learner" and code == 0:
+                    return "the learner finished"
+                if code == 2:  # a user mistake: restarting cannot help
+                    self.failed = True
+                    return f"{w.name} refused to start (exit 2):\n{_tail(w.log)}"
+                delay = min(self.cfg.restart_backoff_max, 2.0 ** min(w.restarts, 10))
+                w.next_start = now + delay
+                print(
+                    f"! {w.name} exited with code {code}; restarting in {delay:.0f} s (log: {w.log})",
+                    flush=True,
+                )
+            elif w.next_start and now >= w.next_start:
+                w.restarts += 1
+                w.next_start = 0.0
+                w.start()
+                print(f"! {w.name} restarted (restart #{w.restarts})", flush=True)
+        return None
+
+    def stop(self) -> None:
+        self.stopping = True
+        for w in self.workers:
+            if w.alive():
+                w.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.cfg.stop_timeout
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                w.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"! {w.name} did not stop in {self.cfg.stop_timeout:.0f} s; killing it")
+                w.proc.kill()
+                w.proc.wait(10)
+        if self.redis is not None:
+            self.redis.stop()
+
+    # ---------------------------------------------------------------- progress
+
+    def snapshot(self) -> dict:
+        """Scrape every live process and Redis; the figures of one progress record."""
+        rec: dict = {"t": round(time.monotonic() - self.start_time, 1), "processes": {}}
+        for w in self.workers:
+            rec["processes"][w.name] = scrape(w.port) if w.alive() else None
+        rec["backlog"] = self.backlogs()
+        return rec
+
+    def backlogs(self) -> dict[str, int]:
+        import redis
+
+        keys = Keys(self.run_id)
+        try:
+            r = redis.Redis.from_url(self.redis_url, socket_timeout=2, protocol=2)
+            out = {}
+            for s in WORK_STREAMS:
+                produced, acked = r.mget(keys.produced(s), keys.acked(s))
+                out[s] = int(produced or 0) - int(acked or 0)
+            r.close()
+            return out
+        except (redis.RedisError, OSError):
+            return {}
+
+    def progress_line(self, rec: dict) -> str:
+        procs = rec["processes"]
+        learner = procs.get("learner") or {}
+        updates = int(learner.get("gpo_learner_updates_total", 0))
+        reward = learner.get("gpo_learner_reward_mean")
+        heldout = learner.get("gpo_learner_heldout_pass_at_1_ratio")
+        versions = " ".join(
+            f"{name}:v{_version(name, p)}" for name, p in procs.items() if name != "learner"
+        )
+        backlog = " ".join(f"{s[:4]}={v}" for s, v in rec["backlog"].items())
+        elapsed = rec["t"] / 60
+        left = ""
+        if self.cfg.max_updates and updates:
+            per = rec["t"] / updates
+            left = f" | ~{(self.cfg.max_updates - updates) * per / 60:.1f} min left"
+        elif self.cfg.max_minutes:
+            left = f" | {self.cfg.max_minutes - elapsed:.1f} min left"
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        return (
+            f"[{elapsed:5.1f} min] updates {updates} | reward {fmt(reward)} | held-out pass@1 {fmt(heldout)}"
+            f" | policy {versions} | backlog {backlog}{left}"
+        )
+
+    def done(self, rec: dict) -> str | None:
+        learner = rec["processes"].get("learner") or {}
+        if (
+            self.cfg.max_updates
+            and learner.get("gpo_learner_updates_total", 0) >= self.cfg.max_updates
+        ):
+            return f"reached {self.cfg.max_updates} updates"
+        if self.cfg.max_minutes and rec["t"] >= self.cfg.max_minutes * 60:
+            return f"reached {self.cfg.max_minutes:g} minutes"
+        return None
+
+    def run(self) -> int:
+        interrupted = {"sig": None}
+
+        def on_signal(sig, _frame):
+            interrupted["sig"] = sig
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        reason = None
+        next_progress = time.monotonic() + self.cfg.progress_seconds
+        with (self.run_dir / "progress.jsonl").open("a") as progress:
+            while reason is None:
+                if interrupted["sig"] is not None:
+                    reason = "interrupted"
+                    break
+                reason = self.supervise_once()
+                if time.monotonic() >= next_progress:
+                    rec = self.snapshot()
+                    progress.write(json.dumps(rec) + "\n")
+                    progress.flush()
+                    print(self.progress_line(rec), flush=True)
+                    reason = reason or self.done(rec)
+                    next_progress = time.monotonic() + self.cfg.progress_seconds
+                time.sleep(0.2)
+            rec = self.snapshot()
+            progress.write(json.dumps(rec) + "\n")
+        print(f"stopping ({reason}) ...", flush=True)
+        self.stop()
+        if self.cfg.report:
+            from ops.report import write_report
+
+            report = write_report(self.run_dir)
+            print(f"report: {report}")
+        print(f"results: {self.run_dir}")
+        return 1 if self.failed else 0
+
+
+def _sets(fields: dict[str, str]) -> list[str]:
+    """`--set key="value"` flags (values as TOML strings)."""
+    return [a for k, v in fields.items() for a in ("--set", f"{k}={json.dumps(v)}")]
+
+
+def resolve_model(model: str) -> str:
+    """`bootstrap` -> the directory of the tiny built-in policy (built once, then cached)."""
+    if model != "bootstrap":
+        return model
+    from actors.bootstrap import BootstrapConfig, bootstrap
+
+    print("tiny base policy: building or reusing the cached one (gpo bootstrap) ...", flush=True)
+    path = bootstrap(BootstrapConfig())
+    record = json.loads((path / "bootstrap.json").read_text())
+    print(f"tiny base policy: {path} (held-out pass@1 {record.get('pass_at_1')})", flush=True)
+    return str(path)
+
+
+def scrape(port: int) -> dict[str, float]:
+    """One process's metrics as {name: value}: samples summed over labels; histograms as
+    `<name>_sum`/`_count` and `<name>_bucket:<le>` entries."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return {}
+    out: dict[str, float] = {}
+    for fam in text_string_to_metric_families(body):
+        for s in fam.samples:
+            if s.name.endswith("_created"):
+                continue
+            key = s.name
+            if s.name.endswith("_bucket"):
+                key = f"{s.name}:{s.labels.get('le')}"
+            elif s.name.endswith("_info"):
+                key = f"{s.name}:" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[key] = out.get(key, 0.0) + s.value
+    return out
+
+
+def _version(name: str, metrics: dict | None) -> str:
+    role = name.split("-")[0]
+    value = (metrics or {}).get(f"gpo_{role}_policy_version")
+    return "?" if value is None else str(int(value))
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _redact(url: str) -> str:
+    from protocol.streams import redact
+
+    return redact(url)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="gpo launch", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--config",
+        required=True,
+        help="run TOML with [run], [launch], [learner], [actor], [estimator]",
+    )
+    p.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
+    p.add_argument("--run-id", help="run id (default: [run] id, else a timestamp)")
+    p.add_argument("--model", help="base model directory, or `bootstrap` (overrides launch.model)")
+    p.add_argument("--actors", type=int, help="number of actors (overrides launch.actors)")
+    p.add_argument(
+        "--estimators", type=int, help="number of estimators (overrides launch.estimators)"
+    )
+    p.add_argument("--max-minutes", type=float, help="overrides launch.max_minutes")
+    p.add_argument("--max-updates", type=int, help="overrides launch.max_updates")
+    args = p.parse_args(argv)
+    try:
+        data = load_toml(args.config)
+        launch = dict(data.get("launch", {}))
+        for key in ("model", "actors", "estimators", "max_minutes", "max_updates"):
+            if getattr(args, key) is not None:
+                launch[key] = getattr(args, key)
+        cfg = from_mapping(LaunchConfig, launch, "launch")
+    except ConfigError as e:
+        print(f"gpo launch: error: {e}", file=sys.stderr)
+        return 2
+    run_id = args.run_id or data.get("run", {}).get("id") or time.strftime("%Y%m%d-%H%M%S")
+    launcher = Launcher(cfg, Path(args.config).resolve(), run_id, args.redis_url)
+    try:
+        launcher.start()
+    except Exception:
+        launcher.stop()
+        raise
+    return launcher.run()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
