@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-unit test-integration lint format deps bench-transport clean
+.PHONY: test test-unit test-integration lint format deps bench-transport demo clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,3 +37,7 @@ bench-transport: deps $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+
+# The system end to end on the embedded default: tiny policy, synthetic task, 2 CPU cores.
+demo: deps $(STAMP)
+	$(PY) -m ops.launch --config ops/configs/demo.toml

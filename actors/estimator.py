@@ -243,7 +243,9 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
             sample, reset = await estimate(traj, engine, task, tokenizer, cfg, m)
         # 4. publish the reset request first (it is the latency-critical one), then the sample
         if reset is not None:
-            await producer.send(RESETS, reset)
+            # Never wait on `resets`: the actor that drains it may itself be waiting on us
+            # (trajectories), and resets are bounded anyway (at most one per trajectory).
+            await producer.send(RESETS, reset, wait=False)
             m.resets.labels(reset.selection).inc()
         await producer.send(SAMPLES, sample)
         m.samples.labels(sample.kind).inc()

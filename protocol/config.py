@@ -12,7 +12,7 @@ import sys
 import tomllib
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -121,6 +121,9 @@ class RedisConfig:
     """Deliveries after which an entry goes to `<stream>:dead`."""
     backlog_limit: int = 1000
     """Producers wait while a stream's unacknowledged backlog is at or above this."""
+    backlog_limits: dict = field(default_factory=dict)
+    """Per-stream overrides of backlog_limit, e.g. `{trajectories = 64, samples = 512}`. The
+    learner holds up to checkpoint_every x batch_size samples unacked: allow at least that."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest message accepted by decode."""
     reconnect_backoff_max: float = 5.0
@@ -131,6 +134,9 @@ class RedisConfig:
     """Client certificate for mutual TLS."""
     tls_key_file: str | None = None
     """Key of the client certificate."""
+
+    def backlog_limit_for(self, stream: str) -> int:
+        return self.backlog_limits.get(stream, self.backlog_limit)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -152,5 +158,8 @@ class RedisConfig:
         for name in ("batch_size", "max_deliveries", "backlog_limit", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"redis.{name} must be >= 1")
+        for stream, limit in self.backlog_limits.items():
+            if type(limit) is not int or limit < 1:
+                raise ConfigError(f"redis.backlog_limits.{stream} must be an integer >= 1")
         if self.claim_idle <= 0 or self.pending_check_interval <= 0:
             raise ConfigError("redis.claim_idle and redis.pending_check_interval must be > 0")

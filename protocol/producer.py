@@ -93,7 +93,7 @@ class Producer:
 
         The local estimate (last read plus own sends) only grows between reads, so it is
         re-read from Redis when it reaches the limit or is older than BACKLOG_REFRESH."""
-        limit = limit or self.cfg.backlog_limit
+        limit = limit or self.cfg.backlog_limit_for(stream)
         backlog, at = self._estimate.get(stream, (0, 0.0))
         if backlog < limit and time.monotonic() - at < BACKLOG_REFRESH:
             return True
