@@ -12,6 +12,7 @@ import sys
 SUBCOMMANDS = {
     "launch": ("ops.launch", "run learner, actors and estimators on this machine, supervised"),
     "report": ("ops.report", "write runs/<id>/report.html with plots from a run directory"),
+    "inspect": ("ops.inspect_run", "write runs/<id>/inspect.html: steps, values, critical step"),
     "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
     "bootstrap": (
         "actors.bootstrap",

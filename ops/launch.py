@@ -185,6 +185,7 @@ class Launcher:
                 {
                     "run_id": self.run_id,
                     "config": str(self.config_path),
+                    "model": model,  # resolved base model dir; "": set in each process config
                     "redis_url": _redact(self.redis_url),
                     "workers": {w.name: {"port": w.port, "log": str(w.log)} for w in self.workers},
                 },

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo need, when missing: redis-server
-# (with redis-cli and redis-benchmark), prometheus (promtool) and openssl.
+# (with redis-cli and redis-benchmark), prometheus (promtool), openssl and chromium
+# (headless, for the `gpo inspect` page test).
 # As root it uses apt-get; otherwise it says what to install and fails.
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
 command -v openssl >/dev/null || missing+=(openssl)
+command -v chromium >/dev/null || missing+=(chromium)
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${missing[*]}" >&2
