@@ -197,8 +197,15 @@ class Launcher:
             f"logs in {self.run_dir / 'logs'}"
         )
 
+    @property
+    def sd_file(self) -> Path:
+        """The file_sd list ops/prometheus.yml watches (`<runs_dir>/prometheus/*.json`: file_sd
+        globs only the last path segment); removed when the run stops."""
+        return self.run_dir.parent / "prometheus" / f"{self.run_id}.json"
+
     def write_targets(self) -> None:
-        """Prometheus file_sd list: one target per process, labelled with its role and name."""
+        """Prometheus file_sd list: one target per process, labelled with its role and name;
+        kept as runs/<id>/prometheus_targets.json and served to Prometheus as `sd_file`."""
         targets = [
             {
                 "targets": [f"127.0.0.1:{w.port}"],
@@ -211,9 +218,11 @@ class Launcher:
             }
             for w in self.workers
         ]
-        tmp = self.run_dir / "prometheus_targets.json.tmp"
-        tmp.write_text(json.dumps(targets, indent=2))
-        tmp.replace(self.run_dir / "prometheus_targets.json")
+        for path in (self.run_dir / "prometheus_targets.json", self.sd_file):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(targets, indent=2))
+            tmp.replace(path)
 
     # ---------------------------------------------------------------- supervise
 
@@ -260,6 +269,7 @@ class Launcher:
                 w.proc.wait(10)
         if self.redis is not None:
             self.redis.stop()
+        self.sd_file.unlink(missing_ok=True)  # Prometheus drops the targets; the data stays
 
     # ---------------------------------------------------------------- progress
 
