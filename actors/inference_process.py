@@ -33,7 +33,7 @@ async def run_with_engine(
     check_model_dir(engine_cfg.model)
     async with Runtime(process, *rt_args) as rt:
         tokenizer = AutoTokenizer.from_pretrained(engine_cfg.model)
-        engine = build_engine(engine_cfg)
+        engine = build_engine(engine_cfg, rt.metrics.registry)
         try:
             return await body(rt, engine, task, tokenizer)
         finally:
