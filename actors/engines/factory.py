@@ -47,7 +47,8 @@ class EngineConfig:
     max_loras: int = 2
     """vLLM: adapter versions in one batch; >= 2 so the old version finishes beside the new."""
     adapter_dir: str = ""
-    """vLLM: folder (a tmpfs) for adapter directories; empty: /dev/shm."""
+    """vLLM: folder (a tmpfs) for adapter directories; empty: /dev/shm (in a container, give
+    it room for a few adapter versions: Docker's default is 64 MiB)."""
     enforce_eager: bool = False
     """vLLM: disable CUDA graphs (slower; for debugging)."""
 

@@ -39,6 +39,7 @@ from vllm.lora.request import LoRARequest
 from vllm.outputs import RequestOutput
 from vllm.sampling_params import RequestOutputKind
 from vllm.v1.engine.async_llm import AsyncLLM
+from vllm.v1.engine.exceptions import EngineDeadError
 
 from actors.engines.base import Completion, GenerationRequest, GenerationResult
 from actors.engines.transformers_engine import _check_request
@@ -164,7 +165,11 @@ class VllmEngine:
         version = self._pins.acquire()
         lora = self._loras.get(version)
         try:
-            outputs = await asyncio.gather(*(self._one(r, lora) for r in requests))
+            # A TaskGroup, not gather: if one request fails or the caller cancels, the others
+            # are cancelled (vLLM aborts them) before the version is unpinned and maybe retired.
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self._one(r, lora)) for r in requests]
+            outputs = [task.result() for task in tasks]
         finally:
             stale = self._pins.release(version)
             if stale is not None:
@@ -188,7 +193,10 @@ class VllmEngine:
             lora = LoRARequest(name, lora_id, str(path))
             try:
                 await self._llm.add_lora(lora)
-            except Exception as err:  # vLLM reports a refused adapter as its own error types
+            except EngineDeadError:
+                self._dirs.remove(path)
+                raise
+            except Exception as err:  # vLLM reports a refused adapter as a plain Exception
                 self._dirs.remove(path)
                 raise ValueError(f"vLLM refused adapter version {version}: {err}") from err
             self._loras[version] = lora
@@ -216,9 +224,11 @@ class VllmEngine:
             lora_request=lora,
         ):
             final = output
-        assert final is not None and final.finished, "vLLM ended a request without its output"
+        if final is None or not final.finished:
+            raise RuntimeError("vLLM ended a request without its final output")
         used = final.lora_request.lora_name if final.lora_request else None
-        assert used == (lora.lora_name if lora else None), f"request ran on adapter {used}"
+        if used != (lora.lora_name if lora else None):
+            raise RuntimeError(f"a request for {lora} ran on adapter {used}")
         return [self._completion(c) for c in sorted(final.outputs, key=lambda c: c.index)]
 
     def _completion(self, output) -> Completion:
