@@ -128,6 +128,13 @@ PANELS: list[tuple[str, list[str], str]] = [
     ),
     ("Trajectories / s by kind", ["sum by (kind) (rate(gpo_actor_trajectories_total[1m]))"], "ops"),
     ("Wrong-task messages", ["rate(gpo_actor_wrong_task_total[5m])"], "ops"),
+    ("vLLM prefix-cache hit ratio", ["gpo_engine_prefix_cache_hit_ratio"], "percentunit"),
+    (
+        "vLLM running / waiting requests",
+        ["vllm:num_requests_running", "vllm:num_requests_waiting"],
+        "none",
+    ),
+    ("vLLM KV-cache usage", ["vllm:kv_cache_usage_perc"], "percentunit"),
     # estimation
     ("MC rollouts / s", ["rate(gpo_estimator_mc_rollouts_total[1m])"], "ops"),
     (
