@@ -101,8 +101,11 @@ class RedisServer:
         password: str | None = None,
         username: str | None = None,
         tls: TlsFiles | None = None,
+        aclfile: Path | None = None,
         extra: tuple[str, ...] = (),
     ):
+        """`aclfile`: start with this ACL file (`username`/`password` then name the user that
+        `url` and `client()` log in as); otherwise `username` gets a generated one."""
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -113,6 +116,7 @@ class RedisServer:
             tls,
             extra,
         )
+        self.aclfile = aclfile
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -159,7 +163,9 @@ class RedisServer:
             ]
         else:
             args += ["--port", str(self.port)]
-        if self.username:  # an ACL user with every right on the run's keys; the default user off
+        if self.aclfile:
+            args += ["--aclfile", str(self.aclfile)]
+        elif self.username:  # an ACL user with every right on the run's keys; the default user off
             acl = self.dir / "users.acl"
             acl.write_text(
                 f"user default off\nuser {self.username} on >{self.password} ~gpo:* &* +@all\n"

@@ -3,7 +3,8 @@
 Publish: the safetensors bytes are split into chunks (default 4 MiB: large values stall
 Redis and blow up client buffers) written to `adapter:<version>:<i>`, then an AdapterPointer
 (version, sha256, size, chunk keys, LoRA config, base model) goes on `weights`. Versions
-older than the last `keep` have their chunks deleted.
+older than the last `keep` have their chunks deleted, found through the run's chunk index
+(`Keys.adapter_index`, a sorted set scored by version; no SCAN, so it works on a cluster).
 Fetch: chunks are read with bounded concurrency, joined, checked against size and sha256,
 and parsed only with safetensors. A mismatch is rejected (`AdapterRejected`) and counted;
 it is never loaded. `AdapterFollower` tells a process when a newer version exists.
@@ -83,6 +84,8 @@ async def publish_adapter(
         for i in range(0, len(safetensors_bytes), chunk_bytes)
     ]
     chunk_keys = [keys.adapter_chunk(version, i) for i in range(len(chunks))]
+    # indexed before written: a crash in between leaves no chunk that nobody would delete
+    await link.call(lambda r: r.zadd(keys.adapter_index(), dict.fromkeys(chunk_keys, version)))
     for key, chunk in zip(
         chunk_keys, chunks, strict=True
     ):  # one value per call: no 100 MB pipelines
@@ -114,14 +117,12 @@ async def publish_adapter(
 async def _delete_old_versions(link: Link, keys: Keys, newest_to_delete: int) -> None:
     if newest_to_delete < 1:
         return
-    pattern = f"{keys.prefix}adapter:*"
-    doomed = []
-    async for key in link.client.scan_iter(match=pattern, count=1000):
-        version = int(key.decode().rsplit(":", 2)[-2])
-        if version <= newest_to_delete:
-            doomed.append(key)
+    index = keys.adapter_index()
+    doomed = await link.call(lambda r: r.zrangebyscore(index, "-inf", newest_to_delete))
     for i in range(0, len(doomed), 100):
-        await link.call(lambda r, ks=doomed[i : i + 100]: r.unlink(*ks))
+        batch = doomed[i : i + 100]
+        await link.call(lambda r, ks=batch: r.unlink(*ks))
+        await link.call(lambda r, ks=batch: r.zrem(index, *ks))
 
 
 async def fetch_adapter(

@@ -26,6 +26,7 @@ from protocol.messages import (
     SCHEMA_VERSION,
     AdapterPointer,
     Message,
+    Prompt,
     ResetRequest,
     Sample,
     Trajectory,
@@ -317,7 +318,10 @@ def _check_invariants(msg: Message) -> None:
     _require(bool(msg.id), "bad_value", "empty id")
     if hasattr(msg, "policy_version"):
         _require(msg.policy_version >= 0, "bad_value", "policy_version < 0")
-    if isinstance(msg, Trajectory):
+    if isinstance(msg, Prompt):
+        _require(len(msg.token_ids) > 0, "bad_value", "empty prompt token_ids")
+        _require(msg.epoch >= 0, "bad_value", "epoch < 0")
+    elif isinstance(msg, Trajectory):
         n = len(msg.completion_token_ids)
         _require(n > 0, "bad_value", "empty completion")
         _require(
@@ -362,6 +366,7 @@ def _check_invariants(msg: Message) -> None:
         )
     elif isinstance(msg, Sample):
         n = len(msg.token_ids)
+        _require(n > 0, "bad_value", "empty token_ids")
         lengths = [len(msg.loss_mask), len(msg.logprobs), len(msg.advantages)]
         if len(msg.returns):
             lengths.append(len(msg.returns))

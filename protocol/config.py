@@ -102,7 +102,8 @@ class RedisConfig:
     """How a process talks to Redis. Shared by every process (TOML section `[redis]`)."""
 
     url: str = "redis://127.0.0.1:6379/0"
-    """redis:// or rediss:// URL; user and password may be in it."""
+    """redis:// or rediss:// URL; user and password may be in it. `redis+cluster://` or
+    `rediss+cluster://` names one node of a Redis Cluster (the others are discovered)."""
     run_id: str = "default"
     """Namespace of every key: `gpo:<run_id>:...`; processes of one run share it."""
     socket_timeout: float = 10.0
@@ -139,10 +140,9 @@ class RedisConfig:
         return self.backlog_limits.get(stream, self.backlog_limit)
 
     def __post_init__(self) -> None:
-        if not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(
-                f"redis.url must start with redis://, rediss:// or unix://, got {self.url!r}"
-            )
+        schemes = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+        if not self.url.startswith(schemes):
+            raise ConfigError(f"redis.url must start with {', '.join(schemes)}; got {self.url!r}")
         if not self.run_id or any(c in self.run_id for c in "{}: \t\n"):
             raise ConfigError(
                 f"redis.run_id must be non-empty without braces, colons or spaces: {self.run_id!r}"

@@ -24,13 +24,22 @@ from redis import exceptions as rex
 
 from protocol.codec import CodecLimits, ProtocolError, decode
 from protocol.config import RedisConfig
-from protocol.messages import Message
+from protocol.messages import Message, Prompt, ResetRequest, Sample, Trajectory
 from protocol.metrics import TransportMetrics
-from protocol.streams import Keys, Link, is_nogroup
+from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, Keys, Link, is_nogroup
 
 log = logging.getLogger(__name__)
 
 FIELD = b"m"  # the one field of a stream entry: the encoded message
+
+# The one message type each work stream carries (DESIGN.md section 2). A well-formed message
+# of another type is dead-lettered like a malformed one: handlers may rely on the type.
+STREAM_TYPES = {
+    PROMPTS: Prompt.TYPE,
+    RESETS: ResetRequest.TYPE,
+    TRAJECTORIES: Trajectory.TYPE,
+    SAMPLES: Sample.TYPE,
+}
 
 # KEYS: stream, acked counter. ARGV: group, consumer, ids...  -> number acked
 _ACK_LUA = """
@@ -108,6 +117,7 @@ class Consumer:
         self.acked_key = keys.acked(stream)
         self.produced_key = keys.produced(stream)
         self.limits = limits or CodecLimits(max_bytes=cfg.max_message_bytes)
+        self.expect = STREAM_TYPES.get(stream)  # None (any type) for streams outside the table
         self._ack = link.client.register_script(_ACK_LUA)
         self._dead = link.client.register_script(_DEAD_LUA)
         self._lease = link.client.register_script(_LEASE_LUA)
@@ -246,6 +256,11 @@ class Consumer:
                 msg = decode(raw, self.limits)
             except ProtocolError as e:
                 await self.dead_letter(eid, raw, f"decode:{e.reason}: {e.detail}"[:500])
+                continue
+            if self.expect is not None and self.expect != msg.TYPE:
+                await self.dead_letter(
+                    eid, raw, f"wrong_type: {msg.TYPE!r} on {self.stream!r} (wants {self.expect!r})"
+                )
                 continue
             self._in_flight.add(eid)
             out.append(Delivery(eid, msg, n))

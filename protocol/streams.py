@@ -5,6 +5,11 @@ A work stream is `gpo:<run_id>:{<name>}`; its dead-letter stream `...{<name>}:de
 produced/acked counters `...{<name>}:produced|acked` carry the same Redis Cluster hash tag,
 so an ack, its counter and a dead-letter write run atomically in one script on one slot.
 
+A `redis+cluster://` (or `rediss+cluster://`) URL points at a Redis Cluster: the client is
+then redis-py's `RedisCluster`, started from that one node, and nothing else changes. Every
+multi-key operation (scripts, MGET) names keys of one hash tag, so of one slot; adapter
+chunks are single-key commands (UNLINK of many is split per slot by the client).
+
 The client runs with redis-py's automatic retries off and RESP2 (`protocol=2`): retries
 duplicate XADDs and hide XREADGROUP deliveries, and redis-py 8.1 under RESP3 fails the first
 command after a server restart (RELIABILITY.md). `Link.call` is the one place that
@@ -23,6 +28,7 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 from redis import exceptions as rex
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -66,6 +72,11 @@ class Keys:
     def adapter_chunk(self, version: int, index: int) -> str:
         return f"{self.prefix}adapter:{version}:{index}"
 
+    def adapter_index(self) -> str:
+        """Sorted set of every published chunk key, scored by version: old versions are
+        deleted from it, never found by SCAN (SCAN sees one node of a cluster only)."""
+        return f"{self.prefix}adapters"
+
 
 class RedisFatalError(RuntimeError):
     """A Redis problem that retrying cannot fix (wrong password, missing permission)."""
@@ -83,8 +94,12 @@ _RECONNECT_ERRORS = (
     OSError,
     asyncio.TimeoutError,
     RuntimeError,
+    rex.ClusterDownError,  # a cluster failing over: its slots come back
+    rex.TryAgainError,
+    rex.RedisClusterException,  # only "cannot be connected" (`_is_transient`)
 )
 _FATAL_ERRORS = (rex.AuthenticationError, rex.AuthorizationError, rex.NoPermissionError)
+_CREDENTIAL_WORDS = ("username-password", "WRONGPASS", "NOAUTH", "NOPERM", "no permissions")
 
 
 def redact(url: str) -> str:
@@ -92,25 +107,47 @@ def redact(url: str) -> str:
     return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def make_client(cfg: RedisConfig) -> aioredis.Redis:
+CLUSTER_SCHEMES = {"redis+cluster://": "redis://", "rediss+cluster://": "rediss://"}
+
+
+def cluster_url(url: str) -> str | None:
+    """For a `redis+cluster://` or `rediss+cluster://` URL, the plain URL of its start node."""
+    for scheme, plain in CLUSTER_SCHEMES.items():
+        if url.startswith(scheme):
+            return plain + url[len(scheme) :]
+    return None
+
+
+def make_client(cfg: RedisConfig) -> aioredis.Redis | RedisCluster:
     """A redis-py asyncio client: no automatic retries, RESP2, bounded timeouts."""
     kwargs = dict(
         socket_timeout=cfg.socket_timeout,
         socket_connect_timeout=cfg.connect_timeout,
         retry=Retry(NoBackoff(), 0),
-        retry_on_timeout=False,
         protocol=2,
         decode_responses=False,
         health_check_interval=0,
     )
-    if cfg.url.startswith("rediss://"):
+    if cfg.url.startswith(("rediss://", "rediss+cluster://")):
         if cfg.tls_ca_file:
             kwargs["ssl_ca_certs"] = cfg.tls_ca_file
         if cfg.tls_cert_file:
             kwargs["ssl_certfile"] = cfg.tls_cert_file
         if cfg.tls_key_file:
             kwargs["ssl_keyfile"] = cfg.tls_key_file
-    return aioredis.Redis.from_url(cfg.url, **kwargs)
+    if (start := cluster_url(cfg.url)) is not None:
+        # MOVED/ASK redirects are followed inside the client whatever `retry` says; with
+        # retries 0 a lost connection still surfaces here, to `Link.call`.
+        return RedisCluster.from_url(start, **kwargs)
+    return aioredis.Redis.from_url(cfg.url, retry_on_timeout=False, **kwargs)
+
+
+async def close_client(client: aioredis.Redis | RedisCluster) -> None:
+    """Close a client and every pooled connection (the cluster client owns its pools)."""
+    if isinstance(client, RedisCluster):
+        await client.aclose()
+    else:
+        await client.aclose(close_connection_pool=True)
 
 
 class Link:
@@ -145,6 +182,7 @@ class Link:
                     ) from None
                 raise
             except _RECONNECT_ERRORS as e:
+                _check_cluster_start(e, self.cfg.url)
                 last = e
                 await self._reset_client()
                 await asyncio.sleep(min(0.5 * 2**i, self.cfg.reconnect_backoff_max))
@@ -161,7 +199,7 @@ class Link:
             except _FATAL_ERRORS as e:
                 raise RedisFatalError(f"Redis at {redact(self.cfg.url)}: {e}") from None
             except _RECONNECT_ERRORS as e:
-                if isinstance(e, RuntimeError) and not _is_transport_error(e):
+                if not _is_transient(e):
                     raise
                 log.warning(
                     "redis connection lost (%s: %s); reconnecting in %.1fs",
@@ -186,16 +224,36 @@ class Link:
         """Drop every pooled connection: after a server restart none of them is usable."""
         old, self.client = self.client, make_client(self.cfg)
         with contextlib.suppress(Exception):  # the old pool is dead anyway; nothing to report
-            await old.aclose(close_connection_pool=True)
+            await close_client(old)
 
     async def close(self) -> None:
         self.closed.set()
-        await self.client.aclose(close_connection_pool=True)
+        await close_client(self.client)
 
 
-def _is_transport_error(e: RuntimeError) -> bool:
-    text = str(e).lower()
-    return any(w in text for w in ("transport", "closed", "connection"))
+def _is_transient(e: Exception) -> bool:
+    """A reconnect error worth retrying (RuntimeError and RedisClusterException also report
+    programming errors: a closed event loop, keys of one call in different slots)."""
+    if isinstance(e, rex.RedisClusterException):
+        return "cannot be connected" in str(e)
+    if isinstance(e, RuntimeError):
+        text = str(e).lower()
+        return any(w in text for w in ("transport", "closed", "connection"))
+    return True
+
+
+def _check_cluster_start(e: Exception, url: str) -> None:
+    """The cluster client wraps start-up failures in RedisClusterException: a refused login
+    or a node without cluster mode is a user mistake, not something to wait out."""
+    if not isinstance(e, rex.RedisClusterException):
+        return
+    text = str(e)
+    if any(w in text for w in _CREDENTIAL_WORDS):
+        raise RedisFatalError(f"Redis at {redact(url)} refused the credentials: {text}") from None
+    if "not enabled" in text:
+        raise RedisFatalError(f"{redact(url)} is not a Redis Cluster node: {text}") from None
+    if not _is_transient(e):
+        raise e
 
 
 def is_nogroup(e: BaseException) -> bool:
