@@ -4,10 +4,10 @@ task, GPO selection `advantage`. Held-out pass@1 must rise by a clear margin.
 
 The margin: pass@1 is measured on the same 500 held-out prompts, one sample each at
 temperature 1. One measurement has a standard error of about 0.021 at p = 0.3; the test
-compares the mean of the evaluations in the second half of the run (at least 4) against the
-base policy's, so the difference has a standard error of about 0.024 when nothing is
+compares the mean of the evaluations in the last third of the run (at least 4) against the
+base policy's, so the difference has a standard error of about 0.023 when nothing is
 learned, and a rise of 0.05 is a two-sigma event under no learning. Measured on this kind
-of machine: +0.08 in 4 minutes (0.285 -> 0.369, tuning run of the demo config).
+of machine with the demo config (1 actor, 5 minutes): 0.304 -> 0.365 (+0.061).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MARGIN = 0.05
-MINUTES = float(os.environ.get("GPO_LEARNING_TEST_MINUTES", "6"))
+MINUTES = float(os.environ.get("GPO_LEARNING_TEST_MINUTES", "8"))
 
 
 def evals(run_dir: Path) -> list[tuple[int, float]]:
@@ -36,6 +36,7 @@ def evals(run_dir: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(int(MINUTES * 60) + 900)  # the run itself, plus building the base policy once
 def test_heldout_pass_at_1_rises(tmp_path):
     demo = (ROOT / "ops" / "configs" / "demo.toml").read_text()
     config = tmp_path / "learning.toml"
@@ -57,10 +58,10 @@ def test_heldout_pass_at_1_rises(tmp_path):
     curve = evals(run_dir)
     assert curve and curve[0][0] == 0, f"no baseline evaluation: {curve}"
     base = curve[0][1]
-    later = [p for step, p in curve[len(curve) // 2 :] if step > 0]
+    later = [p for step, p in curve[-(len(curve) // 3) :] if step > 0] if len(curve) >= 12 else []
     assert len(later) >= 4, f"too few evaluations in {MINUTES} min: {curve}"
     rise = sum(later) / len(later) - base
     summary = json.loads((run_dir / "summary.json").read_text())
     assert (run_dir / "report.html").is_file() and (run_dir / "learning_vs_updates.png").is_file()
-    print(f"pass@1 base {base:.3f}, second half mean {base + rise:.3f} (+{rise:.3f}); {summary}")
+    print(f"pass@1 base {base:.3f}, last third mean {base + rise:.3f} (+{rise:.3f}); {summary}")
     assert rise >= MARGIN, f"held-out pass@1 rose by {rise:+.3f} < {MARGIN}: {curve}"
