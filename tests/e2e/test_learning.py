@@ -43,7 +43,7 @@ def test_heldout_pass_at_1_rises(tmp_path):
     config.write_text(
         demo.replace('id = "demo"', 'id = "learning-test"')
         .replace("actors = 1", "actors = 2")
-        .replace("max_minutes = 10.0", f"max_minutes = {MINUTES}")
+        .replace("max_minutes = 8.0", f"max_minutes = {MINUTES}")
         .replace("[launch]\n", f'[launch]\nruns_dir = "{tmp_path / "runs"}"\n', 1)
     )
     proc = subprocess.run(
