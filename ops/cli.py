@@ -2,6 +2,7 @@
 
 gpo bench transport|engine|critical-step [options]
 gpo bootstrap [options]     build the tiny base policy (cached)
+gpo offline pairs|train     offline GPO pairs and preference training
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ SUBCOMMANDS = {
     "report": ("ops.report", "write runs/<id>/report.html with plots from a run directory"),
     "inspect": ("ops.inspect_run", "write runs/<id>/inspect.html: steps, values, critical step"),
     "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
+    "offline": (
+        "learner.offline",
+        "offline GPO: critical-step preference pairs; DPO/KTO/SimPO/ORPO adapter training",
+    ),
     "bootstrap": (
         "actors.bootstrap",
         "build (or reuse) the tiny base policy on the synthetic task",

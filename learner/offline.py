@@ -1,0 +1,141 @@
+"""`gpo offline pairs|train`: offline GPO (GPO.md step 7) from the command line.
+
+gpo offline pairs --model M --task T --out pairs.jsonl [--prompts N] [--baseline]
+    sample trajectories with the transformers engine, branch at each one's critical step,
+    write preference pairs (`learner.offline_pairs`); `--baseline` writes whole-trajectory
+    pairs instead.
+gpo offline train --method dpo|kto|simpo|orpo --pairs pairs.jsonl --model M --out DIR
+    train a LoRA adapter on the pairs with TRL (`learner.offline_train`, the `offline`
+    extra); DIR is a peft adapter directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import sys
+from collections.abc import Sequence
+
+from actors.engines.base import SamplingSettings
+from actors.mc_search import McConfig
+from learner.offline_pairs import (
+    PairConfig,
+    PreferencePair,
+    critical_step_pairs,
+    whole_trajectory_pairs,
+    write_pairs,
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="gpo offline", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pairs", help="write critical-step (or whole-trajectory) pairs")
+    p.add_argument("--model", required=True, help="policy model directory")
+    p.add_argument("--task", default="arithmetic", help="task name or module:Class")
+    p.add_argument("--out", required=True, help="output JSONL file")
+    p.add_argument("--prompts", type=int, default=32, help="training prompts to use")
+    p.add_argument("--baseline", action="store_true", help="whole-trajectory pairs")
+    p.add_argument("--samples", type=int, default=4, help="trajectories per prompt")
+    p.add_argument("--k", type=int, default=4, help="MC continuations per boundary")
+    p.add_argument("--branch-n", type=int, default=4, help="continuations per extra round")
+    p.add_argument("--branch-rounds", type=int, default=3, help="extra rounds at most")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="train a LoRA adapter on pairs with TRL")
+    t.add_argument("--method", required=True, choices=["dpo", "kto", "simpo", "orpo"])
+    t.add_argument("--pairs", required=True, help="pairs JSONL file")
+    t.add_argument("--model", required=True, help="base model directory")
+    t.add_argument("--out", required=True, help="adapter output directory")
+    t.add_argument("--steps", type=int, default=100, help="optimizer steps")
+    t.add_argument("--batch", type=int, default=8, help="pairs per step")
+    t.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
+    t.add_argument("--beta", type=float, default=0.1, help="preference strength")
+    t.add_argument("--lora-rank", type=int, default=8)
+    t.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+async def make_pairs(args: argparse.Namespace) -> list[PreferencePair]:
+    """Pairs for the first `args.prompts` training prompts of the task."""
+    from transformers import AutoTokenizer
+
+    from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from actors.steps import StepConfig, token_spans
+    from actors.tasks.base import StepSplitter, load_task
+
+    task = load_task(args.task)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
+    splitter = task.split_steps if isinstance(task, StepSplitter) else None
+    split = functools.partial(
+        token_spans, tokenizer=tokenizer, config=StepConfig(), splitter=splitter
+    )
+    sampling = SamplingSettings(temperature=args.temperature, max_new_tokens=args.max_new_tokens)
+    config = PairConfig(
+        samples=args.samples,
+        branch_n=args.branch_n,
+        branch_rounds=args.branch_rounds,
+        sampling=sampling,
+        mc=McConfig(k=args.k),
+        seed=args.seed,
+    )
+    engine = TransformersEngine(TransformersEngineConfig(model=args.model))
+    pairs: list[PreferencePair] = []
+    try:
+        for i, prompt in enumerate(task.train_prompts()[: args.prompts]):
+            ids = list(tokenizer(prompt.text)["input_ids"])
+            if args.baseline:
+                found = await whole_trajectory_pairs(
+                    engine, task, prompt, ids, prompt.id, config, decode=decode, index=i
+                )
+            else:
+                found = await critical_step_pairs(
+                    engine,
+                    task,
+                    prompt,
+                    ids,
+                    prompt.id,
+                    config,
+                    decode=decode,
+                    split=split,
+                    index=i,
+                )
+            pairs += found
+    finally:
+        await engine.close()
+    return pairs
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "pairs":
+        pairs = asyncio.run(make_pairs(args))
+        n = write_pairs(args.out, pairs)
+        kind = "whole-trajectory" if args.baseline else "critical-step"
+        print(f"wrote {n} {kind} pairs from {args.prompts} prompts to {args.out}")
+        return 0
+    from learner.offline_train import TrainArgs, train
+
+    losses = train(
+        TrainArgs(
+            method=args.method,
+            pairs=args.pairs,
+            model=args.model,
+            out=args.out,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            beta=args.beta,
+            lora_rank=args.lora_rank,
+            seed=args.seed,
+        )
+    )
+    print(f"{args.method}: loss {losses[0]:.4f} -> {losses[-1]:.4f}; adapter in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
