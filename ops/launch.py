@@ -108,6 +108,7 @@ class Worker:
             cwd=ROOT,
             env={**os.environ, **self.env},
             start_new_session=True,  # Ctrl-C in the terminal goes to the launcher alone
+            preexec_fn=_die_with_parent,
         )
         out.close()
         self.started = time.monotonic()
@@ -365,6 +366,17 @@ class Launcher:
             print(f"report: {report}")
         print(f"results: {self.run_dir}")
         return 1 if self.failed else 0
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM it if the launcher dies (even by SIGKILL), so a
+    crashed or killed launcher never leaves workers behind (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _sets(fields: dict[str, str]) -> list[str]:

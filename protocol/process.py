@@ -23,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import tomllib
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -30,10 +31,14 @@ from typing import Any, TypeVar
 
 from protocol.config import ConfigError, RedisConfig, from_mapping, load_toml
 from protocol.metrics import Metrics, TransportMetrics
-from protocol.streams import Keys, Link, RedisFatalError, run_async
+from protocol.streams import Keys, Link, LinkClosed, RedisFatalError, run_async
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+STOP_GRACE_SECONDS = 30.0
+"""After SIGTERM, how long a process keeps trying to reach Redis to finish its work."""
 
 
 class UserError(RuntimeError):
@@ -140,6 +145,7 @@ class Runtime:
             os._exit(1)
         log.info("%s received: finishing in-flight work, then exiting", signal.Signals(sig).name)
         self.stop.set()
+        self.link.give_up_at = time.monotonic() + STOP_GRACE_SECONDS
 
     async def __aexit__(self, *exc) -> None:
         await self.link.close()
@@ -163,6 +169,11 @@ def run_process(main: Awaitable[int], process: str, log_level: str = "INFO") -> 
     except (ConfigError, RedisFatalError, UserError) as e:
         print(f"{process}: error: {e}", file=sys.stderr)
         return 2
+    except LinkClosed as e:
+        log.warning(
+            "stopped without reaching Redis (%s); unacknowledged work will be redelivered", e
+        )
+        return 0
 
 
 def cli_entry(parse_and_run) -> int:

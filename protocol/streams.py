@@ -23,6 +23,7 @@ import contextlib
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -163,6 +164,9 @@ class Link:
         self.metrics = metrics
         self.client = make_client(cfg)
         self.closed = asyncio.Event()
+        self.give_up_at: float | None = None
+        """Set when the process is stopping: reconnect attempts end at this monotonic time,
+        so SIGTERM cannot hang on an unreachable Redis (unacked work is redelivered)."""
 
     async def connect(self, attempts: int = 3) -> None:
         """Check the server answers (PING), failing fast with a clear message if not."""
@@ -194,6 +198,8 @@ class Link:
         while True:
             if self.closed.is_set():
                 raise LinkClosed("link closed")
+            if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+                raise LinkClosed("stopping, and Redis has not answered within the grace period")
             try:
                 return await op(self.client)
             except _FATAL_ERRORS as e:

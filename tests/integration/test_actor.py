@@ -244,3 +244,19 @@ def test_user_mistakes_give_one_clear_line(redis_server, tiny_model_dir, tmp_pat
     assert p.returncode == 2, p.stderr[-2000:]
     assert expect in p.stderr, p.stderr[-2000:]
     assert "Traceback" not in p.stderr, p.stderr[-3000:]
+
+
+def test_sigterm_with_redis_down_exits_zero_after_grace(redis_server, tiny_model_dir, tmp_path):
+    """SIGTERM must not hang on an unreachable Redis: reconnect attempts end after the stop
+    grace period, the process exits 0, and unacked work is redelivered later."""
+    from protocol.process import STOP_GRACE_SECONDS
+
+    cfg = write_config(tmp_path, tiny_model_dir)
+    actor = start_actor(cfg, redis_server.url, "a")
+    redis_server.kill9()
+    time.sleep(1)
+    t0 = time.monotonic()
+    assert actor.stop(timeout=STOP_GRACE_SECONDS + 30) == 0
+    assert time.monotonic() - t0 < STOP_GRACE_SECONDS + 30
+    actor.wait_for("stopped without reaching Redis", timeout=5)
+    assert not any("Traceback" in line for line in actor.lines), "\n".join(actor.lines[-30:])
