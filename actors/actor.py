@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from actors.engines.base import Engine
 from actors.engines.factory import EngineConfig
-from actors.inference_process import run_with_engine
+from actors.inference_process import inference_main
 from actors.rollout import RolloutConfig, request_for, total_tokens, trajectories_for
 from actors.tasks.base import Task
 from actors.weights import WeightsSync
@@ -29,7 +29,7 @@ from protocol.codec import CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import Prompt, ResetRequest
 from protocol.metrics import Metrics
-from protocol.process import Runtime, common_parser, load_config, run_process
+from protocol.process import Runtime
 from protocol.producer import Producer
 from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES
 
@@ -176,30 +176,7 @@ async def drop_wrong_task(batch, task_name: str, m: ActorMetrics):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_parser("gpo-actor", __doc__)
-    parser.add_argument("--model", help="base model directory (overrides actor.engine.model)")
-    parser.add_argument(
-        "--engine", choices=["transformers", "vllm"], help="overrides actor.engine.kind"
-    )
-    args = parser.parse_args(argv)
-    if args.model:
-        args.set.append(f"actor.engine.model={args.model!r}")
-    if args.engine:
-        args.set.append(f"actor.engine.kind={args.engine!r}")
-    return run_process(_configured(args), "actor", args.log_level)
-
-
-async def _configured(args) -> int:
-    cfg, redis_cfg = load_config(args, "actor", ActorConfig)
-    rt_args = (redis_cfg, args.name or "", args.metrics_port, args.metrics_host)
-    return await run_with_engine(
-        "actor",
-        cfg.engine,
-        cfg.task,
-        cfg.task_options,
-        rt_args,
-        lambda rt, engine, task, tokenizer: run(cfg, rt, engine, task, tokenizer),
-    )
+    return inference_main("actor", __doc__, ActorConfig, run, argv)
 
 
 if __name__ == "__main__":

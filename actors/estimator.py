@@ -24,7 +24,7 @@ import numpy as np
 
 from actors.engines.base import Engine
 from actors.engines.factory import EngineConfig
-from actors.inference_process import run_with_engine
+from actors.inference_process import inference_main
 from actors.mc_search import McConfig, StepTrajectory, find_critical_step
 from actors.rollout import RolloutConfig, seed_for
 from actors.tasks.base import Task, TaskPrompt
@@ -33,7 +33,7 @@ from protocol.codec import CodecLimits, encode
 from protocol.consumer import Consumer
 from protocol.messages import ResetRequest, Sample, Trajectory
 from protocol.metrics import Metrics
-from protocol.process import Runtime, common_parser, load_config, run_process
+from protocol.process import Runtime
 from protocol.producer import Producer
 from protocol.streams import GROUP_ESTIMATORS, RESETS, SAMPLES, TRAJECTORIES
 
@@ -256,30 +256,7 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = common_parser("gpo-estimator", __doc__)
-    parser.add_argument("--model", help="base model directory (overrides estimator.engine.model)")
-    parser.add_argument(
-        "--engine", choices=["transformers", "vllm"], help="overrides estimator.engine.kind"
-    )
-    args = parser.parse_args(argv)
-    if args.model:
-        args.set.append(f"estimator.engine.model={args.model!r}")
-    if args.engine:
-        args.set.append(f"estimator.engine.kind={args.engine!r}")
-    return run_process(_configured(args), "estimator", args.log_level)
-
-
-async def _configured(args) -> int:
-    cfg, redis_cfg = load_config(args, "estimator", EstimatorConfig)
-    rt_args = (redis_cfg, args.name or "", args.metrics_port, args.metrics_host)
-    return await run_with_engine(
-        "estimator",
-        cfg.engine,
-        cfg.task,
-        cfg.task_options,
-        rt_args,
-        lambda rt, engine, task, tokenizer: run(cfg, rt, engine, task, tokenizer),
-    )
+    return inference_main("estimator", __doc__, EstimatorConfig, run, argv)
 
 
 if __name__ == "__main__":

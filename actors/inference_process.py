@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 from actors.engines.base import Engine
 from actors.engines.factory import EngineConfig, build_engine, check_model_dir
 from actors.tasks.base import Task, load_task
-from protocol.process import Runtime, UserError
+from protocol.process import Runtime, UserError, common_parser, load_config, run_process
 
 Body = Callable[[Runtime, Engine, Task, object], Awaitable[int]]
 
@@ -24,6 +24,39 @@ def load_task_or_fail(spec: str, options: dict) -> Task:
         return load_task(spec, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+Loop = Callable[[object, Runtime, Engine, Task, object], Awaitable[int]]
+
+
+def inference_main(
+    process: str, doc: str | None, config_cls: type, loop: Loop, argv: list[str] | None
+) -> int:
+    """The whole entry point of gpo-actor / gpo-estimator: flags, config, engine, loop."""
+    parser = common_parser(f"gpo-{process}", doc)
+    parser.add_argument("--model", help=f"base model directory (overrides {process}.engine.model)")
+    parser.add_argument(
+        "--engine", choices=["transformers", "vllm"], help=f"overrides {process}.engine.kind"
+    )
+    args = parser.parse_args(argv)
+    if args.model:
+        args.set.append(f"{process}.engine.model={args.model!r}")
+    if args.engine:
+        args.set.append(f"{process}.engine.kind={args.engine!r}")
+
+    async def configured() -> int:
+        cfg, redis_cfg = load_config(args, process, config_cls)
+        rt_args = (redis_cfg, args.name or "", args.metrics_port, args.metrics_host)
+        return await run_with_engine(
+            process,
+            cfg.engine,
+            cfg.task,
+            cfg.task_options,
+            rt_args,
+            lambda rt, engine, task, tokenizer: loop(cfg, rt, engine, task, tokenizer),
+        )
+
+    return run_process(configured(), process, args.log_level)
 
 
 async def run_with_engine(
