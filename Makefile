@@ -55,5 +55,6 @@ clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache .hypothesis
 
 # The system end to end on the embedded default: tiny policy, synthetic task, 2 CPU cores.
-demo: deps $(STAMP)
+demo: $(STAMP)
+	./ops/scripts/system-deps.sh --run
 	$(PY) -m ops.launch --config ops/configs/demo.toml

@@ -3,12 +3,16 @@
 # (with redis-cli and redis-benchmark), prometheus (promtool), openssl and chromium
 # (headless, for the `gpo inspect` page test).
 # As root it uses apt-get; otherwise it says what to install and fails.
+#   system-deps.sh          everything the tests need
+#   system-deps.sh --run    only what running the system needs (redis-server): `make demo`
 set -euo pipefail
 missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
-command -v promtool >/dev/null || missing+=(prometheus)
-command -v openssl >/dev/null || missing+=(openssl)
-command -v chromium >/dev/null || missing+=(chromium)
+if [ "${1:-}" != "--run" ]; then
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v chromium >/dev/null || missing+=(chromium)
+fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then
   echo "missing system packages: ${missing[*]}" >&2
