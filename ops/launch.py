@@ -120,11 +120,7 @@ class Worker:
 class Launcher:
     def __init__(self, cfg: LaunchConfig, config_path: Path, run_id: str, redis_url: str | None):
         self.cfg, self.config_path, self.run_id = cfg, config_path, run_id
-        self.run_dir = (
-            (ROOT / cfg.runs_dir / run_id)
-            if not Path(cfg.runs_dir).is_absolute()
-            else Path(cfg.runs_dir) / run_id
-        )
+        self.run_dir = Path(cfg.runs_dir).resolve() / run_id  # relative to where gpo launch runs
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis: RedisServer | None = None
         self.redis_url = redis_url
