@@ -177,6 +177,7 @@ class Launcher:
             w.start()
             self.workers.append(w)
         self.write_targets()
+        self.start_time = time.monotonic()  # max_minutes and progress count the run, not the set-up
         (self.run_dir / "launch.json").write_text(
             json.dumps(
                 {
