@@ -11,7 +11,7 @@ learner's model) and are parsed with `safetensors.torch.load`: no pickle. An ada
 or shapes differ from what its config injects is refused with ValueError and rolled back.
 
 Methods that touch modules (`add`, `activate`, `delete`) must be called with the engine's
-model lock held; the version pins (`acquire`, `release`, `make_current`) take their own small
+model lock held; the version pins (`VersionPins`: `acquire`, `release`, `make_current`) take their own small
 lock, so the event loop can pin a version without waiting for a forward pass.
 """
 
@@ -51,42 +51,49 @@ def adapter_name(version: int) -> str:
     return f"v{version}"
 
 
-class LoraVersions:
-    """The adapter versions of one model: which is current, which are in use, which is active."""
+class VersionPins:
+    """Which version new requests start under, and how many requests run under each version.
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
-        """The base model; peft injects LoRA layers into it in place, so it runs any version."""
+    Version 0 is the base model. A version other than the current one whose count drops to
+    zero is stale: the caller unloads it (peft adapter, or vLLM LoRA and its directory).
+    """
+
+    def __init__(self) -> None:
         self.current = 0
-        """Version that new requests start under."""
-        self._peft: PeftModel | None = None
-        self._active: int | None = 0
-        self._in_use: Counter[int] = Counter()
-        self._pins = threading.Lock()
+        self.in_flight: Counter[int] = Counter()
+        self._lock = threading.Lock()
 
     def acquire(self) -> int:
         """Pin the current version for a request starting now; returns it."""
-        with self._pins:
-            self._in_use[self.current] += 1
+        with self._lock:
+            self.in_flight[self.current] += 1
             return self.current
 
     def release(self, version: int) -> int | None:
-        """Unpin a finished request's version; returns the version to delete now, if any."""
-        with self._pins:
-            self._in_use[version] -= 1
-            if self._in_use[version] == 0:
-                del self._in_use[version]
-                if version not in (0, self.current):
-                    return version
-            return None
+        """Unpin a finished request; returns `version` if it just became stale."""
+        with self._lock:
+            self.in_flight[version] -= 1
+            if self.in_flight[version] > 0:
+                return None
+            del self.in_flight[version]
+            return version if version not in (0, self.current) else None
 
     def make_current(self, version: int) -> int | None:
-        """Send new requests to `version`; returns the old version to delete now, if any."""
-        with self._pins:
+        """Send new requests to `version`; returns the old version if it is already stale."""
+        with self._lock:
             old, self.current = self.current, version
-            if old != 0 and old not in self._in_use:
-                return old
-            return None
+            return old if old != 0 and old not in self.in_flight else None
+
+
+class LoraVersions(VersionPins):
+    """The adapter versions of one model: which is current, which are in use, which is active."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__()
+        self.model = model
+        """The base model; peft injects LoRA layers into it in place, so it runs any version."""
+        self._peft: PeftModel | None = None
+        self._active: int | None = 0
 
     def add(self, version: int, config: LoraConfig, weights: dict[str, torch.Tensor]) -> None:
         """Inject adapter `version` and load its weights; ValueError (and no change) if they don't fit."""

@@ -42,8 +42,9 @@ from vllm.v1.engine.async_llm import AsyncLLM
 from vllm.v1.engine.exceptions import EngineDeadError
 
 from actors.engines.base import Completion, GenerationRequest, GenerationResult
+from actors.engines.lora_versions import VersionPins
 from actors.engines.transformers_engine import _check_request
-from actors.engines.vllm_adapters import AdapterChecker, AdapterDirs, VersionPins
+from actors.engines.vllm_adapters import AdapterChecker, AdapterDirs
 from actors.engines.vllm_metrics import VllmCollector
 
 log = logging.getLogger("gpo.engine.vllm")

@@ -20,8 +20,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import threading
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -150,37 +148,3 @@ class AdapterDirs:
 
     def remove_root(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-class VersionPins:
-    """Which version new requests start under, and how many requests run under each version.
-
-    Version 0 is the base model. A version other than the current one whose count drops to
-    zero is stale: the caller removes it from vLLM, then deletes its directory.
-    """
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.in_flight: Counter[int] = Counter()
-        self._lock = threading.Lock()
-
-    def acquire(self) -> int:
-        """Pin the current version for a request starting now; returns it."""
-        with self._lock:
-            self.in_flight[self.current] += 1
-            return self.current
-
-    def release(self, version: int) -> int | None:
-        """Unpin a finished request; returns `version` if it just became stale."""
-        with self._lock:
-            self.in_flight[version] -= 1
-            if self.in_flight[version] > 0:
-                return None
-            del self.in_flight[version]
-            return version if version not in (0, self.current) else None
-
-    def make_current(self, version: int) -> int | None:
-        """Send new requests to `version`; returns the old version if it is already stale."""
-        with self._lock:
-            old, self.current = self.current, version
-            return old if old != 0 and old not in self.in_flight else None
