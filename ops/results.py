@@ -1,0 +1,78 @@
+"""docs/RESULTS.md: sections that the project's own commands write and rewrite.
+
+Every experiment or benchmark that reports into RESULTS.md owns one section, delimited by
+
+    <!-- gpo:NAME begin -->
+    ...
+    <!-- gpo:NAME end -->
+
+and `write_section` replaces exactly that block (or appends it when it is missing), so
+rerunning a command regenerates its table and leaves the others untouched. Text outside the
+markers (the reading, the paper comparison) is written by hand. Plots go to
+`docs/results/` and are linked relatively from the section.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "RESULTS.md"
+PLOTS = ROOT / "docs" / "results"
+
+
+def _markers(name: str) -> tuple[str, str]:
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", name):
+        raise ValueError(f"section name must be lowercase words joined by '-', got {name!r}")
+    return f"<!-- gpo:{name} begin -->", f"<!-- gpo:{name} end -->"
+
+
+def machine_line() -> str:
+    """Where a figure was measured: cores, memory, load at the time, date."""
+    try:
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem = float("nan")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{os.cpu_count()} CPU cores, {mem:.0f} GiB, {platform.machine()}, "
+        f"load average {load:.1f} at the end; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
+
+
+def replace_section(text: str, name: str, body: str) -> str:
+    """`text` with section `name` set to `body` (appended at the end when absent)."""
+    begin, end = _markers(name)
+    block = f"{begin}\n{body.strip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text, count=1)
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def read_section(name: str, path: Path = RESULTS) -> str | None:
+    """The body of section `name`, or None when the file or the section is missing."""
+    if not path.is_file():
+        return None
+    begin, end = _markers(name)
+    m = re.search(re.escape(begin) + r"\n(.*?)\n?" + re.escape(end), path.read_text(), re.DOTALL)
+    return m.group(1) if m else None
+
+
+def write_section(name: str, body: str, path: Path = RESULTS) -> Path:
+    """Write section `name` of RESULTS.md (creating the file when needed); returns the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.is_file() else "# Results\n"
+    path.write_text(replace_section(text, name, body))
+    return path
+
+
+def markdown_table(header: list[str], rows: list[list[object]]) -> str:
+    """A GitHub markdown table; floats as given (format them before)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
