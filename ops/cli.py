@@ -1,6 +1,8 @@
 """`gpo`: the umbrella command. Subcommands are small modules; this file only dispatches.
 
-gpo bench transport|engine|critical-step [options]
+gpo bench transport|engine|critical-step|... [options]
+gpo experiment ablation|offline [options]
+gpo eval --model M [--adapter DIR]
 gpo bootstrap [options]     build the tiny base policy (cached)
 gpo offline pairs|train     offline GPO pairs and preference training
 """
@@ -15,6 +17,8 @@ SUBCOMMANDS = {
     "report": ("ops.report", "write runs/<id>/report.html with plots from a run directory"),
     "inspect": ("ops.inspect_run", "write runs/<id>/inspect.html: steps, values, critical step"),
     "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
+    "experiment": ("ops.experiment", "run an experiment (arms x seeds) into docs/RESULTS.md"),
+    "eval": ("ops.evaluate", "held-out pass@1 of a base model, optionally with a LoRA adapter"),
     "offline": (
         "learner.offline",
         "offline GPO: critical-step preference pairs; DPO/KTO/SimPO/ORPO adapter training",
