@@ -1,7 +1,7 @@
 """gpo launch: run a whole GPO training run on one machine, supervised.
 
     gpo launch --config ops/configs/demo.toml [--redis-url URL] [--run-id ID] [--actors N]
-               [--estimators M] [--max-minutes T] [--max-updates U]
+               [--estimators M] [--max-minutes T] [--max-updates U] [--set SECTION.KEY=V ...]
 
 Starts a private redis-server when no `--redis-url` is given (AOF on, data in the run
 directory), then the learner, N actors and M estimators as separate OS processes, each with
@@ -31,7 +31,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.redis_server import RedisServer, free_port
-from protocol.config import ConfigError, from_mapping, load_toml
+from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
 from protocol.streams import WORK_STREAMS, Keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +118,17 @@ class Worker:
 
 
 class Launcher:
-    def __init__(self, cfg: LaunchConfig, config_path: Path, run_id: str, redis_url: str | None):
+    def __init__(
+        self,
+        cfg: LaunchConfig,
+        config_path: Path,
+        run_id: str,
+        redis_url: str | None,
+        sets: list[str] = (),
+    ):
         self.cfg, self.config_path, self.run_id = cfg, config_path, run_id
+        self.sets = list(sets)
+        """`SECTION.KEY=VALUE` overrides passed to every worker (each reads its sections)."""
         self.run_dir = Path(cfg.runs_dir).resolve() / run_id  # relative to where gpo launch runs
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.redis: RedisServer | None = None
@@ -149,6 +158,7 @@ class Launcher:
             self.redis_url,
             "--run-id",
             self.run_id,
+            *(a for item in self.sets for a in ("--set", item)),
         ]
         env = {
             "OMP_NUM_THREADS": str(self.cfg.torch_threads),
@@ -452,10 +462,27 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--max-minutes", type=float, help="overrides launch.max_minutes")
     p.add_argument("--max-updates", type=int, help="overrides launch.max_updates")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value (TOML syntax), e.g. --set estimator.mc.selection=random; "
+        "launch.* keys apply here, the others go to every worker; repeatable",
+    )
     args = p.parse_args(argv)
     try:
         data = load_toml(args.config)
         launch = dict(data.get("launch", {}))
+        worker_sets = []
+        for item in args.set:
+            key, sep, raw = item.partition("=")
+            if not sep or "." not in key:
+                raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+            if key.startswith("launch."):
+                launch[key.removeprefix("launch.")] = parse_set_value(raw)
+            else:
+                worker_sets.append(item)
         for key in ("model", "actors", "estimators", "max_minutes", "max_updates"):
             if getattr(args, key) is not None:
                 launch[key] = getattr(args, key)
@@ -464,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpo launch: error: {e}", file=sys.stderr)
         return 2
     run_id = args.run_id or data.get("run", {}).get("id") or time.strftime("%Y%m%d-%H%M%S")
-    launcher = Launcher(cfg, Path(args.config).resolve(), run_id, args.redis_url)
+    launcher = Launcher(cfg, Path(args.config).resolve(), run_id, args.redis_url, worker_sets)
     try:
         launcher.start()
     except Exception:

@@ -34,6 +34,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: invalid TOML: {e}") from None
 
 
+def parse_set_value(raw: str) -> Any:
+    """The value of a `--set SECTION.KEY=VALUE` flag: TOML syntax (`3`, `true`, `"x"`,
+    `[1, 2]`), else the bare word as a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
 def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass `cls` from a mapping, checking keys and types; nested dataclasses recurse."""
     data = dict(data or {})

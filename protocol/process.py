@@ -24,12 +24,11 @@ import signal
 import socket
 import sys
 import time
-import tomllib
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from protocol.config import ConfigError, RedisConfig, from_mapping, load_toml
+from protocol.config import ConfigError, RedisConfig, from_mapping, load_toml, parse_set_value
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import Keys, Link, LinkClosed, RedisFatalError, run_async
 
@@ -77,10 +76,7 @@ def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw  # a bare word: take it as a string
+        value = parse_set_value(raw)
         *path, leaf = key.split(".")
         table = data
         for part in path:
