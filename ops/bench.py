@@ -14,7 +14,15 @@ BENCHMARKS = {
         "ops.bench_transport",
         "stream client vs raw redis-py and redis-benchmark; adapter fetch",
     ),
+    "broadcast": (
+        "ops.bench_broadcast",
+        "adapter publish + fetch latency vs size and readers, against a memory copy",
+    ),
     "engine": ("ops.bench_engine", "transformers engine vs model.generate; prefix reuse"),
+    "learner": (
+        "ops.bench_learner",
+        "learner update tokens/s vs a bare forward+backward of the same batch",
+    ),
     "critical-step": (
         "ops.bench_critical",
         "critical-step accuracy and MC rollouts: uniform K vs adaptive",

@@ -17,7 +17,9 @@ from __future__ import annotations
 import os
 import platform
 import re
+import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,10 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bench_body(name: str, argv: Sequence[str], table: str, reading: str) -> str:
+    """The section of `gpo bench NAME ARGV...`: the exact command, where it ran, the table
+    and a one-paragraph reading of it."""
+    command = " ".join(["gpo", "bench", name, *(shlex.quote(a) for a in argv)])
+    return f"Command: `{command}`\n\nMachine: {machine_line()}\n\n{table}\n\n{reading}"
