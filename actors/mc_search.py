@@ -106,6 +106,11 @@ class McConfig:
     continuations. None: the engine's own randomness, not reproducible."""
     budget: Literal["uniform", "adaptive"] = "uniform"
     """`uniform`: K at every boundary; `adaptive`: spend where the chosen step may change."""
+    chooser: Literal["argmax", "posterior"] = "argmax"
+    """Uniform budget: `argmax` of the raw MC advantages (the paper's rule) or the most
+    probable step under the change-point posterior (`posterior`; its model is set by the
+    `adaptive_change_prob`, `adaptive_prior`, `adaptive_final_weight` and `adaptive_draws`
+    fields). The adaptive budget always uses the posterior."""
     adaptive_initial_k: int = 2
     """Adaptive: continuations per boundary in the first round."""
     adaptive_step_k: int = 2
@@ -136,6 +141,13 @@ class McConfig:
             raise ValueError(f"unknown selection {self.selection!r}")
         if self.budget not in ("uniform", "adaptive"):
             raise ValueError(f"unknown budget {self.budget!r}")
+        if self.chooser not in ("argmax", "posterior"):
+            raise ValueError(f"unknown chooser {self.chooser!r}")
+        if self.chooser == "posterior" and self.selection != "advantage":
+            raise ValueError("the posterior chooser targets argmax |A|: needs 'advantage'")
+        uses_posterior = self.budget == "adaptive" or self.chooser == "posterior"
+        if uses_posterior and not (0 < self.adaptive_change_prob < 1 and self.adaptive_prior > 0):
+            raise ValueError("need adaptive_change_prob in (0, 1) and adaptive_prior > 0")
         if self.budget == "adaptive":
             if self.selection != "advantage":
                 raise ValueError("the adaptive budget targets argmax |A|: needs 'advantage'")
@@ -145,8 +157,6 @@ class McConfig:
                 raise ValueError("need adaptive_budget >= initial_k and adaptive_step_k >= 1")
             if not 0 < self.adaptive_confidence <= 1 or self.adaptive_max_rounds < 1:
                 raise ValueError("need adaptive_confidence in (0, 1] and max_rounds >= 1")
-            if not 0 < self.adaptive_change_prob < 1 or self.adaptive_prior <= 0:
-                raise ValueError("need adaptive_change_prob in (0, 1) and adaptive_prior > 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,8 +181,8 @@ class CriticalStepResult:
     """The continuations drawn from s_m for the chosen step m ([] when None): reusable as
     reset rollouts (GPO.md `reuse_mc_rollouts`)."""
     step_probabilities: np.ndarray | None = None
-    """Adaptive budget only: posterior P(step i is critical), shape (T + 1,); the last entry
-    is P(no critical step). None for the uniform budget."""
+    """Posterior P(step i is critical), shape (T + 1,); the last entry is P(no critical
+    step). Only when the posterior chose (adaptive budget, or chooser `posterior`)."""
 
 
 async def find_critical_step(
@@ -185,10 +195,10 @@ async def find_critical_step(
 ) -> CriticalStepResult:
     """Estimate every step's value and advantage by MC, then choose the critical step.
 
-    Uniform budget: the paper's rule, `choose_critical_step` on the MC advantages. Adaptive
-    budget: the most probable critical step under the change-point posterior
-    (`posterior_choice`); with few continuations at some boundaries it can differ from the
-    argmax of the raw advantages, which overrate a jump between two thinly sampled boundaries.
+    Uniform budget with chooser `argmax`: the paper's rule, `choose_critical_step` on the MC
+    advantages. Adaptive budget, or chooser `posterior`: the most probable critical step
+    under the change-point posterior (`posterior_choice`); it can differ from the argmax of
+    the raw advantages, which overrates a jump between two noisy boundary estimates.
     """
     trajectory.validate()
     t = trajectory.num_steps
@@ -201,6 +211,8 @@ async def find_critical_step(
             engine, task, trajectory, config, decode, [config.k] * t, 0, rewards, completions
         )
         rounds = 1
+        if config.chooser == "posterior":
+            probs = _posterior(rewards, trajectory.reward, config, rng)
     else:
         rounds, probs = await _adaptive_rounds(
             engine, task, trajectory, config, decode, rng, rewards, completions
@@ -251,19 +263,7 @@ async def _adaptive_rounds(
         rounds += 1
         # 2. Posterior over the critical step given everything drawn so far.
         counts = np.asarray([len(r) for r in rewards], dtype=np.int64)
-        sums = np.asarray([sum(r) for r in rewards], dtype=np.float64)
-        if sums.min() < 0 or (sums > counts).any():
-            raise ValueError("the adaptive budget needs rewards in [0, 1]")
-        probs = critical_step_posterior(
-            sums,
-            counts,
-            trajectory.reward,
-            change_prob=config.adaptive_change_prob,
-            prior=config.adaptive_prior,
-            final_weight=config.adaptive_final_weight,
-            draws=config.adaptive_draws,
-            rng=rng,
-        )
+        probs = _posterior(rewards, trajectory.reward, config, rng)
         if rounds == config.adaptive_max_rounds:
             return rounds, probs
         # 3. Where more continuations could still change the answer.
@@ -278,6 +278,26 @@ async def _adaptive_rounds(
         )
         if extra.sum() == 0:
             return rounds, probs
+
+
+def _posterior(
+    rewards: list[list[float]], final_reward: float, config: McConfig, rng: np.random.Generator
+) -> np.ndarray:
+    """`critical_step_posterior` of the rewards drawn so far; shape (T + 1,)."""
+    counts = np.asarray([len(r) for r in rewards], dtype=np.float64)
+    sums = np.asarray([sum(r) for r in rewards], dtype=np.float64)
+    if sums.min() < 0 or (sums > counts).any():
+        raise ValueError("the change-point posterior needs rewards in [0, 1]")
+    return critical_step_posterior(
+        sums,
+        counts,
+        final_reward,
+        change_prob=config.adaptive_change_prob,
+        prior=config.adaptive_prior,
+        final_weight=config.adaptive_final_weight,
+        draws=config.adaptive_draws,
+        rng=rng,
+    )
 
 
 async def _sample_round(

@@ -21,6 +21,7 @@ import asyncio
 import functools
 import importlib.util
 import math
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -163,27 +164,66 @@ def format_table(rows: Sequence[Row], reference: Row) -> str:
     return "\n".join(lines)
 
 
-def part_a(args: argparse.Namespace) -> list[Row]:
-    """Scripted policies: uniform K in `args.ks` and the adaptive budget, on the same cases."""
+MARGIN_BINS = ((0.1, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 1.01))
+"""Truth-margin bins: how far the critical step's exact |A| leads the runner-up's."""
+
+
+def margin_table(cases: Sequence[Case], rows: Sequence[Row]) -> str:
+    """Accuracy % of each row by truth margin: where MC noise stops mattering."""
+    margins = np.asarray(
+        [c.problem.oracle_margin(c.trajectory.completion_token_ids) for c in cases]
+    )
+    masks = [(margins >= lo) & (margins < hi) for lo, hi in MARGIN_BINS]
+    masks.append(margins >= 0.5)
+    head = [f"[{lo:.1f}, {min(hi, 1.0):.1f}{']' if hi > 1 else ')'}" for lo, hi in MARGIN_BINS]
+    head.append(">= 0.5")
+    lines = [
+        "| budget | " + " | ".join(f"margin {h}" for h in head) + " |",
+        "|---|" + "---|" * len(head),
+        "| cases | " + " | ".join(str(int(m.sum())) for m in masks) + " |",
+    ]
+    for r in rows:
+        cells = [f"{100 * r.correct[m].mean():.1f}" if m.any() else "-" for m in masks]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def part_a(args: argparse.Namespace, family: str) -> str:
+    """Scripted policies of `family`: uniform K in `args.ks` (the paper's argmax), uniform
+    K = 4 and 8 with the posterior chooser, and the adaptive budget, on the same cases.
+    Returns the markdown it printed."""
     cases = [
         c
         for s in args.seeds
-        for c in make_cases(s, args.instances, args.min_margin, args.family, tuple(args.steps))
+        for c in make_cases(s, args.instances, args.min_margin, family, tuple(args.steps))
     ]
     steps = np.mean([c.trajectory.num_steps for c in cases])
     at_pivot = np.mean([c.truth == c.problem.pivotal_step for c in cases])
-    print(
-        f"part (a): {len(cases)} scripted trajectories, family {args.family!r} (seeds {args.seeds}, {args.instances} "
-        f"each), mean {steps:.1f} steps, truth == designed pivotal step in {100 * at_pivot:.0f}%"
+    head = (
+        f"Part (a), family `{family}`: {len(cases)} scripted trajectories (seeds {args.seeds}, "
+        f"{args.instances} each, truth margin >= {args.min_margin}), mean {steps:.1f} steps; "
+        f"the truth is the designed pivotal step in {100 * at_pivot:.0f}%."
     )
     rows = [random_row(cases)]
     for k in args.ks:
         rows.append(run_budget(cases, McConfig(k=k), f"uniform K={k}"))
+    for k in (4, 8):
+        rows.append(
+            run_budget(cases, McConfig(k=k, chooser="posterior"), f"uniform K={k}, posterior")
+        )
     adaptive = McConfig(budget="adaptive", adaptive_budget=args.adaptive_budget)
     rows.append(run_budget(cases, adaptive, f"adaptive (cap {args.adaptive_budget}/step)"))
     reference = next((r for r in rows if r.name == "uniform K=8"), rows[-1])
-    print(format_table(rows, reference))
-    return rows
+    text = "\n\n".join(
+        [
+            head,
+            format_table(rows, reference),
+            "Accuracy % by truth margin (the exact |A| of the critical step minus the runner-up's):",
+            margin_table(cases, [r for r in rows if r.name != "random step"]),
+        ]
+    )
+    print(text + "\n")
+    return text
 
 
 def part_b_missing() -> list[str]:
@@ -191,7 +231,7 @@ def part_b_missing() -> list[str]:
     return [m for m in PART_B_MODULES if importlib.util.find_spec(m) is None]
 
 
-def part_b(args: argparse.Namespace) -> list[Row] | None:
+def part_b(args: argparse.Namespace) -> str | None:
     """Tiny base policy on the synthetic arithmetic task (builds it once, cached; minutes).
 
     One sampled trajectory per held-out prompt; the failed ones whose first wrong step is
@@ -229,23 +269,32 @@ def part_b(args: argparse.Namespace) -> list[Row] | None:
         if task.score(prompt, text) > 0 or truth is None or truth >= len(spans):
             continue
         cases.append((StepTrajectory(req.prompt_token_ids, ids, spans, 0.0, prompt), truth))
-    print(
-        f"part (b): {len(cases)} failed trajectories of {len(prompts)} held-out prompts "
-        f"(tiny policy {boot.cache_key()}), mean {np.mean([t.num_steps for t, _ in cases]):.1f} steps"
-    )
     if not cases:
+        print("part (b): no failed trajectory with a known first wrong step")
         return None
+    head = (
+        f"Part (b): {len(cases)} failed trajectories of {len(prompts)} held-out prompts "
+        f"(tiny policy {boot.cache_key()}), mean {np.mean([t.num_steps for t, _ in cases]):.1f} "
+        "steps; truth = the first wrong step."
+    )
     # 2. MC search with each budget; the random baseline is its expectation, 1/T.
     expected = np.asarray([1.0 / t.num_steps for t, _ in cases])
     rows = [Row("random step (expected)", float(expected.mean()), 0.0, 0.0, 0.0, expected)]
     budgets = [(f"uniform K={k}", McConfig(k=k, sampling=sampling)) for k in args.b_ks]
+    budgets.append(
+        (
+            f"uniform K={max(args.b_ks)}, posterior",
+            McConfig(k=max(args.b_ks), sampling=sampling, chooser="posterior"),
+        )
+    )
     budgets.append(("adaptive", McConfig(budget="adaptive", sampling=sampling)))
     for name, cfg in budgets:
         rows.append(asyncio.run(_run_b(engine, task, cases, cfg, name, dec)))
     asyncio.run(engine.close())
     reference = next((r for r in rows if r.name == "uniform K=8"), rows[-1])
-    print(format_table(rows, reference))
-    return rows
+    text = head + "\n\n" + format_table(rows, reference)
+    print(text + "\n")
+    return text
 
 
 async def _run_b(engine, task, cases, config: McConfig, name: str, dec) -> Row:
@@ -265,7 +314,7 @@ async def _run_b(engine, task, cases, config: McConfig, name: str, dec) -> Row:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gpo bench critical-step", description=__doc__.split("\n")[0])
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="case seeds")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="case seeds")
     p.add_argument("--instances", type=int, default=400, help="cases per seed")
     p.add_argument("--ks", type=int, nargs="+", default=[2, 4, 8, 12], help="uniform K values")
     p.add_argument("--min-margin", type=float, default=0.1, help="truth |A| lead over runner-up")
@@ -278,10 +327,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="number of steps per scripted problem, uniform in [MIN, MAX]",
     )
     p.add_argument(
-        "--family",
+        "--families",
+        nargs="+",
         choices=sorted(FAMILIES),
-        default="clear",
-        help="scripted problems: `clear` (one pronounced pivot) or `hard` (noisier steps)",
+        default=["clear", "hard"],
+        help="scripted problems: `clear` (one pronounced pivot) and/or `hard` (noisier steps)",
     )
     p.add_argument(
         "--adaptive-budget",
@@ -293,18 +343,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--b-prompts", type=int, default=100, help="part (b): held-out prompts")
     p.add_argument("--b-ks", type=int, nargs="+", default=[4, 8], help="part (b): uniform Ks")
     p.add_argument("--b-max-new-tokens", type=int, default=48, help="part (b): token cap")
+    p.add_argument(
+        "--write-results", action="store_true", help="write the tables into docs/RESULTS.md"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    parts = []
     start = time.perf_counter()
-    part_a(args)
+    for family in args.families:
+        parts.append(part_a(args, family))
     print(f"part (a) took {time.perf_counter() - start:.1f} s")
     if not args.skip_b:
         start = time.perf_counter()
-        part_b(args)
+        text = part_b(args)
+        parts += [text] if text else []
         print(f"part (b) took {time.perf_counter() - start:.1f} s")
+    if args.write_results:
+        from ops.results import machine_line, write_section
+
+        argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+        command = f"`gpo bench critical-step {argv_text}`".replace(" `", "`")
+        body = "\n\n".join([f"Command: {command}; machine: {machine_line()}.", *parts])
+        print(f"wrote {write_section('critical-step', body)}")
     return 0
 
 

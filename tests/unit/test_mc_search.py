@@ -282,3 +282,26 @@ def test_adaptive_matches_uniform_k8_with_at_most_60_percent_of_the_rollouts():
     # And the measurement can tell budgets apart: K = 2 is far worse than K = 8.
     k2 = run_budget(cases[:200], replace(McConfig(), k=2), "K=2")
     assert k2.accuracy < uniform.accuracy - 0.15
+
+
+def test_k8_finds_pronounced_pivots_and_the_posterior_chooser_helps():
+    # Pivots whose exact |A| leads the runner-up by 0.5 or more: K = 8 finds them at least
+    # 90% of the time with the change-point posterior choosing, and the posterior does not
+    # lose to the paper's argmax on the same continuations (common random numbers).
+    cases = make_cases(seed=200, count=150, min_margin=0.5) + make_cases(201, 150, 0.5)
+    argmax = run_budget(cases, McConfig(k=8), "K=8")
+    posterior = run_budget(cases, McConfig(k=8, chooser="posterior"), "K=8 posterior")
+    assert (
+        posterior.rollouts
+        == argmax.rollouts
+        == pytest.approx(8 * np.mean([c.trajectory.num_steps for c in cases]))
+    )
+    assert posterior.accuracy >= 0.9, posterior.accuracy
+    assert posterior.accuracy >= argmax.accuracy
+
+
+def test_posterior_chooser_needs_advantage_selection():
+    with pytest.raises(ValueError, match="posterior"):
+        McConfig(chooser="posterior", selection="random")
+    with pytest.raises(ValueError, match="chooser"):
+        McConfig(chooser="median")
