@@ -80,7 +80,7 @@ def speed_ratio(row: Row, floor: Row) -> float:
     return row.tokens_per_s / floor.tokens_per_s
 
 
-HEADER = ["case", "s / update", "tokens/s", "trained tokens/s", "vs floor"]
+HEADER = ["case", "ms / update", "tokens/s", "trained tokens/s", "vs floor"]
 
 
 def table_rows(rows: Sequence[Row]) -> list[list[str]]:
@@ -88,7 +88,7 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
     return [
         [
             r.case,
-            f"{r.seconds:.3f}",
+            f"{1e3 * r.seconds:.1f}",
             f"{r.tokens_per_s:.0f}",
             f"{r.trained_per_s:.0f}",
             f"{speed_ratio(r, floor):.2f}x",
