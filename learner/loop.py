@@ -154,6 +154,7 @@ def record(p: Parts, samples: list[Sample], stats: dict, lags: list[int], secs: 
         version=p.state.version,
         seconds=secs,
         lag_mean=sum(lags) / len(lags),
+        samples=len(samples),
         resets=sum(s.kind == "reset" for s in samples),
         **stats,
         **ids,
@@ -176,6 +177,9 @@ async def take_samples(p: Parts) -> None:
     p.metrics.duplicates.inc(len(verdict.duplicate))
     p.metrics.stale.inc(len(verdict.stale))
     dropped = [pool[i] for i in verdict.duplicate + verdict.stale]
+    if verdict.stale and p.cfg.log_sample_ids:  # before the ack: a logged drop is never lost
+        stale = [pool[i].message.id for i in verdict.stale]
+        p.runlog.write("stale", step=p.state.step, version=p.state.version, sample_ids=stale)
     if dropped:
         await p.consumer.ack(dropped)
 

@@ -1,0 +1,69 @@
+"""The ablation's read-out: windows, spread, training time, and the report built from logs."""
+
+import json
+import math
+
+import pytest
+
+from ops import experiment_ablation as ab
+
+
+def write_log(run_dir, evals, updates):
+    path = run_dir / "learner" / "run_log.jsonl"
+    path.parent.mkdir(parents=True)
+    lines = [{"event": "eval", **e} for e in evals]
+    lines += [{"event": "update", **u} for u in updates]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def test_window_mean_takes_the_last_third_or_the_last_value_before():
+    xs, ys = [0, 20, 40, 60, 80], [0.3, 0.32, 0.34, 0.4, 0.5]
+    assert ab.window_mean(xs, ys, 60) == pytest.approx(0.4)  # (40, 60]
+    assert ab.window_mean(xs, ys, 80) == pytest.approx(0.45)  # (53.3, 80]: 60 and 80
+    assert ab.window_mean(xs, ys, 10) == pytest.approx(0.3)  # nothing in (6.7, 10]: last <= 10
+    assert math.isnan(ab.window_mean([5], [0.1], 1))
+
+
+def test_spread_is_mean_sample_std_min_max():
+    m, s, lo, hi = ab.spread([0.2, 0.4, 0.6])
+    assert (m, lo, hi) == pytest.approx((0.4, 0.2, 0.6))
+    assert s == pytest.approx(0.2)  # sample std
+    assert ab.spread([0.5])[1] == 0.0
+
+
+def test_read_curve_subtracts_evaluation_time(tmp_path):
+    evals = [
+        {"t": 10.0, "step": 0, "pass_at_1": 0.3, "seconds": 4.0},
+        {"t": 30.0, "step": 20, "pass_at_1": 0.35, "seconds": 4.0},
+        {"t": 50.0, "step": 40, "pass_at_1": 0.4, "seconds": 6.0},
+    ]
+    updates = [{"t": 20.0, "step": i, "samples": 64, "resets": 32} for i in range(1, 41)]
+    write_log(tmp_path, evals, updates)
+    c = ab.read_curve(tmp_path)
+    # training time: t less evaluation time so far, from the first evaluation's end
+    assert c.seconds == pytest.approx([0.0, 16.0, 30.0])
+    assert c.steps == [0, 20, 40] and c.updates == 40
+    assert c.samples == 64 * 40 and c.resets == 32 * 40
+
+
+def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
+    monkeypatch.setattr(ab, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(ab, "machine_line", lambda: "test machine")
+    curves = {}
+    for arm, gain in (("gpo", 0.1), ("none", 0.0), ("random", 0.05)):
+        for seed in (0, 1):
+            steps = [0, 20, 40, 60]
+            curves[(arm, seed)] = ab.Curve(
+                steps=steps,
+                seconds=[0.0, 30.0, 60.0, 90.0],
+                pass_at_1=[0.3 + gain * s / 60 for s in steps],
+                updates=60,
+                resets=10,
+                samples=100,
+            )
+    text = ab.study_report("selection", curves, [0, 1], 3.0)
+    # window (40, 60]: only step 60 -> 0.3 + gain
+    assert "| advantage (GPO) | 2 | 0.300 | 0.400 ± 0.000" in text
+    assert "| none (PPO) | 2 | 0.300 | 0.300 ± 0.000" in text
+    assert "advantage (GPO) − none (PPO) | equal updates | 0.100 ± 0.000" in text
+    assert (tmp_path / "plots" / "ablation-selection.png").is_file()
