@@ -230,7 +230,7 @@ def study_report(
         u_mean, u_std, u_lo, u_hi = spread(at_u)
         t_mean, t_std, t_lo, t_hi = spread(at_t)
         upd = spread([float(c.updates) for c in cs])
-        reset_share = spread([c.resets / c.samples if c.samples else 0.0 for c in cs])
+        reset_share = spread([c.resets / c.samples if c.samples else math.nan for c in cs])
         rows.append(
             [
                 label,
