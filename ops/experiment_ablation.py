@@ -9,24 +9,28 @@ private redis-server, the tiny base policy on the synthetic arithmetic task) for
 with one arm's fields switched by `--set` and the seed of the learner, the actor and the
 estimator set to the run's seed. Studies (GPO.md: baselines by switching one field):
 
-- `selection`: `none` (PPO with the same MC advantages, no resets), `random` (Satori-style
-  random reset), `advantage` (GPO);
+- `selection`: `advantage` (GPO), and by switching that one field `none` (no resets, the same
+  MC advantages: VinePPO-style PPO) and `random` (Satori-style random reset); beside them
+  plain PPO, which spends nothing on MC (`none`, no MC search, group advantages);
 - `advantage`: under GPO, the learner's advantages `mc` (VinePPO-style), `group`
   (GRPO-style), `gae` (value head, the paper's);
-- `budget`: under GPO, uniform K = 4 (the default), uniform K = 8, and the adaptive budget.
+- `budget`: under GPO, uniform K = 4 (the default) and the adaptive budget, which spends
+  about as much (about 4.2 continuations per step) and finds the critical step about as well
+  as uniform K = 8 (`gpo bench critical-step`).
 
 The GPO arm with the defaults is shared by the three studies. Runs go seed-major, arms
 interleaved, so a slow patch of a shared machine falls on every arm alike. A finished run
 (`done.json` in its directory) is not run again, so an interrupted experiment resumes.
 
 Read-out, from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
-prompts, temperature 1) every `eval_every` updates. "Equal updates" compares the arms at the
-largest update count every run reached (U); "equal wall-clock" at the largest training time
-every run reached (T), where training time is the learner's clock less the time it spent
-evaluating (an evaluation stops the learner, and arms that update faster evaluate more
-often). One number per run is the mean of its evaluations in the last third of the window
-((2U/3, U] or (2T/3, T]), which averages out some of the noise of single evaluations; the
-table gives mean, standard deviation and range over seeds, and paired differences to the
+prompts, temperature 1) every `eval_every` updates. "Equal wall-clock" compares the arms at
+the largest training time every run of the study reached (T), where training time is the
+learner's clock less the time it spent evaluating (an evaluation stops the learner, and arms
+that update faster evaluate more often). "Equal updates" compares two arms at the largest
+update count every run of both reached (U; arms differ a lot in updates per minute, so U is
+taken per pair). One number per run is the mean of its evaluations in the last third of the
+window ((2T/3, T] or (2U/3, U]), which averages out some of the noise of single evaluations;
+tables give mean, standard deviation and range over seeds, and paired differences to the
 study's reference arm.
 """
 
@@ -51,9 +55,13 @@ ARMS: dict[str, dict[str, str]] = {
     "gpo": {},  # the defaults: selection advantage, advantage mc, uniform K = 4
     "none": {"estimator.mc.selection": '"none"'},
     "random": {"estimator.mc.selection": '"random"'},
+    "ppo": {  # plain PPO: no resets, no MC search; advantage = reward - mean of the group
+        "estimator.mc.selection": '"none"',
+        "estimator.mc_values": "false",
+        "learner.advantage": '"group"',
+    },
     "gpo-group": {"learner.advantage": '"group"'},
     "gpo-gae": {"learner.advantage": '"gae"'},
-    "gpo-k8": {"estimator.mc.k": "8"},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
 }
 """Arm name -> the `--set` fields that make it (TOML values)."""
@@ -69,7 +77,12 @@ class Study:
 STUDIES: dict[str, Study] = {
     "selection": Study(
         "where to reset",
-        (("gpo", "advantage (GPO)"), ("none", "none (PPO)"), ("random", "random reset")),
+        (
+            ("gpo", "advantage (GPO)"),
+            ("none", "none (PPO, MC advantages)"),
+            ("random", "random reset"),
+            ("ppo", "plain PPO (group advantages, no MC)"),
+        ),
     ),
     "advantage": Study(
         "advantage estimator under GPO",
@@ -77,7 +90,7 @@ STUDIES: dict[str, Study] = {
     ),
     "budget": Study(
         "MC budget under GPO",
-        (("gpo", "uniform K=4"), ("gpo-k8", "uniform K=8"), ("gpo-adaptive", "adaptive")),
+        (("gpo", "uniform K=4"), ("gpo-adaptive", "adaptive (cap 4.5 per step)")),
     ),
 }
 
@@ -216,30 +229,26 @@ def study_report(
     runs = {(a, s): curves[(a, s)] for a, _ in study.arms for s in seeds if (a, s) in curves}
     if not runs:
         return "(no runs found)"
-    u_end = min(c.steps[-1] for c in runs.values())
     t_end = min(c.seconds[-1] for c in runs.values())
-    rows, per_arm = [], {}
-    for arm, label in study.arms:
-        cs = [runs[(arm, s)] for s in seeds if (arm, s) in runs]
+    arms = {a: [runs[(a, s)] for s in seeds if (a, s) in runs] for a, _ in study.arms}
+    labels = dict(study.arms)
+    rows = []
+    for arm, cs in arms.items():
         if not cs:
             continue
-        at_u = [window_mean(c.steps, c.pass_at_1, u_end) for c in cs]
-        at_t = [window_mean(c.seconds, c.pass_at_1, t_end) for c in cs]
-        base = [c.pass_at_1[0] for c in cs]
-        per_arm[arm] = (at_u, at_t)
-        u_mean, u_std, u_lo, u_hi = spread(at_u)
-        t_mean, t_std, t_lo, t_hi = spread(at_t)
+        at_t = spread([window_mean(c.seconds, c.pass_at_1, t_end) for c in cs])
+        final = spread([window_mean(c.steps, c.pass_at_1, c.steps[-1]) for c in cs])
         upd = spread([float(c.updates) for c in cs])
         reset_share = spread([c.resets / c.samples if c.samples else math.nan for c in cs])
         rows.append(
             [
-                label,
+                labels[arm],
                 len(cs),
-                f"{spread(base)[0]:.3f}",
-                f"{fmt(u_mean, u_std)} [{u_lo:.3f}, {u_hi:.3f}]",
-                f"{fmt(t_mean, t_std)} [{t_lo:.3f}, {t_hi:.3f}]",
+                f"{spread([c.pass_at_1[0] for c in cs])[0]:.3f}",
+                f"{fmt(*at_t[:2])} [{at_t[2]:.3f}, {at_t[3]:.3f}]",
+                f"{fmt(*final[:2])} [{final[2]:.3f}, {final[3]:.3f}]",
                 f"{upd[0]:.0f} ± {upd[1]:.0f}",
-                f"{reset_share[0]:.2f}",
+                "n/a" if math.isnan(reset_share[0]) else f"{reset_share[0]:.2f}",
             ]
         )
     table = markdown_table(
@@ -247,8 +256,8 @@ def study_report(
             "arm",
             "seeds",
             "base pass@1",
-            f"pass@1 at equal updates (U = {u_end})",
             f"pass@1 at equal time (T = {t_end:.0f} s)",
+            "pass@1 at the end of its run",
             f"updates in {minutes:g} min",
             "reset share",
         ],
@@ -257,12 +266,25 @@ def study_report(
     ref_arm, ref_label = study.arms[0]
     diffs = []
     for arm, label in study.arms[1:]:
-        if arm not in per_arm or ref_arm not in per_arm:
+        pairs = [
+            (runs[(ref_arm, s)], runs[(arm, s)])
+            for s in seeds
+            if (ref_arm, s) in runs and (arm, s) in runs
+        ]
+        if not pairs:
             continue
-        for which, idx in (("equal updates", 0), ("equal time", 1)):
-            d = [r - a for r, a in zip(per_arm[ref_arm][idx], per_arm[arm][idx])]
-            m, s, lo, hi = spread(d)
-            diffs.append([f"{ref_label} − {label}", which, fmt(m, s), f"[{lo:+.3f}, {hi:+.3f}]"])
+        u_end = min(min(a.steps[-1], b.steps[-1]) for a, b in pairs)
+        for which, key, end in (
+            ("equal time", "seconds", t_end),
+            (f"equal updates (U = {u_end})", "steps", u_end),
+        ):
+            d = [
+                window_mean(getattr(a, key), a.pass_at_1, end)
+                - window_mean(getattr(b, key), b.pass_at_1, end)
+                for a, b in pairs
+            ]
+            m, sd, lo, hi = spread(d)
+            diffs.append([f"{ref_label} − {label}", which, fmt(m, sd), f"[{lo:+.3f}, {hi:+.3f}]"])
     diff_table = markdown_table(["difference", "at", "mean ± std over seeds", "range"], diffs)
     plot = plot_study(name, runs, seeds)
     per_seed = markdown_table(

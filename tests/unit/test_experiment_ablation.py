@@ -62,8 +62,9 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
                 samples=100,
             )
     text = ab.study_report("selection", curves, [0, 1], 3.0)
-    # window (40, 60]: only step 60 -> 0.3 + gain
+    # equal time: window (60, 90] s holds only the evaluation at 90 s (step 60) -> 0.3 + gain
     assert "| advantage (GPO) | 2 | 0.300 | 0.400 ± 0.000" in text
-    assert "| none (PPO) | 2 | 0.300 | 0.300 ± 0.000" in text
-    assert "advantage (GPO) − none (PPO) | equal updates | 0.100 ± 0.000" in text
+    assert "| none (PPO, MC advantages) | 2 | 0.300 | 0.300 ± 0.000" in text
+    assert "advantage (GPO) − random reset | equal updates (U = 60) | 0.050 ± 0.000" in text
+    assert "advantage (GPO) − none (PPO, MC advantages) | equal time | 0.100 ± 0.000" in text
     assert (tmp_path / "plots" / "ablation-selection.png").is_file()
