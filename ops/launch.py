@@ -261,6 +261,14 @@ class Launcher:
         return None
 
     def stop(self) -> None:
+        self.stop_workers()
+        if self.redis is not None:
+            self.redis.stop()
+        self.sd_file.unlink(missing_ok=True)  # Prometheus drops the targets; the data stays
+
+    def stop_workers(self) -> dict[str, int | None]:
+        """SIGTERM every worker, kill those still running after `stop_timeout`; their exit
+        codes (None: never started). Redis stays up, so its streams can still be read."""
         self.stopping = True
         for w in self.workers:
             if w.alive():
@@ -275,9 +283,7 @@ class Launcher:
                 print(f"! {w.name} did not stop in {self.cfg.stop_timeout:.0f} s; killing it")
                 w.proc.kill()
                 w.proc.wait(10)
-        if self.redis is not None:
-            self.redis.stop()
-        self.sd_file.unlink(missing_ok=True)  # Prometheus drops the targets; the data stays
+        return {w.name: w.proc.returncode if w.proc else None for w in self.workers}
 
     # ---------------------------------------------------------------- progress
 
@@ -386,6 +392,21 @@ def _die_with_parent() -> None:
         pass
 
 
+def split_sets(items: list[str]) -> tuple[dict, list[str]]:
+    """`--set SECTION.KEY=VALUE` flags: the `launch.*` ones as {key: value} for the launcher,
+    the others unchanged for every worker."""
+    launch, workers = {}, []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        if key.startswith("launch."):
+            launch[key.removeprefix("launch.")] = parse_set_value(raw)
+        else:
+            workers.append(item)
+    return launch, workers
+
+
 def _sets(fields: dict[str, str]) -> list[str]:
     """`--set key="value"` flags (values as TOML strings)."""
     return [a for k, v in fields.items() for a in ("--set", f"{k}={json.dumps(v)}")]
@@ -474,15 +495,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_toml(args.config)
         launch = dict(data.get("launch", {}))
-        worker_sets = []
-        for item in args.set:
-            key, sep, raw = item.partition("=")
-            if not sep or "." not in key:
-                raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-            if key.startswith("launch."):
-                launch[key.removeprefix("launch.")] = parse_set_value(raw)
-            else:
-                worker_sets.append(item)
+        overrides, worker_sets = split_sets(args.set)
+        launch.update(overrides)
         for key in ("model", "actors", "estimators", "max_minutes", "max_updates"):
             if getattr(args, key) is not None:
                 launch[key] = getattr(args, key)
