@@ -1,6 +1,6 @@
 """The consumer side of a work stream: at-least-once delivery with claims and dead letters.
 
-The loop (RELIABILITY.md): drain the own pending list (id `0`) -> read `>` with BLOCK below
+The loop (RELIABILITY.md): drain the own pending list -> read `>` with BLOCK below
 the socket timeout -> the caller processes -> `ack` -> every `pending_check_interval`,
 re-read the own pending list and XAUTOCLAIM entries idle past `claim_idle` -> long jobs
 `extend_lease` -> after `max_deliveries`, the entry moves to `<stream>:dead`.
@@ -190,18 +190,30 @@ class Consumer:
 
     async def _recover(self) -> None:
         """Queue the own pending entries (a crash, or a read whose reply was lost) and the
-        entries of other consumers idle past `claim_idle`, with their delivery counts."""
+        entries of other consumers idle past `claim_idle`, with their delivery counts.
+
+        The own list is listed with XPENDING and only the entries not in flight here are taken
+        back (XCLAIM to self, one more delivery each). Re-reading it with XREADGROUP from id
+        `0` would count a delivery for every entry still held (the learner holds its buffer
+        across many checks), and after a crash those would pass `max_deliveries` unprocessed."""
         found: dict[str, bytes | None] = {}
-        start = "0"
+        start = "-"
         while True:  # own pending list, page by page
-            resp = await self._call(
-                lambda r, s=start: r.xreadgroup(self.group, self.name, {self.key: s}, count=100)
+            page = await self._call(
+                lambda r, s=start: r.xpending_range(
+                    self.key, self.group, min=s, max="+", count=100, consumername=self.name
+                )
             )
-            page = [(eid.decode(), (fields or {}).get(FIELD)) for eid, fields in _entries(resp)]
-            if not page:
+            ids = [p["message_id"].decode() for p in page]
+            lost = [eid for eid in ids if eid not in self._in_flight]
+            if lost:
+                claimed = await self._call(
+                    lambda r, ids=lost: r.xclaim(self.key, self.group, self.name, 0, ids)
+                )
+                found.update((eid.decode(), (f or {}).get(FIELD)) for eid, f in claimed)
+            if len(page) < 100:
                 break
-            found.update((eid, raw) for eid, raw in page if eid not in self._in_flight)
-            start = page[-1][0]
+            start = "(" + ids[-1]
         cursor = "0-0"
         min_idle_ms = int(self.cfg.claim_idle * 1000)
         for _ in range(10):  # bounded sweep; the next check continues
