@@ -105,7 +105,8 @@ class LearnerConfig:
     read_count: int = 64
     """Most samples taken from the stream per read."""
     log_sample_ids: bool = False
-    """Write the ids of each update's samples into the run log (audits and fault tests)."""
+    """Write the ids of each update's samples, and of samples dropped as stale, into the run
+    log (audits and fault tests)."""
 
     def __post_init__(self) -> None:
         positive = (

@@ -1,9 +1,10 @@
 """The learner's Prometheus metrics (`gpo_learner_*`) and its run log (JSON lines).
 
 One emission point per update (`LearnerMetrics.update`), so the loop stays a table of
-contents. The run log gets one record per event (`resume`, `update`, `eval`, `checkpoint`)
-with the seconds since the process started, enough to plot pass@1 against updates and
-against wall time.
+contents. The run log gets one record per event (`resume`, `update`, `eval`, `checkpoint`;
+with `log_sample_ids`, `stale`: the ids of samples dropped by the staleness rule) with the
+seconds since the process started, enough to plot pass@1 against updates and against wall
+time.
 """
 
 from __future__ import annotations
