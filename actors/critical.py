@@ -185,12 +185,21 @@ def critical_step_posterior(
     return np.bincount(winners, minlength=p) / draws
 
 
-def posterior_choice(probs: np.ndarray) -> int | None:
-    """The most probable critical step from `critical_step_posterior` (earliest on ties), or
-    None when "no critical step" is the most probable outcome.
+def posterior_choice(probs: np.ndarray, advantages: np.ndarray | None = None) -> int | None:
+    """The most probable critical step from `critical_step_posterior` (earliest on ties).
+
+    Without `advantages`: None when "no critical step" is the most probable outcome. With the
+    raw MC advantages, shape (T,): the paper's rule decides whether there is a critical step
+    (None only when every A_i is 0) and the posterior only which one. On a weak policy whose
+    values are near 0 everywhere, "nothing changed" is often the most probable outcome even
+    where a step did turn the answer; no reset at all would waste the trajectory.
 
     probs: shape (T + 1,).
     """
+    if advantages is not None:
+        if not np.any(advantages):
+            return None
+        return int(np.argmax(probs[:-1]))
     best = int(np.argmax(probs))
     return None if best == probs.shape[0] - 1 else best
 

@@ -222,7 +222,7 @@ async def find_critical_step(
     if probs is None:
         chosen = choose_critical_step(adv, config.selection, rng)
     else:
-        chosen = posterior_choice(probs)
+        chosen = posterior_choice(probs, adv)
     counts = np.asarray([len(r) for r in rewards], dtype=np.int64)
     return CriticalStepResult(
         values=values,

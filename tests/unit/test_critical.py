@@ -115,6 +115,10 @@ def test_posterior_choice_prefers_earliest_and_reports_none_last():
     assert posterior_choice(np.array([0.2, 0.5, 0.3])) == 1
     assert posterior_choice(np.array([0.4, 0.4, 0.2])) == 0
     assert posterior_choice(np.array([0.2, 0.3, 0.5])) is None
+    # With the raw advantages, the paper's rule decides whether a step exists.
+    assert posterior_choice(np.array([0.2, 0.3, 0.5]), np.array([0.0, -0.25])) == 1
+    assert posterior_choice(np.array([0.2, 0.3, 0.5]), np.zeros(2)) is None
+    assert posterior_choice(np.array([0.6, 0.1, 0.3]), np.zeros(2)) is None
 
 
 PLAN = dict(budget_left=100, step_k=2, max_k=16, confidence=0.9, candidate_prob=0.05)
