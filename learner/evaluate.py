@@ -11,7 +11,7 @@ two evaluations of the same weights give the same number.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -72,8 +72,12 @@ def heldout_pass_at_1(
     batch: int,
     temperature: float,
     seed: int,
+    progress: Callable[[int, int], None] | None = None,
 ) -> float:
-    """Fraction of `prompts` whose one sampled completion the task scores 1."""
+    """Fraction of `prompts` whose one sampled completion the task scores 1.
+
+    `progress(done, total)` is called after each batch (prompts scored so far, all prompts).
+    """
     gen = torch.Generator().manual_seed(seed)
     policy.model.eval()
     correct = 0.0
@@ -93,6 +97,8 @@ def heldout_pass_at_1(
             for p, toks in zip(chunk, outs, strict=True):
                 text = tokenizer.decode(toks, skip_special_tokens=True)
                 correct += task.score(p, text) >= 1.0
+            if progress is not None:
+                progress(start + len(chunk), len(prompts))
     finally:
         policy.model.train()
     return correct / max(len(prompts), 1)
