@@ -244,7 +244,10 @@ class Launcher:
                 code = w.proc.returncode
                 if w.name == "learner" and code == 0:
                     return "the learner finished"
-                if code == 2:  # a user mistake: restarting cannot help
+                # Exit 2 is a user mistake (config, model, credentials) on a first start only:
+                # a restart runs what already worked, so there it means Redis was unreachable
+                # while the worker started (a Redis restart), and it is restarted like a crash.
+                if code == 2 and w.restarts == 0:
                     self.failed = True
                     return f"{w.name} refused to start (exit 2):\n{_tail(w.log)}"
                 delay = min(self.cfg.restart_backoff_max, 2.0 ** min(w.restarts, 10))
