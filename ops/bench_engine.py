@@ -61,7 +61,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed rounds per case (median)")
     p.add_argument("--hidden-size", type=int, default=256, help="tiny model width")
     p.add_argument("--layers", type=int, default=4, help="tiny model depth")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (0: torch default); 1 because two threads collapse when other "
+        "work shares the cores (measured: the floor case 19 s with 2 threads, 1 s with 1)",
+    )
     p.add_argument(
         "--write-results", action="store_true", help="write the table into docs/RESULTS.md"
     )

@@ -270,19 +270,27 @@ def reading(rows: Sequence[Row], samples: Sequence[Sample], cfg: LearnerConfig, 
         f"the {floor.tokens_per_s:.0f} tokens/s of a bare forward and backward of the same "
         f"micro-batches ({learner.seconds / floor.seconds:.2f}x its time)."
     )
-    if gap > 0:
-        share = min(old.seconds / gap, 1.0)
+    if gap > old.seconds:
         text += (
             f" Of the {gap * 1000:.0f} ms per update above the floor, the no-grad pi_old "
-            f"pass takes {old.seconds * 1000:.0f} ms ({100 * share:.0f}%); the rest is "
-            "collation, the loss terms, entropy statistics, the gradient clip and the AdamW step."
+            f"pass takes {old.seconds * 1000:.0f} ms ({100 * old.seconds / gap:.0f}%); the "
+            "rest is collation, the loss terms, entropy statistics, the gradient clip and the "
+            "AdamW step."
         )
-        if cfg.ppo_epochs == 1 and cfg.minibatches == 1:
-            text += (
-                " With one epoch of one minibatch, as here, pi_old equals the policy being "
-                "trained, so that pass only reproduces logprobs the training forward also "
-                "computes: skipping it in this case would save its share."
-            )
+    else:
+        text += (
+            f" The no-grad pi_old pass alone takes {old.seconds * 1000:.0f} ms, at least as much "
+            f"as the whole {max(gap, 0) * 1000:.0f} ms gap: the rest of the update (collation, loss "
+            "terms, entropy statistics, gradient clip, AdamW step, and the training forward "
+            "and backward themselves) costs about what the floor does, within the noise."
+        )
+    if cfg.ppo_epochs == 1 and cfg.minibatches == 1:
+        text += (
+            " With one epoch of one minibatch, as here, pi_old equals the policy being "
+            "trained, so that pass only reproduces logprobs the training forward also "
+            f"computes: skipping it in this case would save about {old.seconds * 1000:.0f} ms "
+            "per update."
+        )
     return text + (
         " Timings on a shared 2-core machine are noisy: the ratio comes from alternating "
         "rounds in one run."

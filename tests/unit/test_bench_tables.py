@@ -62,7 +62,9 @@ def test_broadcast_reading_states_the_measured_ratios():
     text = bb.reading(rows, base_mib=300)
     assert "took 0.60 s" in text and "8x the time of 8 plain memory copies" in text
     assert "2.0x to 2.0x the one-reader latency" in text  # 0.6 / 0.3
-    assert "(readers + 3) x size = 176 MiB" in text and "= 160 MiB" in text  # 2*16 + 8*4*4
+    assert "(readers + 3) x size = 176 MiB" in text and "(160 MiB;" in text  # 2*16 + 8*4*4
+    assert "300 MiB above its 300 MiB" in text
+    assert "Redis grew by 140 MiB, against 112 MiB" in text  # 200 - 60; 7 x 16
 
 
 def test_safetensors_blob_size_and_peak_rss():
@@ -94,6 +96,12 @@ def test_learner_reading_splits_the_gap():
     assert "0.67x the 100 tokens/s" in text and "(1.50x its time)" in text
     assert "the 500 ms per update above the floor" in text and "250 ms (50%)" in text
     assert "2 samples (1 resets" in text and "10-12 per sample" in text
+    assert "would save about 250 ms per update" in text
+    # a pi_old pass longer than the whole gap is reported as such, never as > 100%
+    rows[2] = bl.Row("p", 0.75, 100, 50)
+    text = bl.reading(rows, samples, bl.LearnerConfig(model="m", ppo_epochs=2), mbs=1)
+    assert "takes 750 ms, at least as much as the whole 500 ms gap" in text
+    assert "would save" not in text
 
 
 def test_mc_like_result_values_and_critical_step():
@@ -145,7 +153,7 @@ def test_transport_results_markdown():
     assert "| raw redis-py, same bytes, no decode | 1000 | 1.0 | 1.0 | 2.0 | 0.50 |" in tables
     assert "| redis-benchmark XADD only, -P 64 | 2000 | 2.0 | - | - | 0.25 |" in tables
     assert "| chunked 4 MiB | 0.50 | 8.0 |" in tables
-    assert "0.50x the throughput" in text and "p50 latency 2.00x" in text
+    assert "0.50x the throughput" in text and "0.50: met; p50 latency 2.00x" in text
     assert "0.25x redis-benchmark" in text and "8 MiB against 16 MiB" in text
 
 
