@@ -27,6 +27,14 @@ BENCHMARKS = {
         "ops.bench_critical",
         "critical-step accuracy and MC rollouts: uniform K vs adaptive",
     ),
+    "gpo-overhead": (
+        "ops.bench_gpo_overhead",
+        "generation seconds and tokens per trained sample: GPO variants vs plain PPO",
+    ),
+    "scaling": (
+        "ops.bench_scaling",
+        "trajectories/s and tokens/s with 1, 2, 4 gpo-actor processes on one Redis",
+    ),
 }
 
 

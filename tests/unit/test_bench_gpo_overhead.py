@@ -1,0 +1,118 @@
+"""ops/bench_gpo_overhead.py and ops/generation_replay.py: trained-sample accounting on a
+scripted engine, and the ratios by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+import numpy as np
+import pytest
+
+from actors.mc_search import McConfig
+from actors.rollout import RolloutConfig
+from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
+from ops.bench_gpo_overhead import PPO, Measure, run_repeats, summarise, variants
+from ops.generation_replay import Cost, Rollout, Shape, Workload, duplicate_states
+
+PROMPTS, N, BATCH, K, N_RESET = 5, 4, 3, 2, 3
+
+
+@pytest.fixture(scope="module")
+def table():
+    problem = ScriptedProblem.random(np.random.default_rng(3), steps=(3, 5))
+    work = Workload(
+        prompts=[(problem.prompt_token_ids, problem)] * PROMPTS,
+        score=ScriptedTask().score,
+        decode=decode,
+        spans=step_spans,
+    )
+    shape = Shape(RolloutConfig(n=N, max_new_tokens=64), BATCH, McConfig(k=K), N_RESET)
+    engines = {"shared": ScriptedEngine(problem), "off": ScriptedEngine(problem)}
+    cases = variants(shape.mc)
+    return cases, asyncio.run(run_repeats(work, engines, shape, cases, repeats=2))
+
+
+def test_ppo_trains_every_rollout_and_nothing_else(table):
+    cases, reps = table
+    for rep in reps:
+        ppo = rep[[c.name for c in cases].index(PPO)]
+        assert ppo.trajectories == ppo.trained == ppo.fresh.completions == PROMPTS * N
+        assert ppo.fresh.calls == math.ceil(PROMPTS / BATCH)  # batch_messages prompts a call
+        assert ppo.mc == Cost() and ppo.reset == Cost()
+
+
+def test_gpo_trains_rollouts_plus_n_reset_per_critical_step(table):
+    cases, reps = table
+    for rep in reps:
+        for m in rep[1:]:
+            assert m.fresh is rep[0].fresh  # the same rollouts for every case
+            assert m.estimated == m.trajectories == PROMPTS * N  # scripted rollouts have steps
+            assert 0 < m.resets <= m.estimated
+            assert m.reset.completions == N_RESET * m.resets
+            assert m.reset.calls == math.ceil(m.resets / BATCH)
+            assert m.trained == PROMPTS * N + N_RESET * m.resets
+
+
+def test_uniform_search_spends_k_per_boundary_in_one_call_per_trajectory(table):
+    cases, reps = table
+    for rep in reps:
+        boundaries = rep[1].states[0]
+        off, shared, _, per_prompt, _ = rep[1:]
+        for m in (off, shared, per_prompt):
+            assert m.mc.completions == K * boundaries
+        assert off.mc.calls == shared.mc.calls == PROMPTS * N
+        assert per_prompt.mc.calls == PROMPTS  # one call per prompt's group
+        # the scripted engine samples from (seed, index, prefix) only: batching changes nothing
+        assert per_prompt.resets == shared.resets == off.resets
+        assert per_prompt.mc.tokens == shared.mc.tokens
+
+
+def test_adaptive_search_batched_per_prompt_draws_the_same_continuations(table):
+    cases, reps = table
+    for rep in reps:
+        adaptive, per_prompt = rep[3], rep[5]
+        assert "adaptive" in adaptive.name and "adaptive" in per_prompt.name
+        assert per_prompt.mc.completions == adaptive.mc.completions
+        assert per_prompt.resets == adaptive.resets
+        assert per_prompt.mc.calls < adaptive.mc.calls
+
+
+def test_summary_ratios_by_hand():
+    def rep(ppo_s, gpo_mc_s):
+        fresh = Cost(seconds=ppo_s, calls=1, completions=8, tokens=80)
+        return [
+            Measure(PPO, fresh, trajectories=8),
+            Measure(
+                "gpo",
+                fresh,
+                mc=Cost(seconds=gpo_mc_s, calls=8, completions=20, tokens=200),
+                reset=Cost(seconds=1.0, calls=1, completions=8, tokens=40),
+                trajectories=8,
+                estimated=8,
+                resets=2,
+            ),
+        ]
+
+    # repeat 1: PPO 2 s / 8 samples; GPO (2 + 3 + 1) s / 16 samples -> ratio 1.5
+    # repeat 2: PPO 4 s / 8; GPO (4 + 11 + 1) s / 16 -> ratio 2.0; repeat 3: ratio 3.0
+    ppo, gpo = summarise([rep(2.0, 3.0), rep(4.0, 11.0), rep(1.0, 4.0)], prompts=2)
+    assert ppo.seconds_ratio == 1.0 and ppo.seconds_per_sample == 0.25
+    assert gpo.seconds_ratio == pytest.approx(2.0)  # median of 1.5, 2.0, 3.0
+    assert gpo.seconds_per_sample == pytest.approx(0.375)  # median of 0.375, 1.0, 0.375
+    assert gpo.trained == 48 and ppo.trained == 24
+    assert ppo.tokens_per_sample == 10.0
+    assert gpo.tokens_per_sample == pytest.approx(960 / 48) and gpo.tokens_ratio == 2.0
+    assert gpo.completions_per_sample == pytest.approx(108 / 48)
+    assert gpo.calls_per_prompt == pytest.approx(30 / 6)  # 10 calls a repeat, 2 prompts
+    assert gpo.share == pytest.approx((7 / 28, 18 / 28, 3 / 28))  # fresh, MC, reset seconds
+    assert gpo.reset_rate == pytest.approx(6 / 24) and gpo.reset_samples == pytest.approx(0.5)
+
+
+def test_duplicate_states_counts_shared_prefixes_within_a_prompt():
+    work = Workload([([9], None), ([8], None)], score=None, decode=None, spans=None)
+    a = Rollout("a", 0, [1, 2, 3, 4], [(0, 2), (2, 4)], 1.0)
+    b = Rollout("b", 0, [1, 2, 5, 6], [(0, 2), (2, 4)], 0.0)  # shares s_0 and s_1 with a
+    c = Rollout("c", 0, [7, 2, 3, 4], [(0, 2), (2, 4)], 0.0)  # shares s_0 only
+    d = Rollout("d", 1, [1, 2, 3, 4], [(0, 2), (2, 4)], 0.0)  # another prompt: nothing
+    assert duplicate_states(work, [a, b, c, d]) == (8, 1 + 2 + 2)
