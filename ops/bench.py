@@ -35,6 +35,10 @@ BENCHMARKS = {
         "ops.bench_scaling",
         "trajectories/s and tokens/s with 1, 2, 4 gpo-actor processes on one Redis",
     ),
+    "chaos": (
+        "ops.bench_chaos",
+        "soak under random kills, Redis pauses and restarts, poison; then lost/twice/dead",
+    ),
 }
 
 

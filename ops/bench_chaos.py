@@ -1,0 +1,505 @@
+"""gpo bench chaos: a bounded soak with random faults while GPO trains, then the ledger.
+
+    gpo bench chaos [--minutes 10] [--seed 0] [--mean-gap 20] [--config ops/configs/demo.toml]
+                    [--runs-dir runs] [--run-id ID] [--set SECTION.KEY=VALUE ...]
+                    [--write-results]
+
+RELIABILITY.md test 23. The run is `gpo launch`'s (ops.launch.Launcher: a private
+redis-server with AOF in the run directory, the learner, actors and estimators, crashed
+workers restarted under the same consumer name), on the demo config with
+`learner.log_sample_ids` on. Once the learner has made its first update, faults come for
+`--minutes`, one per `--mean-gap` seconds on average, at seeded random times; the kinds are
+dealt from a shuffled deck, so each occurs once in every six faults:
+- kill-actor, kill-estimator, kill-learner: `kill -9` of that worker;
+- pause-redis: SIGSTOP of redis-server for 2-8 s, then SIGCONT;
+- kill-redis: `kill -9` of redis-server, down 0-5 s, restarted on the same port and
+  directory (AOF, appendfsync everysec);
+- poison: 1-5 malformed entries (each carrying a unique marker) appended to a random work
+  stream with its produced counter, as a broken producer would.
+Then the faults stop, the system drains (bounded: every worker up, two updates after the
+last fault, every entry pending at that moment acknowledged or dead-lettered), every worker
+gets SIGTERM, and the ledger is read from Redis and the learner's run log.
+
+The ledger (ops/ledger.py has the definitions) follows every message id hop by hop: passed
+on (samples: trained, in the final weights), in flight at the stop, dead-lettered, dropped
+stale by the learner's `max_policy_lag` rule (by design), or else **lost**. Exit code 1 when
+anything is lost or trained twice, when a dead-letter entry is not injected poison, when
+injected poison is neither dead nor in flight, when the run log's trained ids differ from the
+final checkpoint's, or when training did not resume after the faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import random
+import re
+import shlex
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgpack
+
+from actors.rollout import RolloutConfig
+from ops.launch import LaunchConfig, Launcher, split_sets
+from ops.ledger import (
+    Ledger,
+    accuracy,
+    dump_stream,
+    final_checkpoint,
+    make_ledger,
+    pending_entries,
+    read_runlog,
+)
+from ops.results import machine_line, markdown_table, write_section
+from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
+from protocol.consumer import FIELD
+from protocol.streams import SAMPLES, WORK_STREAMS, Keys
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("kill-actor", "kill-estimator", "kill-learner", "pause-redis", "kill-redis", "poison")
+POISON = b"gpo-chaos-poison:"
+POISON_RE = re.compile(rb"gpo-chaos-poison:[a-z]+:\d+")
+DRAIN_UPDATES = 2
+"""Updates the learner must make after the last fault before the run is stopped."""
+
+
+@dataclass(frozen=True)
+class ChaosConfig:
+    """The soak's shape (flags of `gpo bench chaos`)."""
+
+    minutes: float = 10.0
+    """Length of the fault phase, in minutes."""
+    seed: int = 0
+    """Seed of the fault schedule: times, kinds, targets, durations, poison streams."""
+    mean_gap: float = 20.0
+    """Mean seconds between two faults."""
+    warmup_minutes: float = 15.0
+    """Longest wait for the learner's first update before the faults start."""
+    drain_minutes: float = 5.0
+    """Longest wait after the faults for the system to catch up before it is stopped."""
+    progress_seconds: float = 30.0
+    """Seconds between progress lines."""
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scheduled fault."""
+
+    at: float
+    """Seconds after the fault phase began."""
+    kind: str
+    """One of KINDS."""
+    target: str = ""
+    """kill-actor/estimator/learner: the worker's name; poison: the work stream."""
+    seconds: float = 0.0
+    """pause-redis: how long Redis stays stopped; kill-redis: how long it stays down."""
+    count: int = 0
+    """poison: how many malformed entries."""
+
+
+def plan_faults(seed: int, seconds: float, mean_gap: float, workers: list[str]) -> list[Fault]:
+    """The fault schedule: one fault in each of max(6, seconds // mean_gap) equal slots, at a
+    random point of its first 80 %, kinds dealt from decks of all six kinds shuffled."""
+    rng = random.Random(f"chaos:{seed}")
+    slots = max(len(KINDS), int(seconds // mean_gap))
+    width = seconds / slots
+    deck: list[str] = []
+    out = []
+    for i in range(slots):
+        if not deck:
+            deck = list(KINDS)
+            rng.shuffle(deck)
+        kind = deck.pop()
+        at = round((i + rng.uniform(0.0, 0.8)) * width, 1)
+        if kind.startswith("kill-") and kind != "kill-redis":
+            role = kind.removeprefix("kill-")
+            out.append(Fault(at, kind, rng.choice([w for w in workers if w.startswith(role)])))
+        elif kind == "pause-redis":
+            out.append(Fault(at, kind, seconds=round(rng.uniform(2.0, 8.0), 1)))
+        elif kind == "kill-redis":
+            out.append(Fault(at, kind, seconds=round(rng.uniform(0.0, 5.0), 1)))
+        else:
+            out.append(Fault(at, kind, rng.choice(WORK_STREAMS), count=rng.randint(1, 5)))
+    return out
+
+
+def poison_payload(stream: str, number: int) -> bytes:
+    """Malformed bytes carrying the marker `gpo-chaos-poison:<stream>:<number>`, in one of
+    three shapes: a byte msgpack never uses, a truncated map, an unknown schema version."""
+    marker = f"{POISON.decode()}{stream}:{number}"
+    shape = number % 3
+    if shape == 0:
+        return b"\xc1" + marker.encode()
+    if shape == 1:
+        return msgpack.packb({"v": 1, "type": "prompt", "id": marker, "text": "x" * 40})[:-7]
+    return msgpack.packb({"v": 999, "type": "sample", "id": marker})
+
+
+class Aborted(RuntimeError):
+    """The supervisor gave up on the run (a worker refused to start)."""
+
+
+class Soak:
+    """Applies faults to a started Launcher and keeps supervising it between them."""
+
+    def __init__(self, launcher: Launcher, cfg: ChaosConfig):
+        self.launcher, self.cfg = launcher, cfg
+        self.keys = Keys(launcher.run_id)
+        self.runlog = launcher.run_dir / "learner" / "run_log.jsonl"
+        self.applied: list[dict] = []
+        self.poison: dict[str, list[str]] = {s: [] for s in WORK_STREAMS}
+        """Markers of the injected poison, by stream."""
+        self.t0 = time.monotonic()
+        """When the fault phase began (set by `soak`)."""
+        self._next_progress = 0.0
+
+    def wait(self, seconds: float, done: Callable[[], bool] | None = None, progress=False) -> bool:
+        """Supervise (restart crashed workers) for up to `seconds`, or until `done()`."""
+        deadline = time.monotonic() + seconds
+        next_check = 0.0
+        while time.monotonic() < deadline:
+            reason = self.launcher.supervise_once()
+            if reason is not None:
+                raise Aborted(reason)
+            if done is not None and time.monotonic() >= next_check:
+                if done():
+                    return True
+                next_check = time.monotonic() + 2.0
+            if progress and time.monotonic() >= self._next_progress:
+                rec = self.launcher.snapshot()
+                print(self.launcher.progress_line(rec), flush=True)
+                self._next_progress = time.monotonic() + self.cfg.progress_seconds
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        return done is not None and done()
+
+    def apply(self, fault: Fault) -> None:
+        """Inflict one fault; Redis faults end with Redis back up."""
+        redis = self.launcher.redis
+        note = ""
+        if fault.kind in ("kill-actor", "kill-estimator", "kill-learner"):
+            worker = next(w for w in self.launcher.workers if w.name == fault.target)
+            if worker.alive():
+                worker.proc.kill()
+                worker.proc.wait(10)
+            else:
+                note = "skipped: down already (restart pending)"
+        elif fault.kind == "pause-redis":
+            redis.pause()
+            try:
+                self.wait(fault.seconds)
+            finally:
+                redis.resume()
+        elif fault.kind == "kill-redis":
+            redis.kill9()
+            self.wait(fault.seconds)
+            redis.start(timeout=60)
+        else:
+            self.inject(fault.target, fault.count)
+        t = round(time.monotonic() - self.t0, 1)
+        self.applied.append({**dataclasses.asdict(fault), "t": t, "note": note})
+        what = {"pause-redis": f"{fault.seconds:g} s", "kill-redis": f"down {fault.seconds:g} s"}
+        what["poison"] = f"{fault.count} into {fault.target}"
+        detail = what.get(fault.kind, fault.target)
+        print(f"* fault {len(self.applied)} at {t:.0f} s: {fault.kind} {detail} {note}", flush=True)
+
+    def inject(self, stream: str, count: int) -> None:
+        """Append `count` poison entries to `stream` (and its produced counter) in one MULTI."""
+        numbers = range(len(self.poison[stream]), len(self.poison[stream]) + count)
+        payloads = [poison_payload(stream, n) for n in numbers]
+        r = self.launcher.redis.client()
+        try:
+            pipe = r.pipeline(transaction=True)
+            for raw in payloads:
+                pipe.xadd(self.keys.stream(stream), {FIELD: raw})
+            pipe.incrby(self.keys.produced(stream), count)
+            pipe.execute()
+        finally:
+            r.close()
+        self.poison[stream] += [POISON_RE.search(p).group().decode() for p in payloads]
+
+    def updates(self) -> int:
+        """`update` records in the learner's run log so far."""
+        if not self.runlog.is_file():
+            return 0
+        return sum('"event": "update"' in line for line in self.runlog.read_text().splitlines())
+
+    def drain(self) -> str:
+        """Wait until every worker is up, the learner made DRAIN_UPDATES updates and every
+        entry pending now is acked or dead-lettered; returns "" or what was still missing."""
+        r = self.launcher.redis.client()
+        try:
+            before, start_updates = pending_entries(r, self.keys), self.updates()
+            missing = ["not checked"]
+
+            def caught_up() -> bool:
+                missing.clear()
+                down = [w.name for w in self.launcher.workers if not w.alive()]
+                if down:
+                    missing.append(f"down: {', '.join(down)}")
+                if self.updates() < start_updates + DRAIN_UPDATES:
+                    missing.append(f"{DRAIN_UPDATES} updates after the faults")
+                now = pending_entries(r, self.keys)
+                left = sum(len(before[s] & now[s]) for s in WORK_STREAMS)
+                if left:
+                    missing.append(f"{left} entries pending since the faults")
+                return not missing
+
+            self.wait(self.cfg.drain_minutes * 60, caught_up, progress=True)
+            return "; ".join(missing)
+        finally:
+            r.close()
+
+
+# ---------------------------------------------------------------- the run
+
+
+@dataclass
+class Outcome:
+    command: str
+    run_dir: Path
+    faults: list[dict]
+    restarts: dict[str, int]
+    exit_codes: dict[str, int | None]
+    drain: str
+    resumed: bool
+    """The learner trained after the last fault."""
+    ledger: Ledger | None
+    accuracy: tuple[float | None, float | None, int]
+    aborted: str = ""
+
+    @property
+    def failures(self) -> list[str]:
+        out = [f"aborted: {self.aborted}"] if self.aborted else []
+        if not self.resumed:
+            out.append("training did not resume after the faults")
+        return out + (self.ledger.failures if self.ledger else ["no ledger"])
+
+
+def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) -> Outcome:
+    """Start the run, warm up, inflict the faults, drain, stop; read the ledger."""
+    s = Soak(launcher, cfg)
+    aborted, drain, resumed = "", "not reached", False
+    try:
+        try:
+            launcher.start()
+            # 1. warm up: faults start once the learner has trained
+            if not s.wait(cfg.warmup_minutes * 60, lambda: s.updates() >= 1, progress=True):
+                raise Aborted(f"no learner update within {cfg.warmup_minutes:g} minutes")
+            # 2. the faults, at their scheduled times
+            workers = [w.name for w in launcher.workers]
+            s.t0 = time.monotonic()
+            for fault in plan_faults(cfg.seed, cfg.minutes * 60, cfg.mean_gap, workers):
+                s.wait(s.t0 + fault.at - time.monotonic(), progress=True)
+                s.apply(fault)
+            s.wait(s.t0 + cfg.minutes * 60 - time.monotonic(), progress=True)
+            print("faults over; draining ...", flush=True)
+            # 3. drain: everyone up, training on, fault-era work settled
+            updates_at_end = s.updates()
+            drain = s.drain()
+            resumed = s.updates() > updates_at_end
+        except Aborted as e:
+            aborted = str(e)
+            print(f"! aborted: {aborted}", flush=True)
+        # 4. stop (SIGTERM: the learner commits), then read what Redis and the run log hold
+        codes = launcher.stop_workers()
+        ledger, records = None, read_runlog(s.runlog)
+        if launcher.redis.proc.poll() is None:
+            r = launcher.redis.client()
+            dumps = {stream: dump_stream(r, s.keys, stream) for stream in WORK_STREAMS}
+            r.close()
+            checkpoint = final_checkpoint(launcher.run_dir / "learner")
+            injected = {m for markers in s.poison.values() for m in markers}
+            ledger = make_ledger(dumps, records, checkpoint, n_rollouts, injected, POISON_RE)
+    finally:
+        launcher.stop()  # whatever happened: no worker or redis-server outlives the bench
+    return Outcome(
+        command=command,
+        run_dir=launcher.run_dir,
+        faults=s.applied,
+        restarts={w.name: w.restarts for w in launcher.workers},
+        exit_codes=codes,
+        drain=drain,
+        resumed=resumed,
+        ledger=ledger,
+        accuracy=accuracy(records),
+        aborted=aborted,
+    )
+
+
+# ---------------------------------------------------------------- the report
+
+
+def render(o: Outcome) -> str:
+    """The report as markdown: command, machine, faults, the ledger, accuracy, verdict."""
+    done = Counter(f["kind"] for f in o.faults if not f["note"])
+    skipped = Counter(f["kind"] for f in o.faults if f["note"])
+    faults = markdown_table(
+        ["fault", "applied", "skipped (target already down)"],
+        [[k, done[k], skipped[k]] for k in KINDS],
+    )
+    restarts = ", ".join(f"{k} {v}" for k, v in o.restarts.items())
+    codes = ", ".join(f"{k} {v}" for k, v in o.exit_codes.items())
+    base, last, n = o.accuracy
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    improved = base is not None and last is not None and last > base
+    return "\n\n".join(
+        [
+            f"Command: `{o.command}`",
+            f"Machine: {machine_line()}",
+            faults,
+            f"Supervisor restarts: {restarts}. Drain after the faults: {o.drain or 'complete'}. "
+            f"Exit codes at the final SIGTERM: {codes}.",
+            ledger_tables(o.ledger) if o.ledger else "No ledger (Redis was not up at the end).",
+            f"Held-out pass@1: base policy (step 0) {fmt(base)}, mean of the last {n} "
+            f"evaluations {fmt(last)}: {'improved' if improved else 'not improved'}.",
+            f"Verdict: {'PASS' if not o.failures else 'FAIL: ' + '; '.join(o.failures)}.",
+        ]
+    )
+
+
+def ledger_tables(led: Ledger) -> str:
+    """The totals, then what became of the ids of each stream."""
+    hops = led.hops
+    yes_no = lambda ok: "yes" if ok else "NO"  # noqa: E731
+    lost = ", ".join(i for h in hops.values() for i in h.lost[:5])
+    totals = markdown_table(
+        ["ledger", ""],
+        [
+            ["produced", ", ".join(f"{s} {h.produced}" for s, h in hops.items())],
+            ["trained (sample ids in the final weights)", led.trained],
+            ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
+            ["trained twice", len(led.trained_twice)],
+            ["dropped stale (by design)", hops[SAMPLES].stale],
+            ["in flight at the stop", sum(h.in_flight for h in hops.values())],
+            ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],
+            ["... all of them injected poison", yes_no(not led.unexpected_dead)],
+            [
+                "poison injected: dead-lettered / in flight / vanished",
+                f"{led.poison_injected}: {led.dead_poison} / {led.poison_in_flight} / "
+                f"{len(led.poison_missing)}",
+            ],
+            ["run log's trained ids = final checkpoint's", yes_no(led.checkpoint_agrees)],
+        ],
+    )
+    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale", "lost"]
+    rows = [
+        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, len(h.lost)]
+        for s, h in hops.items()
+    ]
+    note = (
+        "Passed on: a prompt's or reset's trajectories exist, a trajectory's sample exists, "
+        "a sample is trained. Unexpected dead entries: "
+        + ("; ".join(led.unexpected_dead[:5]) or "none")
+        + "."
+    )
+    return f"{totals}\n\n{markdown_table(header, rows)}\n\n{note}"
+
+
+def summary(o: Outcome) -> dict:
+    """The figures as JSON (runs/<id>/chaos.json): what tests assert on."""
+    led = o.ledger
+    return {
+        "faults": o.faults,
+        "restarts": o.restarts,
+        "exit_codes": o.exit_codes,
+        "drain": o.drain,
+        "resumed": o.resumed,
+        "aborted": o.aborted,
+        "failures": o.failures,
+        "accuracy": dict(zip(("base", "last", "n_last"), o.accuracy, strict=True)),
+        "ledger": None
+        if led is None
+        else {
+            "hops": {s: dataclasses.asdict(h) for s, h in led.hops.items()},
+            "trained": led.trained,
+            "lost": led.lost,
+            "trained_twice": led.trained_twice,
+            "dead_poison": led.dead_poison,
+            "unexpected_dead": led.unexpected_dead,
+            "poison_injected": led.poison_injected,
+            "poison_in_flight": led.poison_in_flight,
+            "poison_missing": led.poison_missing,
+            "checkpoint_agrees": led.checkpoint_agrees,
+        },
+    }
+
+
+def rollouts_per_prompt(data: dict, worker_sets: list[str]) -> int:
+    """actor.rollout.n as the actors see it (config file, then `--set`)."""
+    n = data.get("actor", {}).get("rollout", {}).get("n", RolloutConfig.n)
+    for item in worker_sets:
+        key, _, raw = item.partition("=")
+        if key == "actor.rollout.n":
+            n = parse_set_value(raw)
+    return int(n)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(
+        prog="gpo bench chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--minutes", type=float, default=ChaosConfig.minutes, help="fault phase")
+    p.add_argument("--seed", type=int, default=ChaosConfig.seed, help="fault schedule seed")
+    p.add_argument("--mean-gap", type=float, default=ChaosConfig.mean_gap, help="s between faults")
+    p.add_argument("--warmup-minutes", type=float, default=ChaosConfig.warmup_minutes)
+    p.add_argument("--drain-minutes", type=float, default=ChaosConfig.drain_minutes)
+    p.add_argument("--config", default=str(ROOT / "ops" / "configs" / "demo.toml"))
+    p.add_argument("--runs-dir", help="parent of the run directory (overrides launch.runs_dir)")
+    p.add_argument("--run-id", help="run id (default chaos-<date>-<time>); must be new")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a config value, as for gpo launch (launch.* here, the rest to workers)",
+    )
+    p.add_argument("--write-results", action="store_true", help="section chaos of RESULTS.md")
+    args = p.parse_args(argv)
+    cfg = ChaosConfig(
+        minutes=args.minutes,
+        seed=args.seed,
+        mean_gap=args.mean_gap,
+        warmup_minutes=args.warmup_minutes,
+        drain_minutes=args.drain_minutes,
+    )
+    try:
+        data = load_toml(args.config)
+        overrides, worker_sets = split_sets(args.set)
+        launch = {**data.get("launch", {}), **overrides}
+        launch |= {"max_minutes": 0.0, "max_updates": 0, "report": False}
+        if args.runs_dir:
+            launch["runs_dir"] = args.runs_dir
+        launch_cfg = from_mapping(LaunchConfig, launch, "launch")
+    except ConfigError as e:
+        print(f"gpo bench chaos: error: {e}", file=sys.stderr)
+        return 2
+    run_id = args.run_id or time.strftime("chaos-%Y%m%d-%H%M%S")
+    if (Path(launch_cfg.runs_dir).resolve() / run_id).exists():
+        print(
+            f"gpo bench chaos: error: run {run_id} exists; its ledger would mix runs",
+            file=sys.stderr,
+        )
+        return 2
+    sets = [*worker_sets, "learner.log_sample_ids=true"]
+    launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
+    command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])
+    outcome = soak(launcher, cfg, rollouts_per_prompt(data, worker_sets), command)
+    body = render(outcome)
+    print("\n" + body)
+    (outcome.run_dir / "chaos.json").write_text(json.dumps(summary(outcome), indent=2))
+    if args.write_results:
+        print(f"wrote section chaos of {write_section('chaos', body)}")
+    return 1 if outcome.failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
