@@ -84,11 +84,17 @@ class ActorMetrics:
 async def next_work(
     resets: Consumer, prompts: Consumer, limit: int, block_ms: int
 ) -> list[tuple[Consumer, Delivery]]:
-    """Reset requests first (never blocking on them), then prompts to fill the batch."""
+    """Reset requests first (never blocking on them), then prompts to fill the batch.
+
+    A redelivered message (its last holder died or failed on it) is generated alone: the
+    consumers hand redeliveries out one at a time, and none joins a batch that has work
+    already. A message that kills the actor every time then reaches the dead stream alone,
+    instead of taking the messages batched with it along (RELIABILITY.md test 10)."""
     got = [(resets, d) for d in await resets.read(count=limit, block_ms=0)]
-    if len(got) < limit:
+    if len(got) < limit and not (got and got[0][1].deliveries > 1):
         wait = 0 if got else block_ms
-        got += [(prompts, d) for d in await prompts.read(count=limit - len(got), block_ms=wait)]
+        more = await prompts.read(count=limit - len(got), block_ms=wait, redeliver=not got)
+        got += [(prompts, d) for d in more]
     return got
 
 

@@ -2,8 +2,14 @@
 
 The loop (RELIABILITY.md): drain the own pending list -> read `>` with BLOCK below
 the socket timeout -> the caller processes -> `ack` -> every `pending_check_interval`,
-re-read the own pending list and XAUTOCLAIM entries idle past `claim_idle` -> long jobs
-`extend_lease` -> after `max_deliveries`, the entry moves to `<stream>:dead`.
+take back the own pending entries not in flight and claim entries idle past `claim_idle`
+-> long jobs `extend_lease` -> after `max_deliveries`, the entry moves to `<stream>:dead`.
+
+Redeliveries go out one per `read`, each claimed (one more delivery counted) only as it is
+handed out. A consumer that batches (the actor) therefore never holds two redelivered
+messages at once, and messages waiting to be redelivered count nothing: a message that
+kills its consumer every time reaches `max_deliveries` alone, without dragging the messages
+read together with it into the dead stream.
 
 Acks and dead-letter moves run as Lua scripts that first check this consumer still owns the
 entry (XACK alone is not owner-checked: a zombie's late ack would remove an entry another
@@ -121,9 +127,6 @@ class Consumer:
         self._ack = link.client.register_script(_ACK_LUA)
         self._dead = link.client.register_script(_DEAD_LUA)
         self._lease = link.client.register_script(_LEASE_LUA)
-        self._queue: list[
-            tuple[str, bytes | None, int]
-        ] = []  # recovered entries not yet handed out
         self._in_flight: set[str] = set()
         self._last_error: dict[str, str] = {}
         self._next_pending_check = 0.0  # at start: drain the own pending list first
@@ -157,25 +160,28 @@ class Consumer:
             )
             self.m.group_resets.labels(self.stream).inc()
             self._in_flight.clear()
-            self._queue.clear()
             await self.ensure_group()
             return await self.link.call(op)
 
     # ------------------------------------------------------------ reading
 
-    async def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
-        """The next entries for this consumer: recovered ones first, then new ones.
+    async def read(
+        self, count: int | None = None, block_ms: int | None = None, redeliver: bool = True
+    ) -> list[Delivery]:
+        """The next entries for this consumer: one redelivered entry if any is due, else new
+        ones. `redeliver=False` skips redeliveries this time (a caller that already holds
+        a batch and wants to add only new entries to it).
 
         Entries that fail to decode, or were delivered more than `max_deliveries` times, go to
         the dead stream here and are not returned. May return an empty list (BLOCK expired).
         """
         count = count or self.cfg.batch_size
-        if not self._queue and time.monotonic() >= self._next_pending_check:
-            await self._recover()
+        if redeliver and time.monotonic() >= self._next_pending_check:
+            while (entry := await self._redelivery()) is not None:
+                out = await self._accept([entry], recovered=True)
+                if out:  # the check stays due: the next read looks for another one
+                    return out
             self._next_pending_check = time.monotonic() + self.cfg.pending_check_interval
-        if self._queue:
-            batch, self._queue = self._queue[:count], self._queue[count:]
-            return await self._accept(batch, recovered=True)
         block = self.cfg.block_ms if block_ms is None else block_ms
         entries = await self._call(
             lambda r: r.xreadgroup(
@@ -188,15 +194,16 @@ class Consumer:
         ]
         return await self._accept(raw, recovered=False)
 
-    async def _recover(self) -> None:
-        """Queue the own pending entries (a crash, or a read whose reply was lost) and the
-        entries of other consumers idle past `claim_idle`, with their delivery counts.
+    async def _redelivery(self) -> tuple[str, bytes | None, int] | None:
+        """Claim one entry to hand out again, with its delivery count: an own pending entry
+        not in flight here (a crash, or a read whose reply was lost), else another
+        consumer's entry idle past `claim_idle`.
 
-        The own list is listed with XPENDING and only the entries not in flight here are taken
-        back (XCLAIM to self, one more delivery each). Re-reading it with XREADGROUP from id
-        `0` would count a delivery for every entry still held (the learner holds its buffer
-        across many checks), and after a crash those would pass `max_deliveries` unprocessed."""
-        found: dict[str, bytes | None] = {}
+        Candidates are listed with XPENDING, which counts no delivery; only the claimed one
+        counts one (XCLAIM). Re-reading the own list from id `0`, or claiming every idle
+        entry at once, would count a delivery for entries still held (the learner holds its
+        buffer across many checks) or not yet handed out, and after a crash those would
+        pass `max_deliveries` unprocessed."""
         start = "-"
         while True:  # own pending list, page by page
             page = await self._call(
@@ -204,49 +211,32 @@ class Consumer:
                     self.key, self.group, min=s, max="+", count=100, consumername=self.name
                 )
             )
-            ids = [p["message_id"].decode() for p in page]
-            lost = [eid for eid in ids if eid not in self._in_flight]
-            if lost:
-                claimed = await self._call(
-                    lambda r, ids=lost: r.xclaim(self.key, self.group, self.name, 0, ids)
-                )
-                found.update((eid.decode(), (f or {}).get(FIELD)) for eid, f in claimed)
+            for p in page:
+                eid = p["message_id"].decode()
+                if eid not in self._in_flight and (got := await self._claim(eid, 0)) is not None:
+                    return eid, got.get(FIELD), int(p["times_delivered"]) + 1
             if len(page) < 100:
                 break
-            start = "(" + ids[-1]
-        cursor = "0-0"
+            start = "(" + page[-1]["message_id"].decode()
         min_idle_ms = int(self.cfg.claim_idle * 1000)
-        for _ in range(10):  # bounded sweep; the next check continues
-            resp = await self._call(
-                lambda r, c=cursor: r.xautoclaim(
-                    self.key, self.group, self.name, min_idle_ms, c, count=100
-                )
-            )
-            cursor = resp[0].decode() if isinstance(resp[0], bytes) else str(resp[0])
-            for eid, fields in resp[1]:
-                found[eid.decode()] = (fields or {}).get(FIELD)
-            if cursor == "0-0":
-                break
-        if not found:
-            return
-        counts = await self._delivery_counts(list(found))
-        self._queue.extend(
-            (eid, raw, counts.get(eid, 1)) for eid, raw in sorted(found.items(), key=_id_key)
+        idle = await self._call(
+            lambda r: r.xpending_range(self.key, self.group, "-", "+", 100, idle=min_idle_ms)
         )
+        for p in idle:  # bounded sweep; the next check continues
+            eid = p["message_id"].decode()
+            if p["consumer"].decode() == self.name:
+                continue  # in flight here, or taken back above
+            if (got := await self._claim(eid, min_idle_ms)) is not None:
+                return eid, got.get(FIELD), int(p["times_delivered"]) + 1
+        return None
 
-    async def _delivery_counts(self, ids: list[str]) -> dict[str, int]:
-        ordered = sorted(ids, key=_id_key)
-        resp = await self._call(
-            lambda r: r.xpending_range(
-                self.key,
-                self.group,
-                min=ordered[0],
-                max=ordered[-1],
-                count=len(ordered) + 1000,
-                consumername=self.name,
-            )
+    async def _claim(self, eid: str, min_idle_ms: int) -> dict | None:
+        """XCLAIM one entry for this consumer if it is still idle for `min_idle_ms`; its
+        fields, or None when it was acked, taken by another consumer, or deleted."""
+        claimed = await self._call(
+            lambda r: r.xclaim(self.key, self.group, self.name, min_idle_ms, [eid])
         )
-        return {p["message_id"].decode(): int(p["times_delivered"]) for p in resp}
+        return (claimed[0][1] or {}) if claimed else None
 
     async def _accept(
         self, batch: Sequence[tuple[str, bytes | None, int]], recovered: bool

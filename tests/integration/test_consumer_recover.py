@@ -54,3 +54,43 @@ def test_held_entry_survives_pending_checks_and_a_restart(redis_server):
         await link.close()
 
     asyncio.run(go())
+
+
+def test_redeliveries_go_out_one_at_a_time_and_waiting_ones_count_nothing(redis_server):
+    """A batching consumer killed holding three entries gets them back one per read, and
+    each delivery is counted only when it is handed out (RELIABILITY.md test 10: a message
+    that kills its consumer must not drag the others to max_deliveries with it)."""
+
+    async def go():
+        cfg = RedisConfig(
+            url=redis_server.url,
+            run_id="t",
+            block_ms=100,
+            socket_timeout=3,
+            claim_idle=30,
+            pending_check_interval=0.1,
+            max_deliveries=2,
+        )
+        tm = TransportMetrics(Metrics("test"))
+        link, keys = Link(cfg, tm), Keys("t")
+        first = Consumer(link, keys, "in", "g", "c", cfg, tm)
+        await first.ensure_group()
+        await Producer(link, keys, cfg, tm).send("in", [prompt(i) for i in range(3)])
+        assert len(await first.read(count=10)) == 3  # then the process dies holding them
+        again = Consumer(link, keys, "in", "g", "c", cfg, tm)
+        (d0,) = await again.read(count=10)
+        assert (d0.message.id, d0.deliveries) == ("p0", 2)
+        r = redis_server.client()
+        counts = {
+            p["message_id"]: p["times_delivered"]
+            for p in r.xpending_range(keys.stream("in"), "g", "-", "+", 10)
+        }
+        assert sorted(counts.values()) == [1, 1, 2]  # p1 and p2 wait, uncounted
+        (d1,) = await again.read(count=10)
+        assert (d1.message.id, d1.deliveries) == ("p1", 2)
+        assert await again.read(count=10, redeliver=False) == []  # only new entries asked for
+        (d2,) = await again.read(count=10)
+        assert (d2.message.id, d2.deliveries) == ("p2", 2)
+        await link.close()
+
+    asyncio.run(go())
