@@ -27,9 +27,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from redis.exceptions import ResponseError
+
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
-from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
+from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys, is_nogroup
 
 GROUPS = {PROMPTS: "actors", RESETS: "actors", TRAJECTORIES: "estimators", SAMPLES: "learner"}
 
@@ -52,6 +54,7 @@ class StreamDump:
 
 
 def pending_entries(r, keys: Keys) -> dict[str, set[str]]:
+    """Entry ids pending in each work stream's group."""
     return {s: _pending(r, keys.stream(s), GROUPS[s]) for s in WORK_STREAMS}
 
 
@@ -61,8 +64,8 @@ def _pending(r, key: str, group: str) -> set[str]:
     while True:
         try:
             page = r.xpending_range(key, group, min=start, max="+", count=1000)
-        except Exception as e:  # noqa: BLE001 - a stream or group not created yet
-            if "NOGROUP" in str(e) or "no such key" in str(e):
+        except ResponseError as e:
+            if is_nogroup(e):  # the stream or its group does not exist (yet)
                 return out
             raise
         out |= {p["message_id"].decode() for p in page}
