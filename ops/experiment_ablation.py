@@ -24,7 +24,7 @@ interleaved, so a slow patch of a shared machine falls on every arm alike. A fin
 
 Read-out, from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
 prompts, temperature 1) every `eval_every` updates. "Equal wall-clock" compares the arms at
-the largest training time every run of the study reached (T), where training time is the
+the training time every run of the study reached (T), where training time is the
 learner's clock less the time it spent evaluating (an evaluation stops the learner, and arms
 that update faster evaluate more often). "Equal updates" compares two arms at the largest
 update count every run of both reached (U; arms differ a lot in updates per minute, so U is
@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 ARMS: dict[str, dict[str, str]] = {
     "gpo": {},  # the defaults: selection advantage, advantage mc, uniform K = 4
-    "none": {"estimator.mc.selection": '"none"'},
+    # about 20 updates in 3 minutes: evaluate every 5 so that its curve has points
+    "none": {"estimator.mc.selection": '"none"', "learner.eval_every": "5"},
     "random": {"estimator.mc.selection": '"random"'},
     "ppo": {  # plain PPO: no resets, no MC search; advantage = reward - mean of the group
         "estimator.mc.selection": '"none"',
@@ -106,6 +107,8 @@ class Curve:
     seconds: list[float]
     """Training seconds at each evaluation: learner clock less evaluation time so far."""
     pass_at_1: list[float]
+    duration: float
+    """Training seconds at the run's last record (same clock as `seconds`)."""
     updates: int
     resets: int
     samples: int
@@ -127,10 +130,12 @@ def read_curve(run_dir: Path) -> Curve | None:
         seconds.append(max(0.0, t - t0))
         scores.append(float(e["pass_at_1"]))
     updates = [r for r in log if r.get("event") == "update"]
+    last_t = max([e["t"] for e in evals] + [r["t"] for r in updates])
     return Curve(
         steps=steps,
         seconds=seconds,
         pass_at_1=scores,
+        duration=max(seconds[-1], last_t - eval_time - t0),
         updates=max((int(r["step"]) for r in updates), default=0),
         resets=sum(int(r.get("resets", 0)) for r in updates),
         samples=sum(int(r.get("samples", 0)) for r in updates),
@@ -229,7 +234,7 @@ def study_report(
     runs = {(a, s): curves[(a, s)] for a, _ in study.arms for s in seeds if (a, s) in curves}
     if not runs:
         return "(no runs found)"
-    t_end = min(c.seconds[-1] for c in runs.values())
+    t_end = min(c.duration for c in runs.values())
     arms = {a: [runs[(a, s)] for s in seeds if (a, s) in runs] for a, _ in study.arms}
     labels = dict(study.arms)
     rows = []

@@ -37,11 +37,12 @@ def test_read_curve_subtracts_evaluation_time(tmp_path):
         {"t": 30.0, "step": 20, "pass_at_1": 0.35, "seconds": 4.0},
         {"t": 50.0, "step": 40, "pass_at_1": 0.4, "seconds": 6.0},
     ]
-    updates = [{"t": 20.0, "step": i, "samples": 64, "resets": 32} for i in range(1, 41)]
+    updates = [{"t": 20.0 + i, "step": i, "samples": 64, "resets": 32} for i in range(1, 41)]
     write_log(tmp_path, evals, updates)
     c = ab.read_curve(tmp_path)
     # training time: t less evaluation time so far, from the first evaluation's end
     assert c.seconds == pytest.approx([0.0, 16.0, 30.0])
+    assert c.duration == pytest.approx(60.0 - 14.0 - 6.0)  # last update at t = 60
     assert c.steps == [0, 20, 40] and c.updates == 40
     assert c.samples == 64 * 40 and c.resets == 32 * 40
 
@@ -57,6 +58,7 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
                 steps=steps,
                 seconds=[0.0, 30.0, 60.0, 90.0],
                 pass_at_1=[0.3 + gain * s / 60 for s in steps],
+                duration=90.0,
                 updates=60,
                 resets=10,
                 samples=100,
