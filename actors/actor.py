@@ -144,7 +144,8 @@ async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokeniz
         batch = await drop_wrong_task(batch, task.name, m)
         if not batch:
             continue
-        # 4. generate, score, segment; leases kept alive however long it takes
+        # 4. generate, score, segment, 5. publish; leases kept alive however long it takes
+        # (publishing waits for room in `trajectories` as long as the estimators lag)
         async with contextlib.AsyncExitStack() as stack:
             for consumer in (resets, prompts):
                 await stack.enter_async_context(
@@ -153,8 +154,8 @@ async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokeniz
             trajectories, seconds = await rollout(
                 engine, task, tokenizer, cfg, rt.name, [d.message for _, d in batch]
             )
-        # 5. publish, then 6. ack: a crash in between republishes the same ids (deduplicated)
-        await producer.send(TRAJECTORIES, trajectories)
+            await producer.send(TRAJECTORIES, trajectories)
+        # 6. ack: a crash between publish and ack republishes the same ids (deduplicated)
         for consumer in (resets, prompts):
             await consumer.ack([d for c, d in batch if c is consumer])
         # 7. metrics

@@ -238,16 +238,17 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
                 delivery.entry_id, encode(traj), f"wrong_task: {traj.task!r}"
             )
             continue
-        # 3. estimate, keeping the lease while the MC search runs
+        # 3. estimate and 4. publish, keeping the lease throughout: the MC search is long,
+        # and publishing waits for room in `samples` as long as the learner lags
         async with trajectories.lease([delivery]):
             sample, reset = await estimate(traj, engine, task, tokenizer, cfg, m)
-        # 4. publish the reset request first (it is the latency-critical one), then the sample
-        if reset is not None:
-            # Never wait on `resets`: the actor that drains it may itself be waiting on us
-            # (trajectories), and resets are bounded anyway (at most one per trajectory).
-            await producer.send(RESETS, reset, wait=False)
-            m.resets.labels(reset.selection).inc()
-        await producer.send(SAMPLES, sample)
+            # the reset request first (it is the latency-critical one), then the sample
+            if reset is not None:
+                # Never wait on `resets`: the actor that drains it may itself be waiting on
+                # us (trajectories), and resets are bounded anyway (one per trajectory).
+                await producer.send(RESETS, reset, wait=False)
+                m.resets.labels(reset.selection).inc()
+            await producer.send(SAMPLES, sample)
         m.samples.labels(sample.kind).inc()
         # 5. ack; a crash before this republishes the same ids, which consumers deduplicate
         await trajectories.ack([delivery])

@@ -97,7 +97,7 @@ class Producer:
         backlog, at = self._estimate.get(stream, (0, 0.0))
         if backlog < limit and time.monotonic() - at < BACKLOG_REFRESH:
             return True
-        start = time.monotonic()
+        start = counted = time.monotonic()
         delay = 0.05
         try:
             while await self.backlog(stream) >= limit:
@@ -107,8 +107,12 @@ class Producer:
                     return False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                # counted as it accrues, so a producer held back by a stalled consumer shows
+                # on the dashboard during the stall, not only once it ends
+                now = time.monotonic()
+                self.m.backpressure_seconds.labels(stream).inc(now - counted)
+                counted = now
             return True
         finally:
-            waited = time.monotonic() - start
-            if waited > 0.01:
-                self.m.backpressure_seconds.labels(stream).inc(waited)
+            if counted > start:  # it waited: the last stretch too
+                self.m.backpressure_seconds.labels(stream).inc(time.monotonic() - counted)
