@@ -86,14 +86,17 @@ async def next_work(
 ) -> list[tuple[Consumer, Delivery]]:
     """Reset requests first (never blocking on them), then prompts to fill the batch.
 
-    A redelivered message (its last holder died or failed on it) is generated alone: the
-    consumers hand redeliveries out one at a time, and none joins a batch that has work
-    already. A message that kills the actor every time then reaches the dead stream alone,
-    instead of taking the messages batched with it along (RELIABILITY.md test 10)."""
-    got = [(resets, d) for d in await resets.read(count=limit, block_ms=0)]
-    if len(got) < limit and not (got and got[0][1].deliveries > 1):
+    A redelivered message (its last holder died or failed on it) goes first, and alone:
+    after a restart the own pending messages are served before any new work, and a message
+    that kills the actor every time reaches the dead stream alone instead of taking the
+    messages batched with it along (RELIABILITY.md tests 3 and 10)."""
+    for consumer in (resets, prompts):
+        if again := await consumer.redelivered():
+            return [(consumer, d) for d in again]
+    got = [(resets, d) for d in await resets.read_new(count=limit, block_ms=0)]
+    if len(got) < limit:
         wait = 0 if got else block_ms
-        more = await prompts.read(count=limit - len(got), block_ms=wait, redeliver=not got)
+        more = await prompts.read_new(count=limit - len(got), block_ms=wait)
         got += [(prompts, d) for d in more]
     return got
 

@@ -6,10 +6,10 @@ take back the own pending entries not in flight and claim entries idle past `cla
 -> long jobs `extend_lease` -> after `max_deliveries`, the entry moves to `<stream>:dead`.
 
 Redeliveries go out one per `read`, each claimed (one more delivery counted) only as it is
-handed out. A consumer that batches (the actor) therefore never holds two redelivered
-messages at once, and messages waiting to be redelivered count nothing: a message that
-kills its consumer every time reaches `max_deliveries` alone, without dragging the messages
-read together with it into the dead stream.
+handed out, so entries waiting to be redelivered count nothing. A consumer that batches (the
+actor) takes them with `redelivered` and processes each alone: a message that kills its
+consumer every time then reaches `max_deliveries` alone, without dragging the messages read
+together with it into the dead stream.
 
 Acks and dead-letter moves run as Lua scripts that first check this consumer still owns the
 entry (XACK alone is not owner-checked: a zombie's late ack would remove an entry another
@@ -165,23 +165,32 @@ class Consumer:
 
     # ------------------------------------------------------------ reading
 
-    async def read(
-        self, count: int | None = None, block_ms: int | None = None, redeliver: bool = True
-    ) -> list[Delivery]:
-        """The next entries for this consumer: one redelivered entry if any is due, else new
-        ones. `redeliver=False` skips redeliveries this time (a caller that already holds
-        a batch and wants to add only new entries to it).
+    async def read(self, count: int | None = None, block_ms: int | None = None) -> list[Delivery]:
+        """The next entries for this consumer: one redelivered entry if one is due, else new
+        ones (`read_new`).
 
         Entries that fail to decode, or were delivered more than `max_deliveries` times, go to
         the dead stream here and are not returned. May return an empty list (BLOCK expired).
         """
+        return await self.redelivered() or await self.read_new(count, block_ms)
+
+    async def redelivered(self) -> list[Delivery]:
+        """One entry to process again, claimed now, when the pending check is due and finds
+        one; else []. While it keeps finding some, the check stays due."""
+        if time.monotonic() < self._next_pending_check:
+            return []
+        while (entry := await self._redelivery()) is not None:
+            out = await self._accept([entry], recovered=True)
+            if out:
+                return out
+        self._next_pending_check = time.monotonic() + self.cfg.pending_check_interval
+        return []
+
+    async def read_new(
+        self, count: int | None = None, block_ms: int | None = None
+    ) -> list[Delivery]:
+        """Entries never delivered before (XREADGROUP `>`), blocking up to `block_ms`."""
         count = count or self.cfg.batch_size
-        if redeliver and time.monotonic() >= self._next_pending_check:
-            while (entry := await self._redelivery()) is not None:
-                out = await self._accept([entry], recovered=True)
-                if out:  # the check stays due: the next read looks for another one
-                    return out
-            self._next_pending_check = time.monotonic() + self.cfg.pending_check_interval
         block = self.cfg.block_ms if block_ms is None else block_ms
         entries = await self._call(
             lambda r: r.xreadgroup(

@@ -88,7 +88,7 @@ def test_redeliveries_go_out_one_at_a_time_and_waiting_ones_count_nothing(redis_
         assert sorted(counts.values()) == [1, 1, 2]  # p1 and p2 wait, uncounted
         (d1,) = await again.read(count=10)
         assert (d1.message.id, d1.deliveries) == ("p1", 2)
-        assert await again.read(count=10, redeliver=False) == []  # only new entries asked for
+        assert await again.read_new(count=10) == []  # only new entries asked for
         (d2,) = await again.read(count=10)
         assert (d2.message.id, d2.deliveries) == ("p2", 2)
         await link.close()
