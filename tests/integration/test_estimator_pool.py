@@ -1,6 +1,6 @@
 """Two gpo-estimator processes share the trajectories stream: nothing is estimated twice, and
-when one is killed (-9) in the middle of an MC search, the other takes its trajectory over
-after `claim_idle` and every trajectory still leaves as exactly one sample."""
+when one is killed (-9) in the middle of the MC searches of a batch, the other takes its
+trajectories over after `claim_idle` and every trajectory still leaves as exactly one sample."""
 
 from __future__ import annotations
 
@@ -26,9 +26,9 @@ def test_two_estimators_share_and_take_over(redis_server, tiny_model_dir, tmp_pa
         .replace("k = 2", "k = 12")
         .replace('selection = "random"', 'selection = "none"')
     )
-    path.write_text(
-        text.replace("[redis]\n", "[redis]\nclaim_idle = 3.0\npending_check_interval = 1.0\n", 1)
-    )
+    text = text.replace("[redis]\n", "[redis]\nclaim_idle = 3.0\npending_check_interval = 1.0\n", 1)
+    # batches of 2 of the 12 trajectories: each estimator gets several batches
+    path.write_text(text.replace("[estimator]\n", "[estimator]\nbatch_messages = 2\n", 1))
     common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
     ports = [free_port(), free_port()]
     actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
@@ -41,7 +41,7 @@ def test_two_estimators_share_and_take_over(redis_server, tiny_model_dir, tmp_pa
         r, AutoTokenizer.from_pretrained(tiny_model_dir), [f"train:0:{i}" for i in range(6)]
     )
     n_fresh = 6 * 2
-    # wait until est-0 has finished one trajectory and holds the next one, then kill it
+    # wait until est-0 has finished one batch and holds the next one, then kill it
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         done = e0.metric(ports[0], "gpo_estimator_trajectories_estimated_total")
