@@ -1,12 +1,16 @@
 """gpo-estimator: the advantage-estimator pool (GPO.md steps 2-5).
 
-Consumes `trajectories` as group `estimators`. For a fresh trajectory it runs the Monte Carlo
-step-value search (`actors.mc_search.find_critical_step`), publishes a ResetRequest on
-`resets` when a critical step exists and selection is not `none`, and a Sample on `samples`
-carrying the step values and per-token MC advantages. For a reset rollout it needs no MC:
-its advantage is reward - V(s_m), the value carried with the request. It follows adapter
-versions like an actor, keeps the lease of long MC jobs alive, and on SIGTERM finishes the
-trajectory in hand, then exits 0.
+Consumes `trajectories` as group `estimators`, up to `batch_messages` at a time. The fresh
+trajectories of a batch go through the Monte Carlo step-value search together
+(`actors.mc_search.find_critical_steps`: each round of all their searches is one `generate`
+call); for each, a ResetRequest goes on `resets` when a critical step exists and selection is
+not `none`, and a Sample on `samples` carrying the step values and per-token MC advantages.
+A reset rollout needs no MC: its advantage is reward - V(s_m), the value carried with the
+request. Every message is acked only after its outputs are published. It follows adapter
+versions like an actor, keeps the lease of every message of the batch alive while it works,
+and on SIGTERM finishes the batch in hand, then exits 0. A redelivered trajectory (its last
+holder died or failed on it) is estimated alone, so one that kills the estimator every time
+reaches the dead stream without taking the others along (RELIABILITY.md test 10).
 
     gpo-estimator --config run.toml [--redis-url URL] [--run-id ID] [--name NAME] [--metrics-port P]
 """
@@ -25,12 +29,12 @@ import numpy as np
 from actors.engines.base import Engine
 from actors.engines.factory import EngineConfig
 from actors.inference_process import inference_main
-from actors.mc_search import McConfig, StepTrajectory, find_critical_step
+from actors.mc_search import CriticalStepResult, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from actors.tasks.base import Task, TaskPrompt
 from actors.weights import WeightsSync
 from protocol.codec import CodecLimits, encode
-from protocol.consumer import Consumer
+from protocol.consumer import Consumer, Delivery
 from protocol.messages import ResetRequest, Sample, Trajectory
 from protocol.metrics import Metrics
 from protocol.process import Runtime
@@ -56,21 +60,26 @@ class EstimatorConfig:
     """Keyword options of the task class."""
     n_reset: int = 4
     """Rollouts asked for from each critical step (GPO.md: the per-prompt group size)."""
+    batch_messages: int = 8
+    """Most trajectories read and estimated together: the MC searches of the fresh ones send
+    each round's requests as one `generate` call (8: two prompts' groups of 4 rollouts)."""
     mc_values: bool = True
     """Run the MC search even when selection is `none` (the learner's `mc` advantages need it)."""
     fetch_concurrency: int = 4
     """Adapter chunks fetched at once."""
 
     def __post_init__(self) -> None:
-        if self.n_reset < 1:
-            raise ValueError("estimator.n_reset must be >= 1")
+        if self.n_reset < 1 or self.batch_messages < 1:
+            raise ValueError("estimator.n_reset and estimator.batch_messages must be >= 1")
 
 
 class EstimatorMetrics:
     def __init__(self, m: Metrics):
         self.rollouts = m.counter("mc_rollouts_total", "MC continuations generated.")
         self.seconds = m.histogram(
-            "trajectory_seconds", "Wall time to estimate one fresh trajectory."
+            "trajectory_seconds",
+            "Wall time to estimate one fresh trajectory: the MC search of its batch divided "
+            "by the fresh trajectories in it.",
         )
         self.critical_index = m.histogram(
             "critical_step_index", "Index of the chosen critical step.", buckets=tuple(range(0, 25))
@@ -155,16 +164,59 @@ async def estimate(
     m: EstimatorMetrics,
 ) -> tuple[Sample, ResetRequest | None]:
     """The Sample for one trajectory, and its ResetRequest if a critical step was chosen."""
-    if traj.kind == "reset":
-        adv = np.full(
-            len(traj.completion_token_ids), traj.reward - traj.reset_value, dtype=np.float32
-        )
-        return make_sample(traj, adv, np.zeros(0, np.float32)), None
-    if cfg.mc.selection == "none" and not cfg.mc_values:
-        return make_sample(
-            traj, np.zeros(len(traj.completion_token_ids), np.float32), np.zeros(0, np.float32)
-        ), None
+    (out,) = await estimate_batch([traj], engine, task, tokenizer, cfg, m)
+    return out
+
+
+async def estimate_batch(
+    trajs: list[Trajectory],
+    engine: Engine,
+    task: Task,
+    tokenizer,
+    cfg: EstimatorConfig,
+    m: EstimatorMetrics,
+) -> list[tuple[Sample, ResetRequest | None]]:
+    """Per trajectory, in order: its Sample, and its ResetRequest if a critical step was chosen.
+
+    Reset rollouts (and fresh ones when no MC is wanted) need no generation; the MC searches
+    of the other trajectories run together, each seeded from its trajectory id, so each
+    result is the one its search gives alone."""
+    out: list[tuple[Sample, ResetRequest | None] | None] = [None] * len(trajs)
+    fresh = []
+    for i, traj in enumerate(trajs):
+        if traj.kind == "reset":
+            adv = np.full(
+                len(traj.completion_token_ids), traj.reward - traj.reset_value, dtype=np.float32
+            )
+            out[i] = make_sample(traj, adv, np.zeros(0, np.float32)), None
+        elif cfg.mc.selection == "none" and not cfg.mc_values:
+            zeros = np.zeros(len(traj.completion_token_ids), np.float32)
+            out[i] = make_sample(traj, zeros, np.zeros(0, np.float32)), None
+        else:
+            fresh.append(i)
+    if not fresh:
+        return out
     start = time.perf_counter()
+    searches = [search_input(trajs[i], tokenizer, cfg) for i in fresh]
+    results = await find_critical_steps(
+        engine,
+        task,
+        [subject for subject, _ in searches],
+        [mc for _, mc in searches],
+        decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
+    )
+    seconds = (time.perf_counter() - start) / len(fresh)
+    for i, result in zip(fresh, results, strict=True):
+        m.seconds.observe(seconds)
+        out[i] = outputs_of(trajs[i], result, cfg, engine.policy_version, m)
+    return out
+
+
+def search_input(
+    traj: Trajectory, tokenizer, cfg: EstimatorConfig
+) -> tuple[StepTrajectory, McConfig]:
+    """A fresh trajectory as MC search takes it, and its search config: the estimator's
+    sampling and MC settings, seeded from the trajectory id."""
     seed = seed_for(traj.id, cfg.rollout.seed)
     mc = dataclasses.replace(cfg.mc, sampling=cfg.rollout.sampling(seed), seed=seed)
     subject = StepTrajectory(
@@ -180,9 +232,17 @@ async def estimate(
             answer=traj.answer,
         ),
     )
-    decode = functools.partial(tokenizer.decode, skip_special_tokens=True)
-    result = await find_critical_step(engine, task, subject, mc, decode=decode)
-    m.seconds.observe(time.perf_counter() - start)
+    return subject, mc
+
+
+def outputs_of(
+    traj: Trajectory,
+    result: CriticalStepResult,
+    cfg: EstimatorConfig,
+    version: int,
+    m: EstimatorMetrics,
+) -> tuple[Sample, ResetRequest | None]:
+    """The Sample of a searched fresh trajectory, and its ResetRequest if one is due."""
     m.rollouts.inc(result.rollouts)
     m.estimated.inc()
     sample = make_sample(
@@ -197,11 +257,11 @@ async def estimate(
     m.critical_position.observe(result.critical_step / len(traj.step_spans))
     if cfg.mc.selection == "none":
         return sample, None
-    return sample, make_reset(traj, result, cfg, engine.policy_version)
+    return sample, make_reset(traj, result, cfg, version)
 
 
 async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tokenizer) -> int:
-    """The estimator loop: sync weights, take one trajectory, estimate, publish, ack."""
+    """The estimator loop: sync weights, take a batch, estimate, publish, ack."""
     limits = CodecLimits(max_bytes=rt.redis_cfg.max_message_bytes, vocab_size=len(tokenizer))
     trajectories = Consumer(
         rt.link,
@@ -218,42 +278,63 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
     m = EstimatorMetrics(rt.metrics)
     await trajectories.ensure_group()
     log.info(
-        "estimating for task %s as %s (selection %s, K %d, budget %s)",
+        "estimating for task %s as %s (selection %s, K %d, budget %s, batch %d)",
         task.name,
         rt.name,
         cfg.mc.selection,
         cfg.mc.k,
         cfg.mc.budget,
+        cfg.batch_messages,
     )
     while not rt.stop.is_set():
         # 1. MC continuations run under the newest adapter we have
         await weights.sync()
-        # 2. one trajectory at a time: its MC batch is already T x K sequences
-        (delivery,) = await trajectories.read(count=1) or (None,)
-        if delivery is None:
+        # 2. up to batch_messages trajectories; the consumer hands a redelivery out alone
+        batch = await trajectories.read(count=cfg.batch_messages)
+        batch = await drop_wrong_task(trajectories, batch, task.name)
+        if not batch:
             continue
-        traj = delivery.message
-        if traj.task != task.name:
-            await trajectories.dead_letter(
-                delivery.entry_id, encode(traj), f"wrong_task: {traj.task!r}"
+        # 3. estimate and publish, keeping the lease of every message of the batch meanwhile
+        async with trajectories.lease(batch):
+            outputs = await estimate_batch(
+                [d.message for d in batch], engine, task, tokenizer, cfg, m
             )
-            continue
-        # 3. estimate and 4. publish, keeping the lease throughout: the MC search is long,
-        # and publishing waits for room in `samples` as long as the learner lags
-        async with trajectories.lease([delivery]):
-            sample, reset = await estimate(traj, engine, task, tokenizer, cfg, m)
-            # the reset request first (it is the latency-critical one), then the sample
-            if reset is not None:
-                # Never wait on `resets`: the actor that drains it may itself be waiting on
-                # us (trajectories), and resets are bounded anyway (one per trajectory).
-                await producer.send(RESETS, reset, wait=False)
-                m.resets.labels(reset.selection).inc()
-            await producer.send(SAMPLES, sample)
-        m.samples.labels(sample.kind).inc()
-        # 5. ack; a crash before this republishes the same ids, which consumers deduplicate
-        await trajectories.ack([delivery])
-    log.info("stopping: trajectory in hand finished and acknowledged")
+            await publish(producer, outputs, m)
+        # 4. ack; a crash before this republishes the same ids, which consumers deduplicate
+        await trajectories.ack(batch)
+    log.info("stopping: batch in hand finished and acknowledged")
     return 0
+
+
+async def drop_wrong_task(
+    trajectories: Consumer, batch: list[Delivery], task_name: str
+) -> list[Delivery]:
+    """Trajectories of another task cannot be scored here: dead-letter them with the reason."""
+    keep = []
+    for d in batch:
+        if d.message.task == task_name:
+            keep.append(d)
+        else:
+            await trajectories.dead_letter(
+                d.entry_id, encode(d.message), f"wrong_task: {d.message.task!r}"
+            )
+    return keep
+
+
+async def publish(
+    producer: Producer, outputs: list[tuple[Sample, ResetRequest | None]], m: EstimatorMetrics
+) -> None:
+    """The reset requests first (the latency-critical ones), then the samples."""
+    resets = [reset for _, reset in outputs if reset is not None]
+    # Never wait on `resets`: the actor that drains it may itself be waiting on us
+    # (trajectories), and resets are bounded anyway (at most one per trajectory).
+    await producer.send(RESETS, resets, wait=False)
+    for reset in resets:
+        m.resets.labels(reset.selection).inc()
+    samples = [sample for sample, _ in outputs]
+    await producer.send(SAMPLES, samples)
+    for sample in samples:
+        m.samples.labels(sample.kind).inc()
 
 
 def main(argv: list[str] | None = None) -> int:

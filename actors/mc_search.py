@@ -1,8 +1,10 @@
 """Find a trajectory's critical step with Monte Carlo continuations (GPO.md steps 2-4).
 
-`find_critical_step` is the estimator's core without Redis: it needs only an object with the
+`find_critical_steps` is the estimator's core without Redis: it needs only an object with the
 `Engine` interface, a task with `score(prompt, completion_text)`, and a `decode` function for
-token ids. Two budgets:
+token ids. It runs the searches of several trajectories together, each round of all of them
+as one `generate` call, so a batch of trajectories costs as many sequential decode loops as
+its longest search has rounds; `find_critical_step` is the search of one. Two budgets:
 
 - `uniform` (the paper): K continuations from every boundary s_0..s_{T-1}, all in ONE
   `generate` call (one request per boundary, n = K), so an engine with prefix caching
@@ -11,7 +13,7 @@ token ids. Two budgets:
   rounds that add continuations only at the boundaries of steps that could still be the
   argmax |A| under a change-point posterior (`actors.critical.critical_step_posterior`,
   `plan_adaptive_round`), within a hard total of `adaptive_budget * T` continuations. One
-  `generate` call per round.
+  `generate` call per round (shared by the searches still in play).
 
 Decoding: the engine interface has no tokenizer, so the caller passes `decode` (for a
 Hugging Face tokenizer, `functools.partial(tok.decode, skip_special_tokens=True)`). A
@@ -39,7 +41,13 @@ from actors.critical import (
     step_advantages,
     step_values,
 )
-from actors.engines.base import Completion, Engine, GenerationRequest, SamplingSettings
+from actors.engines.base import (
+    Completion,
+    Engine,
+    GenerationRequest,
+    GenerationResult,
+    SamplingSettings,
+)
 
 Decode = Callable[[Sequence[int]], str]
 
@@ -172,7 +180,8 @@ class CriticalStepResult:
     rollouts: int
     """Continuations generated for this trajectory (the MC cost)."""
     rounds: int
-    """`generate` calls made (1 for the uniform budget)."""
+    """Rounds of continuations (1 for the uniform budget): the `generate` calls it took part
+    in (shared with the other searches of a `find_critical_steps` batch)."""
     counts: np.ndarray
     """Continuations per boundary, shape (T,), int64."""
     rewards: list[list[float]]
@@ -199,85 +208,138 @@ async def find_critical_step(
     advantages. Adaptive budget, or chooser `posterior`: the most probable critical step
     under the change-point posterior (`posterior_choice`); it can differ from the argmax of
     the raw advantages, which overrates a jump between two noisy boundary estimates.
+    The search of one trajectory alone: `find_critical_steps` of a batch of one.
     """
-    trajectory.validate()
-    t = trajectory.num_steps
-    rng = np.random.default_rng(config.seed)
-    rewards: list[list[float]] = [[] for _ in range(t)]
-    completions: list[list[Completion]] = [[] for _ in range(t)]
-    probs = None
-    if config.budget == "uniform":
-        await _sample_round(
-            engine, task, trajectory, config, decode, [config.k] * t, 0, rewards, completions
-        )
-        rounds = 1
-        if config.chooser == "posterior":
-            probs = _posterior(rewards, trajectory.reward, config, rng)
-    else:
-        rounds, probs = await _adaptive_rounds(
-            engine, task, trajectory, config, decode, rng, rewards, completions
-        )
-    values = step_values(rewards, trajectory.reward)
-    adv = step_advantages(values)
-    if probs is None:
-        chosen = choose_critical_step(adv, config.selection, rng)
-    else:
-        chosen = posterior_choice(probs, adv)
-    counts = np.asarray([len(r) for r in rewards], dtype=np.int64)
-    return CriticalStepResult(
-        values=values,
-        advantages=adv,
-        critical_step=chosen,
-        rollouts=int(counts.sum()),
-        rounds=rounds,
-        counts=counts,
-        rewards=rewards,
-        critical_completions=list(completions[chosen]) if chosen is not None else [],
-        step_probabilities=probs,
-    )
+    (result,) = await find_critical_steps(engine, task, [trajectory], [config], decode=decode)
+    return result
 
 
-async def _adaptive_rounds(
+async def find_critical_steps(
     engine: Engine,
     task: ScoringTask,
-    trajectory: StepTrajectory,
-    config: McConfig,
+    trajectories: Sequence[StepTrajectory],
+    configs: Sequence[McConfig],
+    *,
     decode: Decode,
-    rng: np.random.Generator,
-    rewards: list[list[float]],
-    completions: list[list[Completion]],
-) -> tuple[int, np.ndarray]:
-    """Sample in rounds until the chosen step is settled.
+) -> list[CriticalStepResult]:
+    """The searches of several trajectories, run together; one result per trajectory, in order.
 
-    Returns the number of rounds and the final posterior, shape (T + 1,).
+    Each round, the requests of every search still running go to the engine as ONE `generate`
+    call: with the uniform budget one call for all of them, with the adaptive budget one per
+    round across the searches still in play (at most `adaptive_max_rounds` calls). configs[j]
+    is trajectory j's (its own seed; budgets may differ).
+
+    Each search keeps its own seeds, random generator and rounds, so with seeded configs its
+    result equals `find_critical_step` of that trajectory alone, for any engine whose sample
+    j of a request depends only on (seed, j, prompt), as the engine contract states. Requests
+    of different trajectories for the same state (s_0, the bare prompt, is shared by a
+    prompt's n rollouts) stay separate: their seeds differ, and pooling their continuations
+    would change each trajectory's result; an engine with prefix reuse computes the shared
+    prefix once within the call anyway.
     """
-    t = trajectory.num_steps
-    total = int(config.adaptive_budget * t)
-    extra = np.full(t, config.adaptive_initial_k, dtype=np.int64)
-    rounds = 0
-    while True:
-        # 1. One generate call for this round's continuations.
-        await _sample_round(
-            engine, task, trajectory, config, decode, extra.tolist(), rounds, rewards, completions
-        )
-        rounds += 1
-        # 2. Posterior over the critical step given everything drawn so far.
-        counts = np.asarray([len(r) for r in rewards], dtype=np.int64)
-        probs = _posterior(rewards, trajectory.reward, config, rng)
-        if rounds == config.adaptive_max_rounds:
-            return rounds, probs
-        # 3. Where more continuations could still change the answer.
+    if len(configs) != len(trajectories):
+        raise ValueError(f"{len(configs)} configs for {len(trajectories)} trajectories")
+    searches = [_Search(t, c) for t, c in zip(trajectories, configs, strict=True)]
+    while running := [s for s in searches if s.plan]:
+        # 1. this round's requests of every search still running, as one generate call
+        requests = [s.requests() for s in running]
+        flat = [q for qs in requests for q in qs]
+        results = await engine.generate(flat)
+        if len(results) != len(flat):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(flat)}")
+        # 2. each search scores its continuations and plans its next round (or finishes)
+        start = 0
+        for search, qs in zip(running, requests, strict=True):
+            search.absorb(results[start : start + len(qs)], task, decode)
+            start += len(qs)
+    return [s.result() for s in searches]
+
+
+class _Search:
+    """One trajectory's search as a sequence of rounds, driven by `find_critical_steps`.
+
+    `plan` holds the continuations per boundary of the next round ([] once finished);
+    `requests` turns it into generation requests and `absorb` takes their results."""
+
+    def __init__(self, trajectory: StepTrajectory, config: McConfig):
+        trajectory.validate()
+        self.trajectory, self.config = trajectory, config
+        t = trajectory.num_steps
+        self.rng = np.random.default_rng(config.seed)
+        self.rewards: list[list[float]] = [[] for _ in range(t)]
+        self.completions: list[list[Completion]] = [[] for _ in range(t)]
+        self.rounds = 0
+        self.probs: np.ndarray | None = None
+        first = config.k if config.budget == "uniform" else config.adaptive_initial_k
+        self.plan: list[int] = [first] * t
+
+    def requests(self) -> list[GenerationRequest]:
+        """plan[i] continuations from s_i (boundaries with 0 skipped), seeded from (seed,
+        round, boundary)."""
+        out = []
+        for i, n in enumerate(self.plan):
+            if n == 0:
+                continue
+            sampling = self.config.sampling
+            if self.config.seed is not None:
+                seed = derive_seed(self.config.seed, self.rounds, i)
+                sampling = dataclasses.replace(sampling, seed=seed)
+            out.append(GenerationRequest(self.trajectory.prefix(i), n, sampling))
+        return out
+
+    def absorb(self, results: Sequence[GenerationResult], task: ScoringTask, decode: Decode):
+        """Score the results of `requests()`, then plan the next round ([] when done)."""
+        traj, config = self.trajectory, self.config
+        boundaries = [i for i, n in enumerate(self.plan) if n > 0]
+        for i, result in zip(boundaries, results, strict=True):
+            kept = list(traj.completion_token_ids[: traj.step_spans[i][0]])
+            for c in result.completions:
+                text = decode(kept + list(c.token_ids))
+                self.rewards[i].append(float(task.score(traj.prompt, text)))
+                self.completions[i].append(c)
+        self.rounds += 1
+        self.plan = []
+        if config.budget == "uniform":
+            if config.chooser == "posterior":
+                self.probs = _posterior(self.rewards, traj.reward, config, self.rng)
+            return
+        # Adaptive: the posterior over the critical step given everything drawn so far, then
+        # more continuations only where they could still change the answer.
+        self.probs = _posterior(self.rewards, traj.reward, config, self.rng)
+        if self.rounds == config.adaptive_max_rounds:
+            return
+        counts = np.asarray([len(r) for r in self.rewards], dtype=np.int64)
         extra = plan_adaptive_round(
-            probs,
+            self.probs,
             counts,
-            budget_left=total - int(counts.sum()),
+            budget_left=int(config.adaptive_budget * traj.num_steps) - int(counts.sum()),
             step_k=config.adaptive_step_k,
             max_k=config.adaptive_max_k,
             confidence=config.adaptive_confidence,
             candidate_prob=config.adaptive_candidate_prob,
         )
-        if extra.sum() == 0:
-            return rounds, probs
+        if extra.sum() > 0:
+            self.plan = extra.tolist()
+
+    def result(self) -> CriticalStepResult:
+        values = step_values(self.rewards, self.trajectory.reward)
+        adv = step_advantages(values)
+        if self.probs is None:
+            chosen = choose_critical_step(adv, self.config.selection, self.rng)
+        else:
+            chosen = posterior_choice(self.probs, adv)
+        counts = np.asarray([len(r) for r in self.rewards], dtype=np.int64)
+        return CriticalStepResult(
+            values=values,
+            advantages=adv,
+            critical_step=chosen,
+            rollouts=int(counts.sum()),
+            rounds=self.rounds,
+            counts=counts,
+            rewards=self.rewards,
+            critical_completions=list(self.completions[chosen]) if chosen is not None else [],
+            step_probabilities=self.probs,
+        )
 
 
 def _posterior(
@@ -298,34 +360,3 @@ def _posterior(
         draws=config.adaptive_draws,
         rng=rng,
     )
-
-
-async def _sample_round(
-    engine: Engine,
-    task: ScoringTask,
-    trajectory: StepTrajectory,
-    config: McConfig,
-    decode: Decode,
-    per_boundary: list[int],
-    round_index: int,
-    rewards: list[list[float]],
-    completions: list[list[Completion]],
-) -> None:
-    """One `generate` call: per_boundary[i] continuations from s_i (skipping zeros); appends
-    their rewards and completions in place."""
-    boundaries = [i for i, n in enumerate(per_boundary) if n > 0]
-    requests = []
-    for i in boundaries:
-        sampling = config.sampling
-        if config.seed is not None:
-            sampling = dataclasses.replace(sampling, seed=derive_seed(config.seed, round_index, i))
-        requests.append(GenerationRequest(trajectory.prefix(i), per_boundary[i], sampling))
-    results = await engine.generate(requests)
-    if len(results) != len(requests):
-        raise RuntimeError(f"engine returned {len(results)} results for {len(requests)}")
-    for i, result in zip(boundaries, results, strict=True):
-        kept = list(trajectory.completion_token_ids[: trajectory.step_spans[i][0]])
-        for c in result.completions:
-            text = decode(kept + list(c.token_ids))
-            rewards[i].append(float(task.score(trajectory.prompt, text)))
-            completions[i].append(c)

@@ -2,16 +2,18 @@
 
 What `gpo-actor` and `gpo-estimator` generate for a set of prompts, in the order and batch
 shapes they use: the actor's rollouts (`batch_messages` prompts per `generate` call), the
-estimator's MC search of each fresh trajectory (`find_critical_step`, seeded from the
-trajectory id as `actors.estimator.estimate` seeds it), and the reset rollouts from each
-critical-step prefix (`batch_messages` reset requests per call). Every `generate` call goes
+estimator's MC searches of the fresh trajectories (`find_critical_steps` over
+`estimator.batch_messages` trajectories at a time in stream order, each seeded from its
+trajectory id as `actors.estimator.estimate_batch` seeds it; one `generate` call per round
+of a batch), and the reset rollouts from each critical-step prefix (`batch_messages` reset
+requests per call). One estimator reads the stream; the reset rollouts, which share its
+batches in the system, are left out of them here (they need no MC). Every `generate` call goes
 through `Metered`, which adds its wall time and output to a `Cost`. `gpo bench gpo-overhead`
 is built on it; any object with the `Engine` interface works (tests use `ScriptedEngine`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
-from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_step
+from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from protocol.config import from_mapping, load_toml
 
@@ -50,6 +52,8 @@ class Shape:
     """The estimator's MC search (`[estimator.mc]`)."""
     n_reset: int
     """Reset rollouts per critical step."""
+    estimator_batch: int = 8
+    """Trajectories per estimator batch (`estimator.batch_messages`)."""
 
 
 @dataclass(slots=True)
@@ -144,28 +148,21 @@ async def estimator_pass(
     mc: McConfig,
     shape: Shape,
     rollouts: list[Rollout],
-    per_call: str = "trajectory",
+    batch: int | None = None,
 ) -> tuple[list[tuple[str, list[int]]], Cost, int]:
-    """The MC search of every fresh trajectory; returns the reset requests (id, prefix s_m),
-    the cost and the number of trajectories searched.
-
-    `per_call="trajectory"`: one search at a time, as `gpo-estimator` runs them (each round of
-    a search is one `generate` call). `"prompt"`: the searches of one prompt's rollouts run
-    together and every round's requests of all of them go out as one call (`Coalescer`)."""
+    """The MC search of every fresh trajectory, `batch` trajectories (default
+    `shape.estimator_batch`) at a time in stream order, as `gpo-estimator` reads them; returns
+    the reset requests (id, prefix s_m), the cost and the number of trajectories searched."""
     meter, resets = Metered(engine), []
     searchable = [r for r in rollouts if r.spans]  # an empty completion has no step to search
-    if per_call == "trajectory":
-        groups = [[r] for r in searchable]
-    elif per_call == "prompt":
-        by_prompt: dict[int, list[Rollout]] = {}
-        for r in searchable:
-            by_prompt.setdefault(r.prompt, []).append(r)
-        groups = list(by_prompt.values())
-    else:
-        raise ValueError(f"unknown per_call {per_call!r}")
-    for group in groups:
-        front = Coalescer(meter, len(group))
-        results = await asyncio.gather(*(_search(front, work, mc, shape, r) for r in group))
+    for group in _chunks(searchable, batch or shape.estimator_batch):
+        subjects, configs = [], []
+        for r in group:
+            seed = seed_for(r.id, shape.rollout.seed)
+            configs.append(replace(mc, sampling=shape.rollout.sampling(seed), seed=seed))
+            prompt_ids, prompt = work.prompts[r.prompt]
+            subjects.append(StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt))
+        results = await find_critical_steps(meter, work, subjects, configs, decode=work.decode)
         for r, result in zip(group, results, strict=True):
             if result.critical_step is not None and mc.selection != "none":
                 start = r.spans[result.critical_step][0]
@@ -173,58 +170,6 @@ async def estimator_pass(
                     (f"reset:{r.id}", list(work.prompts[r.prompt][0]) + r.completion[:start])
                 )
     return resets, meter.cost, len(searchable)
-
-
-async def _search(front: Coalescer, work: Workload, mc: McConfig, shape: Shape, r: Rollout):
-    """One trajectory's search, seeded from its id as `actors.estimator.estimate` seeds it."""
-    seed = seed_for(r.id, shape.rollout.seed)
-    cfg = replace(mc, sampling=shape.rollout.sampling(seed), seed=seed)
-    prompt_ids, prompt = work.prompts[r.prompt]
-    subject = StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt)
-    try:
-        return await find_critical_step(front, work, subject, cfg, decode=work.decode)
-    finally:
-        await front.leave()
-
-
-class Coalescer:
-    """Engine front for `callers` concurrent searches: holds each `generate` call until every
-    search still running has made one, then sends all their requests as one call. With one
-    caller it passes calls straight through."""
-
-    def __init__(self, engine: Engine, callers: int):
-        self.engine, self.active = engine, callers
-        self.pending: list[tuple[list[GenerationRequest], asyncio.Future]] = []
-
-    @property
-    def policy_version(self) -> int:
-        return self.engine.policy_version
-
-    async def generate(self, requests: Sequence[GenerationRequest]) -> list[GenerationResult]:
-        future = asyncio.get_running_loop().create_future()
-        self.pending.append((list(requests), future))
-        await self._flush_if_all_waiting()
-        return await future
-
-    async def leave(self) -> None:
-        """A search finished: the others no longer wait for it."""
-        self.active -= 1
-        await self._flush_if_all_waiting()
-
-    async def _flush_if_all_waiting(self) -> None:
-        if not self.pending or len(self.pending) < self.active:
-            return
-        batch, self.pending = self.pending, []
-        try:
-            results = await self.engine.generate([q for reqs, _ in batch for q in reqs])
-        except Exception as e:
-            for _, future in batch:
-                future.set_exception(e)
-            return
-        start = 0
-        for reqs, future in batch:
-            future.set_result(results[start : start + len(reqs)])
-            start += len(reqs)
 
 
 def duplicate_states(work: Workload, rollouts: list[Rollout]) -> tuple[int, int]:
@@ -266,6 +211,7 @@ def shape_from_config(path: str | Path) -> Shape:
         batch_messages=int(actor.get("batch_messages", 8)),
         mc=from_mapping(McConfig, estimator.get("mc", {}), "estimator.mc"),
         n_reset=int(estimator.get("n_reset", 4)),
+        estimator_batch=int(estimator.get("batch_messages", 8)),
     )
 
 

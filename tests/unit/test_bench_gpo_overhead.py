@@ -12,10 +12,10 @@ import pytest
 from actors.mc_search import McConfig
 from actors.rollout import RolloutConfig
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
-from ops.bench_gpo_overhead import PPO, Measure, run_repeats, summarise, variants
+from ops.bench_gpo_overhead import PPO, Measure, reading, run_repeats, summarise, variants
 from ops.generation_replay import Cost, Rollout, Shape, Workload, duplicate_states
 
-PROMPTS, N, BATCH, K, N_RESET = 5, 4, 3, 2, 3
+PROMPTS, N, BATCH, K, N_RESET, EST_BATCH = 5, 4, 3, 2, 3, 6
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def table():
         decode=decode,
         spans=step_spans,
     )
-    shape = Shape(RolloutConfig(n=N, max_new_tokens=64), BATCH, McConfig(k=K), N_RESET)
+    shape = Shape(RolloutConfig(n=N, max_new_tokens=64), BATCH, McConfig(k=K), N_RESET, EST_BATCH)
     engines = {"shared": ScriptedEngine(problem), "off": ScriptedEngine(problem)}
     cases = variants(shape.mc)
     return cases, asyncio.run(run_repeats(work, engines, shape, cases, repeats=2))
@@ -54,28 +54,37 @@ def test_gpo_trains_rollouts_plus_n_reset_per_critical_step(table):
             assert m.trained == PROMPTS * N + N_RESET * m.resets
 
 
-def test_uniform_search_spends_k_per_boundary_in_one_call_per_trajectory(table):
+def test_uniform_search_spends_k_per_boundary_in_one_call_per_estimator_batch(table):
     cases, reps = table
     for rep in reps:
         boundaries = rep[1].states[0]
-        off, shared, _, per_prompt, _ = rep[1:]
-        for m in (off, shared, per_prompt):
+        off, shared, _, alone = rep[1:]
+        assert "batch_messages = 1" in alone.name
+        for m in (off, shared, alone):
             assert m.mc.completions == K * boundaries
-        assert off.mc.calls == shared.mc.calls == PROMPTS * N
-        assert per_prompt.mc.calls == PROMPTS  # one call per prompt's group
+        # 20 trajectories in stream order, EST_BATCH at a time: 6 + 6 + 6 + 2
+        assert off.mc.calls == shared.mc.calls == math.ceil(PROMPTS * N / EST_BATCH)
+        assert alone.mc.calls == PROMPTS * N  # one call per trajectory
         # the scripted engine samples from (seed, index, prefix) only: batching changes nothing
-        assert per_prompt.resets == shared.resets == off.resets
-        assert per_prompt.mc.tokens == shared.mc.tokens
+        assert alone.resets == shared.resets == off.resets
+        assert alone.mc.tokens == shared.mc.tokens
 
 
-def test_adaptive_search_batched_per_prompt_draws_the_same_continuations(table):
+def test_adaptive_search_takes_one_call_per_round_of_a_batch(table):
     cases, reps = table
     for rep in reps:
-        adaptive, per_prompt = rep[3], rep[5]
-        assert "adaptive" in adaptive.name and "adaptive" in per_prompt.name
-        assert per_prompt.mc.completions == adaptive.mc.completions
-        assert per_prompt.resets == adaptive.resets
-        assert per_prompt.mc.calls < adaptive.mc.calls
+        adaptive = rep[3]
+        assert "adaptive" in adaptive.name
+        batches = math.ceil(PROMPTS * N / EST_BATCH)
+        assert batches < adaptive.mc.calls <= batches * McConfig().adaptive_max_rounds
+
+
+def test_reading_uses_the_rows_of_the_table(table):
+    cases, reps = table
+    shape = Shape(RolloutConfig(n=N), BATCH, McConfig(k=K), N_RESET, EST_BATCH)
+    text = reading(summarise(reps, PROMPTS), reps, shape)
+    assert f"({EST_BATCH} trajectories per estimator batch)" in text
+    assert "estimator.batch_messages = 1" in text
 
 
 def test_summary_ratios_by_hand():

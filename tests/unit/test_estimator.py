@@ -1,9 +1,10 @@
-"""The estimator's per-trajectory logic, without Redis: samples, resets, reset advantages."""
+"""The estimator's logic without Redis: samples, resets, reset advantages, batches."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from actors.estimator import (
     EstimatorConfig,
     EstimatorMetrics,
     estimate,
+    estimate_batch,
     make_sample,
     token_advantages,
 )
@@ -155,3 +157,53 @@ def test_selection_none_sends_no_reset_but_keeps_values():
     )
     assert reset is None
     assert len(sample.step_values) == 3 and sample.step_values[-1] == 0.0
+
+
+def test_a_batch_searches_together_and_equals_each_trajectory_alone():
+    # Two fresh rollouts of one prompt and a reset rollout read together: the reset needs no
+    # MC, the two searches share ONE generate call (uniform budget), and every output is the
+    # one the trajectory gets alone (searches seeded from the trajectory id).
+    problem = scripted.ScriptedProblem(stay_correct=(1.0, 0.6, 0.5, 1.0), recover=0.1)
+    wins = [5, 3, 2, 6, 6, 3, 2, 7, 7, 7, 3, 2, 5, 3, 2, scripted.EOS]
+    fails = [5, 3, 2, 6, 6, 3, 2, 7, 7, 7, 4, 2, 5, 4, 2, scripted.EOS]
+    batch = []
+    for j, (completion, reward) in enumerate(((wins, 1.0), (fails, 0.0))):
+        spans = scripted.step_spans(completion)
+        spans[-1] = (spans[-1][0], len(completion))  # EOS joins the last step
+        batch.append(
+            traj(
+                id=f"train:0:1/{j}",
+                completion_token_ids=completion,
+                logprobs=[-0.5] * len(completion),
+                step_spans=spans,
+                reward=reward,
+            )
+        )
+    reset = traj(id="r/0", kind="reset", parent_id="p/0", reset_step=1, reset_value=0.5)
+    batch.insert(1, reset)
+
+    def run(trajs):
+        engine, m = scripted.ScriptedEngine(problem), EstimatorMetrics(Metrics("e"))
+        out = asyncio.run(
+            estimate_batch(trajs, engine, TaskOver(problem), ToyTokenizer(), cfg(k=6), m)
+        )
+        return out, engine, m
+
+    together, engine, m = run(batch)
+    assert engine.calls == 1 and m.estimated._value.get() == 2
+    assert m.seconds._sum.get() > 0 and m.rollouts._value.get() == 2 * 6 * 4
+    assert [s.id for s, _ in together] == [t.id for t in batch]
+    assert together[1][1] is None and together[1][0].kind == "reset"
+    for t, (sample, reset) in zip(batch, together, strict=True):
+        ((alone_sample, alone_reset),), _, _ = run([t])
+        assert encode(sample) == encode(replace(alone_sample, ts=sample.ts))
+        if reset is None:
+            assert alone_reset is None
+        else:
+            assert encode(reset) == encode(replace(alone_reset, ts=reset.ts))
+    assert any(reset is not None for _, reset in together)
+
+
+def test_batch_messages_must_be_positive():
+    with pytest.raises(ValueError, match="batch_messages"):
+        EstimatorConfig(batch_messages=0)

@@ -17,7 +17,13 @@ from actors.engines.base import (
     GenerationResult,
     SamplingSettings,
 )
-from actors.mc_search import CriticalStepResult, McConfig, StepTrajectory, find_critical_step
+from actors.mc_search import (
+    CriticalStepResult,
+    McConfig,
+    StepTrajectory,
+    find_critical_step,
+    find_critical_steps,
+)
 from actors.scripted import (
     BAD,
     BOS,
@@ -110,6 +116,26 @@ def test_no_seed_keeps_the_engines_randomness_and_none_selection_never_resets():
     assert res.critical_step is None  # values 1, 1, 1: flat
     res = search(FakeEngine(), TableTask(table), traj, McConfig(k=2, selection="none"), fake_decode)
     assert res.critical_step is None
+
+
+def test_batched_search_sends_every_trajectorys_requests_in_one_call():
+    # Two trajectories of prompt [9]: a (2 steps) and b (1 step); one uniform call, requests in
+    # trajectory order, each trajectory scoring only its own continuations.
+    a = StepTrajectory([9], [1, 2], [(0, 1), (1, 2)], 1.0, prompt="A")
+    b = StepTrajectory([9], [3], [(0, 1)], 0.0, prompt="B")
+    table = {fake_decode(p + [100 + j]): 1.0 for p in ([], [1]) for j in range(2)}
+    engine, task = FakeEngine(), TableTask(table)
+    configs = [McConfig(k=2, seed=1), McConfig(k=2, seed=2)]
+    ra, rb = asyncio.run(find_critical_steps(engine, task, [a, b], configs, decode=fake_decode))
+    assert len(engine.batches) == 1
+    assert [list(r.prompt_token_ids) for r in engine.batches[0]] == [[9], [9, 1], [9]]
+    np.testing.assert_allclose(ra.values, [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(rb.values, [1.0, 0.0])
+    assert (ra.rounds, rb.rounds, ra.rollouts, rb.rollouts) == (1, 1, 4, 2)
+    assert task.prompts == ["A"] * 4 + ["B"] * 2
+    assert asyncio.run(find_critical_steps(engine, task, [], [], decode=fake_decode)) == []
+    with pytest.raises(ValueError, match="configs"):
+        asyncio.run(find_critical_steps(engine, task, [a, b], configs[:1], decode=fake_decode))
 
 
 def test_bad_spans_and_configs_fail_loudly():
@@ -305,3 +331,64 @@ def test_posterior_chooser_needs_advantage_selection():
         McConfig(chooser="posterior", selection="random")
     with pytest.raises(ValueError, match="chooser"):
         McConfig(chooser="median")
+
+
+# --- batched searches equal searches alone ------------------------------------------------
+
+
+def rollouts_of(problem: ScriptedProblem, count: int, seed: int) -> list[StepTrajectory]:
+    """`count` trajectories sampled by the scripted policy from the bare prompt."""
+    out = []
+    for c in sample(problem, SamplingSettings(seed=seed), n=count):
+        reward = ScriptedTask().score(problem, c.text)
+        out.append(StepTrajectory([BOS], c.token_ids, step_spans(c.token_ids), reward, problem))
+    return out
+
+
+def assert_same_result(a: CriticalStepResult, b: CriticalStepResult) -> None:
+    np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(a.advantages, b.advantages)
+    assert a.critical_step == b.critical_step
+    assert (a.rollouts, a.rounds, a.rewards) == (b.rollouts, b.rounds, b.rewards)
+    np.testing.assert_array_equal(a.counts, b.counts)
+    assert a.critical_completions == b.critical_completions
+    if a.step_probabilities is None:
+        assert b.step_probabilities is None
+    else:
+        np.testing.assert_array_equal(a.step_probabilities, b.step_probabilities)
+
+
+BATCHED = {
+    "uniform": [McConfig(k=4)],
+    "uniform-random": [McConfig(k=3, selection="random")],
+    "uniform-posterior": [McConfig(k=4, chooser="posterior")],
+    "adaptive": [McConfig(budget="adaptive")],
+    "mixed": [McConfig(k=4), McConfig(budget="adaptive"), McConfig(k=2, selection="random")],
+}
+
+
+@pytest.mark.parametrize("bases", BATCHED.values(), ids=BATCHED.keys())
+def test_batched_searches_equal_each_search_alone(bases):
+    # A prompt's rollouts share s_0 and often more; each has its own seed, as the estimator
+    # seeds them. The scripted engine samples from (seed, index, prefix) only, so batching
+    # must change no value, advantage, chosen step or continuation.
+    problem = ScriptedProblem((0.95, 0.9, 0.45, 0.9, 0.95, 0.9), recover=0.05)
+    trajectories = rollouts_of(problem, 8, seed=2)
+    configs = [replace(bases[j % len(bases)], seed=100 + j) for j in range(len(trajectories))]
+    alone = [
+        search(ScriptedEngine(problem), ScriptedTask(), t, c)
+        for t, c in zip(trajectories, configs, strict=True)
+    ]
+    engine = ScriptedEngine(problem)
+    together = asyncio.run(
+        find_critical_steps(engine, ScriptedTask(), trajectories, configs, decode=decode)
+    )
+    for a, b in zip(alone, together, strict=True):
+        assert_same_result(a, b)
+    assert engine.rollouts == sum(r.rollouts for r in alone)
+    # one generate call per round of the longest search, not one per search and round
+    assert engine.calls == max(r.rounds for r in alone)
+    if any(c.budget == "adaptive" for c in configs):
+        assert engine.calls < sum(r.rounds for r in alone)
+    else:
+        assert engine.calls == 1
