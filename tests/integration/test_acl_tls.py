@@ -87,7 +87,8 @@ def test_pipeline_runs_with_a_user_per_role_over_tls(redis_acl_tls, tiny_model_d
         text = "\n".join(p.lines)
         assert "NOPERM" not in text and "Traceback" not in text, (role, p.lines[-30:])
     admin = server.client()
-    assert pipeline.acked_lost(admin) == {}
+    books = pipeline.ledger(admin, config)
+    assert (books.lost, books.twice, books.unexpected) == ({}, {}, set()), books
 
     # the default user is off: no anonymous access, even over TLS
     anonymous = redis.Redis(

@@ -1,17 +1,24 @@
 """A short real pipeline (gpo-learner + gpo-actor + gpo-estimator) on the tiny model.
 
 Used by the tests that run the whole system against a Redis variant (hostile input, ACL
-users over TLS, Redis Cluster): one TOML for all three processes, sized so that a learner
-update needs only a few prompts on 2 loaded cores, and a ledger that reads the streams back.
+users over TLS, Redis Cluster) and under faults (test_system_faults): one TOML for all
+three processes, sized so that a learner update needs only a few prompts on 2 loaded cores,
+and a ledger that reads the streams and the learner's run log back (`ledger`).
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import time
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import redis
+
+from ops.redis_server import free_port
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
@@ -23,10 +30,12 @@ N, N_RESET = 2, 1  # rollouts per prompt, per reset request
 GROUPS = {PROMPTS: "actors", RESETS: "actors", TRAJECTORIES: "estimators", SAMPLES: "learner"}
 
 
-def write_config(tmp_path: Path, model_dir: str, redis_extra: str = "") -> Path:
+def write_config(
+    tmp_path: Path, model_dir: str, redis_extra: str = "", max_new_tokens: int = 8
+) -> Path:
     """One TOML for all three roles; `redis_extra` adds lines to `[redis]`."""
     path = tmp_path / "pipeline.toml"
-    engine = f'[{{p}}.engine]\nmodel = "{model_dir}"\n[{{p}}.rollout]\nn = {N}\nmax_new_tokens = 8\nseed = 3\n'
+    engine = f'[{{p}}.engine]\nmodel = "{model_dir}"\n[{{p}}.rollout]\nn = {N}\nmax_new_tokens = {max_new_tokens}\nseed = 3\n'
     path.write_text(
         f"""
 [run]
@@ -72,27 +81,139 @@ selection = "random"
     return path
 
 
+MODULES = {"learner": "learner.main", "actor": "actors.actor", "estimator": "actors.estimator"}
+READY = {"learner": "connected; run", "actor": "serving task", "estimator": "estimating for task"}
+
+
+def launch(
+    config: Path,
+    url: str,
+    role: str,
+    name: str,
+    *extra: str,
+    port: int | None = None,
+    env: dict | None = None,
+    loop: str = "uvloop",
+) -> GpoProcess:
+    """Start one process of `role` as consumer `name` (no wait; see `ready`)."""
+    args = ["--config", str(config), "--redis-url", url, "--name", name, *extra]
+    args += ["--metrics-host", "127.0.0.1"]
+    if port is not None:
+        args += ["--metrics-port", str(port)]
+    return GpoProcess(
+        MODULES[role], *args, env={"OMP_NUM_THREADS": "1", **(env or {})}, port=port, loop=loop
+    )
+
+
+def ready(role: str, proc: GpoProcess, timeout: float = 180) -> GpoProcess:
+    """Block until `proc` says it is serving (the learner: connected to Redis)."""
+    proc.wait_for(READY[role], timeout)
+    return proc
+
+
 def start(
     config: Path, urls: dict[str, str] | str, *extra: str, ports: dict[str, int] | None = None
 ) -> dict[str, GpoProcess]:
     """Start learner, actor and estimator (each with its own URL when `urls` is a dict) and
     wait until each one is serving."""
-    modules = {
-        "learner": "learner.main",
-        "actor": "actors.actor",
-        "estimator": "actors.estimator",
-    }
     procs = {}
-    for role, module in modules.items():
+    for role in MODULES:
         url = urls[role] if isinstance(urls, dict) else urls
-        args = ["--config", str(config), "--redis-url", url, "--name", f"{role}-0", *extra]
-        args += ["--metrics-host", "127.0.0.1"]
-        if ports and role in ports:
-            args += ["--metrics-port", str(ports[role])]
-        procs[role] = GpoProcess(module, *args, env={"OMP_NUM_THREADS": "1"})
-    procs["actor"].wait_for("serving task", 180)
-    procs["estimator"].wait_for("estimating for task", 180)
+        port = ports.get(role) if ports else None
+        procs[role] = launch(config, url, role, f"{role}-0", *extra, port=port)
+    ready("actor", procs["actor"])
+    ready("estimator", procs["estimator"])
     return procs
+
+
+class System:
+    """The gpo processes of one test by consumer name, each with its own metrics port.
+    `start` launches them together (start-up is the slow part) and waits until all serve;
+    `close` kills whatever is left, so a failing test leaves no process behind."""
+
+    def __init__(self, config: Path, url: str, *extra: str, loop: str = "uvloop"):
+        self.config, self.url, self.extra, self.loop = config, url, extra, loop
+        self.procs: dict[str, GpoProcess] = {}
+        """The processes expected to be running."""
+        self.gone: list[GpoProcess] = []
+        """Processes the test stopped or killed on purpose."""
+
+    def __getitem__(self, name: str) -> GpoProcess:
+        return self.procs[name]
+
+    def start(self, *names: str, env: dict | None = None) -> None:
+        """Start processes named `<role>-<i>` (`learner` for the learner), wait until ready."""
+        started = {}
+        for name in names:
+            role = name.split("-")[0]
+            started[name] = launch(
+                self.config,
+                self.url,
+                role,
+                name,
+                *self.extra,
+                port=free_port(),
+                env=env,
+                loop=self.loop,
+            )
+        self.procs.update(started)
+        for name, proc in started.items():
+            ready(name.split("-")[0], proc)
+
+    def retire(self, name: str) -> GpoProcess:
+        """Take `name` out of the running set (the test is about to stop or kill it)."""
+        proc = self.procs.pop(name)
+        self.gone.append(proc)
+        return proc
+
+    def alive(self) -> bool:
+        return all(p.proc.poll() is None for p in self.procs.values())
+
+    def stop_all(self, timeout: float = 60) -> dict[str, int]:
+        """SIGTERM every running process at once, then collect every exit code."""
+        for p in self.procs.values():
+            p.signal(signal.SIGCONT)  # a stopped process cannot act on SIGTERM
+            p.signal(signal.SIGTERM)
+        return {name: p.proc.wait(timeout) for name, p in self.procs.items()}
+
+    def close(self) -> None:
+        for p in [*self.procs.values(), *self.gone]:
+            p.kill()
+
+    def tails(self) -> str:
+        return "".join(
+            f"\n--- {name} (rc {p.proc.poll()}):\n" + "\n".join(p.lines[-25:])
+            for name, p in self.procs.items()
+        )
+
+
+def settings(values: dict) -> list[str]:
+    """`--set SECTION.KEY=VALUE` flags for every item (a dict VALUE as a TOML inline table)."""
+    out = []
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = "{" + ", ".join(f"{k} = {v}" for k, v in value.items()) + "}"
+        out += ["--set", f"{key}={value}"]
+    return out
+
+
+def holding(r, system: System, names: list[str], size: int | None, timeout: float = 60) -> str:
+    """The first actor of `names` seen holding `size` (None: any number of) unacked prompts
+    and resets, the same entries for a second: it is blocked, not between batches."""
+    deadline = time.monotonic() + timeout
+    since: dict[str, tuple[list, float]] = {}
+    while time.monotonic() < deadline:
+        for name in names:
+            ids = pending(r, PROMPTS, name) + pending(r, RESETS, name)
+            if not ids or (size is not None and len(ids) != size):
+                since.pop(name, None)
+            elif since.get(name, ([], 0.0))[0] != ids:
+                since[name] = (ids, time.monotonic())
+            elif time.monotonic() - since[name][1] >= 1.0:
+                return name
+        assert system.alive(), system.tails()
+        time.sleep(0.05)
+    raise AssertionError(f"none of {names} held {size} messages{system.tails()}")
 
 
 def updates(config: Path) -> list[dict]:
@@ -104,14 +225,18 @@ def updates(config: Path) -> list[dict]:
     return [r for r in records if r["event"] == "update"]
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str, procs=None) -> None:
+def wait_until(
+    pred: Callable[[], bool], timeout: float, what: str, procs=None, step: float = 0.5
+) -> None:
+    """Poll `pred` until true; fail with the processes' last lines on timeout or as soon as
+    one of `procs` (a name -> GpoProcess dict) exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if pred():
             return
         if procs and any(p.proc.poll() is not None for p in procs.values()):
             break
-        time.sleep(0.5)
+        time.sleep(step)
     tails = ""
     for role, p in (procs or {}).items():
         tails += f"\n--- {role} (rc {p.proc.poll()}):\n" + "\n".join(p.lines[-25:])
@@ -138,31 +263,127 @@ def acked_lost(r) -> dict[str, list[str]]:
     dead-lettered) yet whose output is missing downstream: that is what "nothing already
     acknowledged is lost" forbids. Samples must appear in the learner's trained ids."""
     dead = {s: {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(s))} for s in WORK_STREAMS}
-    out_ids = {TRAJECTORIES: _ids(r, TRAJECTORIES), SAMPLES: _ids(r, SAMPLES)}
+    out_ids = {TRAJECTORIES: message_ids(r, TRAJECTORIES), SAMPLES: message_ids(r, SAMPLES)}
     lost: dict[str, list[str]] = {}
     for stream in (PROMPTS, RESETS, TRAJECTORIES):
         for _eid, fields in acked_entries(r, stream, dead[stream]):
-            msg = decode(fields[FIELD])
-            if stream == TRAJECTORIES:
-                wanted = [msg.id]
-                produced = out_ids[SAMPLES]
-            else:
-                n = N if stream == PROMPTS else msg.n
-                wanted = [f"{msg.id}/{j}" for j in range(n)]
-                produced = out_ids[TRAJECTORIES]
-            missing = [w for w in wanted if w not in produced]
+            produced = out_ids[SAMPLES if stream == TRAJECTORIES else TRAJECTORIES]
+            missing = [w for w in outputs(stream, decode(fields[FIELD])) if w not in produced]
             if missing:
                 lost.setdefault(stream, []).extend(missing)
     return lost
 
 
 def acked_samples_untrained(r, config: Path) -> set[str]:
-    """Acked good samples the learner never trained (none may exist: no sample is stale in
-    these runs, max_policy_lag is large)."""
-    trained = {i for u in updates(config) for i in u["sample_ids"]}
+    """Acked good samples the learner's surviving history never trained (none may exist: no
+    sample is stale in these runs, max_policy_lag is large, and acks follow checkpoints)."""
     dead = {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(SAMPLES))}
     ids = {decode(fields[FIELD]).id for _, fields in acked_entries(r, SAMPLES, dead)}
-    return ids - trained
+    return ids - set(trained(config))
+
+
+def trained(config: Path) -> Counter:
+    """Sample ids of the updates the learner's weights contain, counted. A `resume` record
+    at step S voids the updates logged past S: they never reached a checkpoint, so the
+    restarted learner rolled them back (and will train their samples again)."""
+    log = config.parent / "ckpt" / "run_log.jsonl"
+    history: list[dict] = []
+    for line in log.read_text().splitlines() if log.exists() else []:
+        rec = json.loads(line)
+        if rec["event"] == "resume":
+            history = [u for u in history if u["step"] <= rec["step"]]
+        elif rec["event"] == "update":
+            history.append(rec)
+    return Counter(i for u in history for i in u["sample_ids"])
+
+
+@dataclass
+class Ledger:
+    """The system's books, from the streams and the learner's run log (RELIABILITY.md)."""
+
+    lost: dict[str, list[str]]
+    """Per work stream, acknowledged entries whose output is missing downstream; under
+    `trained`, acknowledged samples the learner never trained."""
+    twice: dict[str, int]
+    """Sample ids the learner's weights contain more than once."""
+    unexpected: set[str]
+    """Trained ids that no entry of `samples` carries."""
+    dead: dict[str, list[str]]
+    """Per work stream with dead letters, the source entry ids."""
+    trained: Counter
+
+
+def ledger(r, config: Path) -> Ledger:
+    lost = acked_lost(r)
+    untrained = acked_samples_untrained(r, config)
+    if untrained:
+        lost["trained"] = sorted(untrained)
+    history = trained(config)
+    return Ledger(
+        lost=lost,
+        twice={i: n for i, n in history.items() if n > 1},
+        unexpected=set(history) - message_ids(r, SAMPLES),
+        dead={
+            s: ids
+            for s in WORK_STREAMS
+            if (ids := [f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(s))])
+        },
+        trained=history,
+    )
+
+
+def outputs(stream: str, message) -> list[str]:
+    """Ids of the messages one work message becomes downstream: N trajectories per prompt,
+    `n` per reset request (both `<id>/<j>`), and one sample per trajectory (same id)."""
+    if stream == TRAJECTORIES:
+        return [message.id]
+    n = N if stream == PROMPTS else message.n
+    return [f"{message.id}/{j}" for j in range(n)]
+
+
+def descendants(held: dict[str, list]) -> list[str]:
+    """`outputs` of every message of a `held` result."""
+    return [o for stream, msgs in held.items() for m in msgs for o in outputs(stream, m)]
+
+
+def pending(r, stream: str, consumer: str | None = None) -> list[str]:
+    """Entry ids pending in `stream`'s group (for one consumer, if named)."""
+    kw = {"consumername": consumer} if consumer else {}
+    try:
+        rows = r.xpending_range(KEYS.stream(stream), GROUPS[stream], "-", "+", 10_000, **kw)
+    except redis.ResponseError:  # no group (yet, or Redis lost its data)
+        return []
+    return [row["message_id"].decode() for row in rows]
+
+
+def held(r, consumer: str, streams=(PROMPTS, RESETS)) -> dict[str, list]:
+    """The messages `consumer` holds unacknowledged, per stream."""
+    out = {}
+    for stream in streams:
+        ids = pending(r, stream, consumer)
+        out[stream] = [decode(r.xrange(KEYS.stream(stream), i, i)[0][1][FIELD]) for i in ids]
+    return out
+
+
+def backlog(r, stream: str) -> int:
+    """Produced minus acknowledged, from the counters the producers and consumers keep."""
+    produced, acked = r.mget(KEYS.produced(stream), KEYS.acked(stream))
+    return int(produced or 0) - int(acked or 0)
+
+
+def snapshot(r) -> dict[str, dict]:
+    """Per work stream: its group's last delivered id, the acked and the pending entry ids."""
+    out = {}
+    for stream in WORK_STREAMS:
+        key, group = KEYS.stream(stream), GROUPS[stream]
+        info = {g["name"].decode(): g for g in r.xinfo_groups(key)}
+        dead = {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(stream))}
+        out[stream] = {
+            "last": _id(info[group]["last-delivered-id"].decode()),
+            "acked": {eid for eid, _ in acked_entries(r, stream, dead)},
+            "pending": set(pending(r, stream)),
+        }
+    return out
 
 
 def acked_entries(r, stream: str, dead: set[str]) -> list[tuple[str, dict]]:
@@ -178,7 +399,18 @@ def acked_entries(r, stream: str, dead: set[str]) -> list[tuple[str, dict]]:
     ]
 
 
-def _ids(r, stream: str) -> set[str]:
+def message_ids_counted(r, stream: str) -> Counter:
+    """Message ids of the decodable entries of `stream`, with how many entries carry each."""
+    out: Counter = Counter()
+    for _, fields in r.xrange(KEYS.stream(stream)):
+        try:
+            out[decode(fields[FIELD]).id] += 1
+        except ProtocolError:
+            continue
+    return out
+
+
+def message_ids(r, stream: str) -> set[str]:
     """Message ids of the decodable entries of `stream` (injected poison is skipped)."""
     out = set()
     for _, fields in r.xrange(KEYS.stream(stream)):
