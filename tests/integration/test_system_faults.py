@@ -177,12 +177,14 @@ def test_02_sigterm_mid_batch_exits_zero_fast_nothing_pending_for_long(redis_ser
         assert proc.proc.wait(10) == 0, proc.lines[-30:]
         assert time.monotonic() - start < 10
 
-    # 1. the learner stalls: the estimator holds a trajectory, waiting for room in `samples`
+    # 1. the learner stalls: the estimator holds trajectories, waiting for room in `samples`
     system["learner"].signal(signal.SIGSTOP)
     wait(lambda: pipeline.backlog(r, SAMPLES) >= limits["samples"], 60, "samples full", system)
-    wait(lambda: len(pipeline.pending(r, TRAJECTORIES, "estimator-0")) == 1, 30, "held", system)
+    wait(lambda: pipeline.pending(r, TRAJECTORIES, "estimator-0"), 30, "held", system)
+    held = pipeline.pending(r, TRAJECTORIES, "estimator-0")
     sigterm("estimator-0")
     assert pipeline.pending(r, TRAJECTORIES, "estimator-0") == []
+    assert {sample_id(r, e) for e in held} <= pipeline.message_ids(r, SAMPLES)  # published
     # 2. the learner feeds prompts again; with no estimator the actor holds a generated
     # batch, waiting for room in `trajectories`
     system["learner"].signal(signal.SIGCONT)
