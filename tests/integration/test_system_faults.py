@@ -408,7 +408,13 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
     max_deliveries = 2
     system = make_system(
         redis_server.url,
-        {"redis.max_deliveries": max_deliveries, "redis.claim_idle": 600.0},
+        {
+            "redis.max_deliveries": max_deliveries,
+            "redis.claim_idle": 600.0,
+            # prompts always waiting: the poison's first batch is full of other work
+            "learner.feeder_backlog_target": 12,
+            "learner.feeder_backlog_bound": 24,
+        },
     )
     system.start("learner", "estimator-0", "actor-0")
     wait(lambda: updates(system) >= 1, 120, "update 1", system)
@@ -417,8 +423,8 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
     poison = r.xadd(pipeline.KEYS.stream(RESETS), {FIELD: raw}).decode()
     mates: dict[str, dict] = {PROMPTS: {}, RESETS: {}}
     for attempt in range(1, max_deliveries + 1):
-        # the actor takes it (with other work in the same batch) and is killed holding it;
-        # a supervisor restarts it under the same name
+        # the actor takes it (first with other work in the same batch, then alone, as a
+        # redelivery) and is killed holding it; a supervisor restarts it under the same name
         wait(lambda a=attempt: deliveries(r, RESETS, poison) == a, 60, "poison taken", system)
         held = pipeline.held(r, "actor-0")
         system.retire("actor-0").kill()
