@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ops.redis_server import RedisServer, make_tls_files
+from tests.support.procs import kill_leftovers
 
 
 @pytest.fixture
@@ -38,3 +39,10 @@ def tiny_model_dir(tmp_path_factory):
     from actors.engines.tiny_model import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_processes():
+    """A test that fails before stopping its gpo processes must not leave them running."""
+    yield
+    kill_leftovers()

@@ -21,6 +21,19 @@ from tests.support.ledger import ROOT
 NO_UVLOOP = ROOT / "tests" / "support" / "no_uvloop"
 
 
+LIVE: list[GpoProcess] = []
+"""Every GpoProcess started; `kill_leftovers` ends those a failed test did not stop."""
+
+
+def kill_leftovers() -> int:
+    """SIGKILL every GpoProcess still running; how many there were."""
+    left = [p for p in LIVE if p.proc.poll() is None]
+    for p in left:
+        p.kill()
+    LIVE.clear()
+    return len(left)
+
+
 class GpoProcess:
     """A gpo-* process whose stderr lines are collected; `wait_for(text)` blocks until seen.
     `port`: its --metrics-port, if the caller chose one (`value` reads a metric there)."""
@@ -42,6 +55,7 @@ class GpoProcess:
             cwd=ROOT,
             env=dict(os.environ, PYTHONPATH=path, **(env or {})),
         )
+        LIVE.append(self)
         self.port = port
         self.lines: list[str] = []
         self._new: queue.Queue[str] = queue.Queue()
