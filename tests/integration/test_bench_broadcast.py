@@ -19,7 +19,8 @@ def test_broadcast_case_rounds_and_bytes(redis_server):
     rounds, peak = asyncio.run(bb.broadcast_case(redis_server.url, 1, 3, repeats=2))
     assert len(rounds) == 2
     for publish, fetch, total, copy in rounds:
-        assert 0 < publish <= total and 0 < fetch <= total and copy > 0
+        # readers can finish before publish_adapter returns: publish need not be <= total
+        assert publish > 0 and 0 < fetch <= total and copy > 0
     assert peak > 0
 
     async def newest() -> tuple[int, bytes]:

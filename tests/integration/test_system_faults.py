@@ -453,6 +453,9 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
 
 SLOW_SEARCH = {
     "estimator.mc.k": 128,  # MC searches of a second or more on the tiny policy
+    # one trajectory per search: a batch's seconds are shared among its trajectories, and a
+    # frozen estimator holding one trajectory is taken over by one search
+    "estimator.batch_messages": 1,
     "redis.claim_idle": 1.0,
     "redis.pending_check_interval": 0.3,
 }
@@ -490,7 +493,8 @@ def test_12_slow_estimator_keeps_its_trajectory_until_killed_then_it_is_taken_ov
     redis_server, make_system
 ):
     r = redis_server.client()
-    system = make_system(redis_server.url, SLOW_SEARCH)
+    # K = 512: searches stay longer than claim_idle on an idle machine too
+    system = make_system(redis_server.url, SLOW_SEARCH | {"estimator.mc.k": 512})
     system.start("learner", "actor-0", "estimator-0", "estimator-1")
     estimators = ("estimator-0", "estimator-1")
     # searches longer than claim_idle: each owner's lease keeps its trajectory
