@@ -47,7 +47,7 @@ from learner.policy import Policy
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
 from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
-from protocol.consumer import Consumer, Delivery
+from protocol.consumer import Consumer, Delivery, end, repeat
 from protocol.messages import Sample
 from protocol.process import Runtime
 
@@ -91,7 +91,11 @@ async def run(p: Parts) -> int:
     await announce(p)
     if cfg.eval_every and st.step == 0:
         await evaluate(p)  # the base policy's score: the "before" of every learning curve
-    leases = asyncio.create_task(keep_leases(p), name="learner-leases")
+    every = max(0.5, p.consumer.cfg.claim_idle / 3)
+    stop_leases = asyncio.Event()
+    leases = asyncio.create_task(
+        repeat(every, lambda: keep_leases(p), stop_leases), name="learner-leases"
+    )
     while not p.rt.stop.is_set():
         if leases.done():
             leases.result()  # a failed lease keeper takes the process down
@@ -129,7 +133,7 @@ async def run(p: Parts) -> int:
             await evaluate(p)
     # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
     await commit(p)
-    leases.cancel()
+    await end(leases, stop_leases)
     broadcast_samples(p.world, None)
     return 0
 
@@ -188,12 +192,9 @@ async def keep_leases(p: Parts) -> None:
     """Keep every held entry (buffered or trained-but-uncommitted) from going idle past
     `claim_idle`: otherwise a claim sweep would redeliver it, and after `max_deliveries` the
     transport would dead-letter (and so ack) a sample whose update is not committed."""
-    every = max(0.5, p.consumer.cfg.claim_idle / 3)
-    while True:
-        await asyncio.sleep(every)
-        held = p.buffer + p.unacked
-        if held:
-            await p.consumer.extend_lease(held)
+    held = p.buffer + p.unacked
+    if held:
+        await p.consumer.extend_lease(held)
 
 
 async def publish(p: Parts, version: int) -> None:

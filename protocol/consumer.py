@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis import exceptions as rex
@@ -346,21 +346,14 @@ class Consumer:
     ) -> AsyncIterator[None]:
         """Keep extending the lease of `deliveries` while the block runs (long MC jobs)."""
         every = interval or max(0.5, self.cfg.claim_idle / 3)
-
-        async def keep() -> None:
-            while True:
-                await asyncio.sleep(every)
-                await self.extend_lease(deliveries)
-
-        task = asyncio.create_task(keep(), name=f"lease-{self.stream}")
+        stop = asyncio.Event()
+        task = asyncio.create_task(
+            repeat(every, lambda: self.extend_lease(deliveries), stop), name=f"lease-{self.stream}"
+        )
         try:
             yield
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        if task.done() and not task.cancelled() and task.exception():
-            raise task.exception()
+            await end(task, stop)
 
     async def trim(self) -> int:
         """Delete entries every consumer is done with: XTRIM MINID at the oldest entry that
@@ -403,3 +396,29 @@ def _id_key(item) -> tuple[int, int]:
 def _next_id(eid: str) -> str:
     ms, seq = _id_key(eid)
     return f"{ms}-{seq + 1}"
+
+
+async def repeat(
+    seconds: float, call: Callable[[], Awaitable[object]], stop: asyncio.Event
+) -> None:
+    """Await `call()` every `seconds` until `stop` is set (a lease keeper's loop).
+
+    It stops on the event, not on cancellation alone: redis-py sends each command under
+    `asyncio.wait_for`, which on Python 3.11 swallows a cancel that lands as the send
+    completes, and a keeper that missed its cancel would run, and hold its owner's exit,
+    forever (seen after a Redis pause, when the keeper's call and the owner's last call
+    returned together). See `end`."""
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=seconds)
+        except TimeoutError:
+            await call()
+
+
+async def end(task: asyncio.Task, stop: asyncio.Event) -> None:
+    """Stop a `repeat` task and wait for it; a call in flight is cancelled, and an error the
+    task raised is raised here."""
+    stop.set()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
