@@ -1,5 +1,8 @@
 """One PPO update on a batch of samples: prepare (pi_old, reference, values, advantages),
-then `ppo_epochs` passes of minibatch optimizer steps with gradient accumulation.
+then `ppo_epochs` passes of minibatch optimizer steps with gradient accumulation. When the
+update is one optimizer step on a policy without a value head (the default: one epoch, one
+minibatch), pi_old is the policy being trained and its no-grad pass is skipped: the training
+forward's own log-probs, detached, are pi_old (ratio 1, the same gradient).
 
 Data parallelism (torch.distributed, any backend): every rank holds the same batch and the
 same micro-batch plan and computes the micro-batches `i % world == rank`. Every loss term is
@@ -54,7 +57,9 @@ class Prepared:
     """A micro-batch with its no-gradient inputs to the loss."""
 
     mb: MicroBatch
-    old_logprobs: Tensor
+    old_logprobs: Tensor | None
+    """None when the update is one optimizer step (`on_policy_step`): pi_old is then the
+    training forward's own log-probs, detached."""
     ref_logprobs: Tensor | None
     old_values: Tensor | None
     returns: Tensor | None
@@ -72,12 +77,19 @@ def ppo_update(
     cfg: LearnerConfig,
     step: int,
     world: World = World(),
+    old_pass: bool | None = None,
 ) -> dict[str, float]:
-    """Train on `samples` (the same list on every rank); returns mean statistics."""
+    """Train on `samples` (the same list on every rank); returns mean statistics.
+
+    `old_pass`: run the no-grad pi_old pass; None runs it unless `on_policy_step`."""
     plan = plan_micro_batches([len(s.token_ids) for s in samples], cfg.token_budget)
     advantages = token_advantages(samples, cfg.advantage)
+    if old_pass is None:
+        old_pass = not on_policy_step(policy, cfg)
+    if not old_pass and policy.value_head is not None:
+        raise ValueError("a value head's GAE needs the pi_old pass (its old values)")
     prepared = {
-        i: prepare(policy, collate(samples, advantages, rows, policy.device), cfg)
+        i: prepare(policy, collate(samples, advantages, rows, policy.device), cfg, old_pass)
         for i, rows in enumerate(plan)
         if world.owns(i)
     }
@@ -102,15 +114,26 @@ def ppo_update(
     return out
 
 
+def on_policy_step(policy: Policy, cfg: LearnerConfig) -> bool:
+    """True when the update is a single optimizer step without a value head: the weights do
+    not change between pi_old's pass and the training pass, so pi_old's log-probs equal the
+    training forward's (LoRA dropout is 0) and the separate no-grad pass is skipped."""
+    return cfg.ppo_epochs == 1 and cfg.minibatches == 1 and policy.value_head is None
+
+
 @torch.no_grad()
-def prepare(policy: Policy, mb: MicroBatch, cfg: LearnerConfig) -> Prepared:
-    """pi_old logprobs, reference logprobs (if KL is on), old values and GAE (if `gae`)."""
+def prepare(policy: Policy, mb: MicroBatch, cfg: LearnerConfig, old_pass: bool = True) -> Prepared:
+    """pi_old logprobs, reference logprobs (if KL is on), old values and GAE (if `gae`).
+    Without `old_pass` only the reference pass runs (see `on_policy_step`)."""
     policy.model.eval()
-    fwd = policy.forward(mb.input_ids, mb.attention_mask)
     ref = None
     if cfg.kl_coef > 0:
         with policy.reference():
             ref = policy.forward(mb.input_ids, mb.attention_mask).logprobs
+    if not old_pass:
+        policy.model.train()
+        return Prepared(mb, None, ref, None, None)
+    fwd = policy.forward(mb.input_ids, mb.attention_mask)
     returns = None
     if fwd.values is not None:
         rewards = terminal_rewards(mb.rewards, mb.mask)
@@ -176,9 +199,10 @@ def minibatch_loss(policy: Policy, p: Prepared, cfg: LearnerConfig, tokens: floa
     Returns its statistics as token-weighted sums, [7] float64."""
     mb = p.mb
     fwd = policy.forward(mb.input_ids, mb.attention_mask)
+    old = fwd.logprobs.detach() if p.old_logprobs is None else p.old_logprobs
     pg, st = clipped_surrogate(
         fwd.logprobs,
-        p.old_logprobs,
+        old,
         mb.advantages,
         mb.mask,
         clip_eps=cfg.clip_eps,

@@ -16,9 +16,11 @@ after one warm-up of each:
 1. floor: the same micro-batches (`plan_micro_batches` at `token_budget`, collated once,
    outside the clock), each a plain forward, a masked next-token cross-entropy on the logits
    and a backward, with gradients accumulating: the least any update of this batch costs.
-2. learner: `ppo_update` itself (collate, the no-grad pi_old pass, the clipped surrogate with
-   truncated importance weights, entropy statistics, gradient clip, AdamW step).
-3. the pi_old pass of `ppo_update` alone (`prepare` of every micro-batch), to split the gap.
+2. learner: `ppo_update` itself, as configured (collate, the no-grad pi_old pass unless the
+   update is one optimizer step, the clipped surrogate with truncated importance weights,
+   entropy statistics, gradient clip, AdamW step).
+3. `ppo_update` with the no-grad pi_old pass forced on, which is what row 2 saves by skipping
+   it at one epoch of one minibatch (the same as row 2 otherwise).
 Tokens/s counts the real (unpadded) tokens of the batch per update; `vs floor` is the speed
 ratio to row 1.
 """
@@ -47,7 +49,7 @@ from learner.batches import MicroBatch, choose_batch, collate, plan_micro_batche
 from learner.batches import token_advantages as sample_advantages
 from learner.config import LearnerConfig
 from learner.policy import Policy, build_policy
-from learner.train import make_optimizer, ppo_update, prepare
+from learner.train import make_optimizer, on_policy_step, ppo_update
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
 
@@ -205,23 +207,16 @@ def floor_call(policy: Policy, mbs: list[MicroBatch]) -> Callable[[], None]:
 
 
 def learner_call(
-    policy: Policy, optimizer: torch.optim.Optimizer, samples: list[Sample], cfg: LearnerConfig
+    policy: Policy,
+    optimizer: torch.optim.Optimizer,
+    samples: list[Sample],
+    cfg: LearnerConfig,
+    old_pass: bool | None = None,
 ) -> Callable[[], None]:
     step = iter(range(10**9))
 
     def call() -> None:
-        ppo_update(policy, optimizer, samples, cfg, next(step))
-
-    return call
-
-
-def prepare_call(policy: Policy, samples: list[Sample], cfg: LearnerConfig) -> Callable[[], None]:
-    plan = plan_micro_batches([len(s.token_ids) for s in samples], cfg.token_budget)
-    adv = sample_advantages(samples, cfg.advantage)
-
-    def call() -> None:
-        for rows in plan:
-            prepare(policy, collate(samples, adv, rows, policy.device), cfg)
+        ppo_update(policy, optimizer, samples, cfg, next(step), old_pass=old_pass)
 
     return call
 
@@ -248,7 +243,9 @@ def run(policy: Policy, samples: list[Sample], cfg: LearnerConfig, repeats: int)
     cases = {
         "floor: forward + CE + backward": floor_call(policy, mbs),
         "learner: ppo_update": learner_call(policy, optimizer, samples, cfg),
-        "part of it: pi_old pass (no grad)": prepare_call(policy, samples, cfg),
+        "learner: ppo_update with the pi_old pass": learner_call(
+            policy, optimizer, samples, cfg, old_pass=True
+        ),
     }
     seconds = timed_alternating(list(cases.values()), repeats)
     tokens = sum(len(s.token_ids) for s in samples)
@@ -256,7 +253,10 @@ def run(policy: Policy, samples: list[Sample], cfg: LearnerConfig, repeats: int)
     return [Row(name, s, tokens, trained) for name, s in zip(cases, seconds, strict=True)]
 
 
-def reading(rows: Sequence[Row], samples: Sequence[Sample], cfg: LearnerConfig, mbs: int) -> str:
+def reading(
+    rows: Sequence[Row], samples: Sequence[Sample], cfg: LearnerConfig, mbs: int, skipped: bool
+) -> str:
+    """The table in words; `skipped`: `ppo_update` skips the pi_old pass here."""
     floor, learner, old = rows
     gap = learner.seconds - floor.seconds
     lengths = [len(s.token_ids) for s in samples]
@@ -270,26 +270,21 @@ def reading(rows: Sequence[Row], samples: Sequence[Sample], cfg: LearnerConfig, 
         f"the {floor.tokens_per_s:.0f} tokens/s of a bare forward and backward of the same "
         f"micro-batches ({learner.seconds / floor.seconds:.2f}x its time)."
     )
-    if gap > old.seconds:
+    if skipped:
+        saved = old.seconds - learner.seconds
         text += (
-            f" Of the {gap * 1000:.0f} ms per update above the floor, the no-grad pi_old "
-            f"pass takes {old.seconds * 1000:.0f} ms ({100 * old.seconds / gap:.0f}%); the "
-            "rest is collation, the loss terms, entropy statistics, the gradient clip and the "
-            "AdamW step."
+            f" With one epoch of one minibatch, as here, pi_old is the policy being trained, "
+            f"so `ppo_update` skips the no-grad pi_old pass and takes the training forward's "
+            f"own log-probs: with the pass the update takes {old.seconds * 1000:.0f} ms "
+            f"({speed_ratio(old, floor):.2f}x the floor's speed), so skipping it saves "
+            f"{saved * 1000:.0f} ms per update ({100 * saved / old.seconds:.0f}%)."
         )
     else:
         text += (
-            f" The no-grad pi_old pass alone takes {old.seconds * 1000:.0f} ms, at least as much "
-            f"as the whole {max(gap, 0) * 1000:.0f} ms gap: the rest of the update (collation, loss "
-            "terms, entropy statistics, gradient clip, AdamW step, and the training forward "
-            "and backward themselves) costs about what the floor does, within the noise."
-        )
-    if cfg.ppo_epochs == 1 and cfg.minibatches == 1:
-        text += (
-            " With one epoch of one minibatch, as here, pi_old equals the policy being "
-            "trained, so that pass only reproduces logprobs the training forward also "
-            f"computes: skipping it in this case would save about {old.seconds * 1000:.0f} ms "
-            "per update."
+            f" Here ({cfg.ppo_epochs} epoch(s) of {cfg.minibatches} minibatch(es), advantage "
+            f"{cfg.advantage}) the no-grad pi_old pass is needed: the policy moves between "
+            "optimizer steps, or the value head's old values feed GAE. Rows 2 and 3 are the "
+            f"same update ({gap * 1000:.0f} ms above the floor)."
         )
     return text + (
         " Timings on a shared 2-core machine are noisy: the ratio comes from alternating "
@@ -359,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"median of {args.repeats} alternating rounds\n"
     )
     print(format_table(rows))
-    text = reading(rows, samples, learner, mbs)
+    text = reading(rows, samples, learner, mbs, on_policy_step(policy, learner))
     print("\n" + text)
     if args.write_results:
         from ops.results import bench_body, markdown_table, write_section

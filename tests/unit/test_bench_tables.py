@@ -88,20 +88,18 @@ def test_learner_ratio_and_table():
     assert bl.format_table([floor, learner]).splitlines()[2].split()[-1] == "0.50x"
 
 
-def test_learner_reading_splits_the_gap():
-    rows = [bl.Row("f", 1.0, 100, 50), bl.Row("l", 1.5, 100, 50), bl.Row("p", 0.25, 100, 50)]
+def test_learner_reading_states_the_saving_of_the_skipped_pi_old_pass():
+    rows = [bl.Row("f", 1.0, 100, 50), bl.Row("l", 1.5, 100, 50), bl.Row("p", 2.0, 100, 50)]
     cfg = bl.LearnerConfig(model="m", ppo_epochs=1, minibatches=1)
     samples = [_sample("reset", 10), _sample("fresh", 12)]
-    text = bl.reading(rows, samples, cfg, mbs=1)
+    text = bl.reading(rows, samples, cfg, mbs=1, skipped=True)
     assert "0.67x the 100 tokens/s" in text and "(1.50x its time)" in text
-    assert "the 500 ms per update above the floor" in text and "250 ms (50%)" in text
     assert "2 samples (1 resets" in text and "10-12 per sample" in text
-    assert "would save about 250 ms per update" in text
-    # a pi_old pass longer than the whole gap is reported as such, never as > 100%
-    rows[2] = bl.Row("p", 0.75, 100, 50)
-    text = bl.reading(rows, samples, bl.LearnerConfig(model="m", ppo_epochs=2), mbs=1)
-    assert "takes 750 ms, at least as much as the whole 500 ms gap" in text
-    assert "would save" not in text
+    assert "with the pass the update takes 2000 ms (0.50x the floor's speed)" in text
+    assert "saves 500 ms per update (25%)" in text
+    text = bl.reading(rows, samples, bl.LearnerConfig(model="m", ppo_epochs=2), 1, skipped=False)
+    assert "pi_old pass is needed" in text and "(500 ms above the floor)" in text
+    assert "saves" not in text
 
 
 def test_mc_like_result_values_and_critical_step():

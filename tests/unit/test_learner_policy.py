@@ -17,7 +17,7 @@ from learner.checkpoint import LearnerState, load_latest, save_checkpoint
 from learner.config import LearnerConfig
 from learner.feeder import Feeder, epoch_order
 from learner.policy import build_policy
-from learner.train import make_optimizer, ppo_update
+from learner.train import make_optimizer, on_policy_step, ppo_update
 from protocol.config import ConfigError
 from tests.unit.learner_fixtures import make_sample, tiny_config, tiny_model
 
@@ -98,6 +98,31 @@ def test_first_update_is_on_policy_and_clips_nothing(model_dir):
     stats = ppo_update(policy, opt, batch(), cfg, 0)
     assert stats["clip_fraction"] == 0.0 and abs(stats["approx_kl"]) < 1e-6
     assert stats["value_loss"] > 0 and stats["grad_norm"] > 0
+
+
+@pytest.mark.parametrize("kl_coef", [0.0, 0.05])
+def test_one_step_update_without_the_pi_old_pass_is_the_same_update(model_dir, kl_coef):
+    """One epoch of one minibatch skips the no-grad pi_old pass (its log-probs equal the
+    training forward's): the weights and statistics equal those of the update with it."""
+    cfg = tiny_config(model_dir, advantage="group", kl_coef=kl_coef, token_budget=40)
+    assert on_policy_step(build_policy(cfg), cfg)
+    runs = []
+    for old_pass in (True, None):
+        policy = build_policy(cfg)
+        opt = make_optimizer(policy, cfg)
+        stats = [ppo_update(policy, opt, batch(), cfg, s, old_pass=old_pass) for s in range(2)]
+        runs.append((stats, get_peft_model_state_dict(policy.model)))
+    (with_pass, weights_a), (skipped, weights_b) = runs
+    for a, b in zip(with_pass, skipped, strict=True):
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    assert skipped[1]["grad_norm"] > 0 and skipped[1]["policy_loss"] != 0
+    assert skipped[1]["clip_fraction"] == 0.0 and (kl_coef == 0) == (skipped[1]["kl"] == 0)
+    for k, v in weights_a.items():
+        torch.testing.assert_close(weights_b[k], v, rtol=1e-5, atol=1e-7)
+    # more than one optimizer step, or a value head, needs the pass
+    assert not on_policy_step(build_policy(cfg), tiny_config(model_dir, minibatches=2))
+    gae = tiny_config(model_dir, advantage="gae")
+    assert not on_policy_step(build_policy(gae), gae)
 
 
 def test_checkpoint_round_trip_resumes_the_same_training(model_dir, tmp_path):
