@@ -180,7 +180,8 @@ async def estimate_batch(
 
     Reset rollouts (and fresh ones when no MC is wanted) need no generation; the MC searches
     of the other trajectories run together, each seeded from its trajectory id, so each
-    result is the one its search gives alone."""
+    result is the one its search gives alone (unless `mc.share_states`: then a state several
+    of them reach is estimated once for all)."""
     out: list[tuple[Sample, ResetRequest | None] | None] = [None] * len(trajs)
     fresh = []
     for i, traj in enumerate(trajs):
@@ -243,7 +244,7 @@ def outputs_of(
     m: EstimatorMetrics,
 ) -> tuple[Sample, ResetRequest | None]:
     """The Sample of a searched fresh trajectory, and its ResetRequest if one is due."""
-    m.rollouts.inc(result.rollouts)
+    m.rollouts.inc(result.rollouts - result.shared_rollouts)
     m.estimated.inc()
     sample = make_sample(
         traj,

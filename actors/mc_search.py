@@ -141,6 +141,13 @@ class McConfig:
     """Adaptive: the trajectory's own reward counts as this many continuations from s_T."""
     adaptive_draws: int = 512
     """Adaptive: posterior samples per round (Monte Carlo error about 1/sqrt(draws))."""
+    share_states: bool = False
+    """Searches run together (`find_critical_steps`, an estimator batch) estimate a state
+    they share once: requests for the same token prefix with the same count and sampling
+    settings in one round become one request whose continuations every such search uses
+    (s_0, the bare prompt, is shared by all of a prompt's rollouts). Fewer continuations;
+    the shared values are no longer independent between those trajectories, and a search's
+    result then depends on its batch. False: every search draws its own (the paper)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -192,6 +199,9 @@ class CriticalStepResult:
     step_probabilities: np.ndarray | None = None
     """Posterior P(step i is critical), shape (T + 1,); the last entry is P(no critical
     step). Only when the posterior chose (adaptive budget, or chooser `posterior`)."""
+    shared_rollouts: int = 0
+    """Of `rollouts`, those generated for another search of the batch (`share_states`):
+    the continuations this search cost the engine are `rollouts - shared_rollouts`."""
 
 
 async def find_critical_step(
@@ -233,26 +243,56 @@ async def find_critical_steps(
     result equals `find_critical_step` of that trajectory alone, for any engine whose sample
     j of a request depends only on (seed, j, prompt), as the engine contract states. Requests
     of different trajectories for the same state (s_0, the bare prompt, is shared by a
-    prompt's n rollouts) stay separate: their seeds differ, and pooling their continuations
-    would change each trajectory's result; an engine with prefix reuse computes the shared
-    prefix once within the call anyway.
+    prompt's n rollouts) stay separate unless their configs set `share_states`: then one
+    request (the first search's, with its seed) serves every search that asked for that
+    state in the round, which saves those continuations and ties each result to its batch.
     """
     if len(configs) != len(trajectories):
         raise ValueError(f"{len(configs)} configs for {len(trajectories)} trajectories")
     searches = [_Search(t, c) for t, c in zip(trajectories, configs, strict=True)]
     while running := [s for s in searches if s.plan]:
-        # 1. this round's requests of every search still running, as one generate call
+        # 1. this round's requests of every search still running, as one generate call (a
+        #    state that several sharing searches ask for, once)
         requests = [s.requests() for s in running]
-        flat = [q for qs in requests for q in qs]
-        results = await engine.generate(flat)
-        if len(results) != len(flat):
-            raise RuntimeError(f"engine returned {len(results)} results for {len(flat)}")
+        unique, where, first = merge_shared(requests, [s.config.share_states for s in running])
+        results = await engine.generate(unique)
+        if len(results) != len(unique):
+            raise RuntimeError(f"engine returned {len(results)} results for {len(unique)}")
         # 2. each search scores its continuations and plans its next round (or finishes)
         start = 0
         for search, qs in zip(running, requests, strict=True):
-            search.absorb(results[start : start + len(qs)], task, decode)
+            mine = range(start, start + len(qs))
+            search.absorb([results[where[j]] for j in mine], task, decode, [first[j] for j in mine])
             start += len(qs)
     return [s.result() for s in searches]
+
+
+def merge_shared(
+    requests: Sequence[Sequence[GenerationRequest]], share: Sequence[bool]
+) -> tuple[list[GenerationRequest], list[int], list[bool]]:
+    """One round's requests (per search) as the engine gets them: a request of a search with
+    `share[j]` that repeats an earlier sharing request's prefix, count and sampling settings
+    (the seed aside) is dropped and served by that one. Returns (requests to generate, for
+    each flat request the index of the one serving it, whether it serves itself)."""
+    unique: list[GenerationRequest] = []
+    where: list[int] = []
+    first: list[bool] = []
+    seen: dict[tuple, int] = {}
+    for qs, shares in zip(requests, share, strict=True):
+        for q in qs:
+            key = None
+            if shares:
+                key = (tuple(q.prompt_token_ids), q.n, dataclasses.replace(q.sampling, seed=None))
+            if key is not None and key in seen:
+                where.append(seen[key])
+                first.append(False)
+                continue
+            if key is not None:
+                seen[key] = len(unique)
+            where.append(len(unique))
+            first.append(True)
+            unique.append(q)
+    return unique, where, first
 
 
 class _Search:
@@ -269,6 +309,7 @@ class _Search:
         self.rewards: list[list[float]] = [[] for _ in range(t)]
         self.completions: list[list[Completion]] = [[] for _ in range(t)]
         self.rounds = 0
+        self.shared = 0
         self.probs: np.ndarray | None = None
         first = config.k if config.budget == "uniform" else config.adaptive_initial_k
         self.plan: list[int] = [first] * t
@@ -287,11 +328,21 @@ class _Search:
             out.append(GenerationRequest(self.trajectory.prefix(i), n, sampling))
         return out
 
-    def absorb(self, results: Sequence[GenerationResult], task: ScoringTask, decode: Decode):
-        """Score the results of `requests()`, then plan the next round ([] when done)."""
+    def absorb(
+        self,
+        results: Sequence[GenerationResult],
+        task: ScoringTask,
+        decode: Decode,
+        own: Sequence[bool] | None = None,
+    ):
+        """Score the results of `requests()`, then plan the next round ([] when done).
+        own[j]: result j was generated for this search (not shared from another)."""
         traj, config = self.trajectory, self.config
         boundaries = [i for i, n in enumerate(self.plan) if n > 0]
-        for i, result in zip(boundaries, results, strict=True):
+        own = [True] * len(boundaries) if own is None else own
+        for i, result, mine in zip(boundaries, results, own, strict=True):
+            if not mine:
+                self.shared += len(result.completions)
             kept = list(traj.completion_token_ids[: traj.step_spans[i][0]])
             for c in result.completions:
                 text = decode(kept + list(c.token_ids))
@@ -339,6 +390,7 @@ class _Search:
             rewards=self.rewards,
             critical_completions=list(self.completions[chosen]) if chosen is not None else [],
             step_probabilities=self.probs,
+            shared_rollouts=self.shared,
         )
 
 

@@ -58,8 +58,8 @@ def test_uniform_search_spends_k_per_boundary_in_one_call_per_estimator_batch(ta
     cases, reps = table
     for rep in reps:
         boundaries = rep[1].states[0]
-        off, shared, _, alone = rep[1:]
-        assert "batch_messages = 1" in alone.name
+        off, shared, _, sharing, alone = rep[1:]
+        assert "batch_messages = 1" in alone.name and "share_states" in sharing.name
         for m in (off, shared, alone):
             assert m.mc.completions == K * boundaries
         # 20 trajectories in stream order, EST_BATCH at a time: 6 + 6 + 6 + 2
@@ -68,6 +68,10 @@ def test_uniform_search_spends_k_per_boundary_in_one_call_per_estimator_batch(ta
         # the scripted engine samples from (seed, index, prefix) only: batching changes nothing
         assert alone.resets == shared.resets == off.resets
         assert alone.mc.tokens == shared.mc.tokens
+        # share_states: a state reached by several searches of one batch is searched once
+        # (s_0 at least: every prompt here is the same problem), in as many calls
+        assert K * off.mc.calls <= sharing.mc.completions < shared.mc.completions
+        assert sharing.mc.calls == shared.mc.calls
 
 
 def test_adaptive_search_takes_one_call_per_round_of_a_batch(table):
@@ -84,7 +88,7 @@ def test_reading_uses_the_rows_of_the_table(table):
     shape = Shape(RolloutConfig(n=N), BATCH, McConfig(k=K), N_RESET, EST_BATCH)
     text = reading(summarise(reps, PROMPTS), reps, shape)
     assert f"({EST_BATCH} trajectories per estimator batch)" in text
-    assert "estimator.batch_messages = 1" in text
+    assert "estimator.batch_messages = 1" in text and "share_states" in text
 
 
 def test_summary_ratios_by_hand():

@@ -203,6 +203,23 @@ def test_a_batch_searches_together_and_equals_each_trajectory_alone():
             assert encode(reset) == encode(replace(alone_reset, ts=reset.ts))
     assert any(reset is not None for _, reset in together)
 
+    # share_states: a state both rollouts reach is searched once; the counter counts what
+    # was generated, and both samples carry the one value of each shared state
+    engine, m = scripted.ScriptedEngine(problem), EstimatorMetrics(Metrics("e"))
+    shared = asyncio.run(
+        estimate_batch(
+            batch, engine, TaskOver(problem), ToyTokenizer(), cfg(k=6, share_states=True), m
+        )
+    )
+    fresh = [t for t in batch if t.kind == "fresh"]
+    states = [[tuple(t.completion_token_ids[:start]) for start, _ in t.step_spans] for t in fresh]
+    common = len(set(states[0]) & set(states[1]))
+    assert common >= 1 and engine.calls == 1
+    assert m.rollouts._value.get() == 6 * len(set(states[0]) | set(states[1])) < 2 * 6 * 4
+    a, b = (shared[i][0] for i, t in enumerate(batch) if t.kind == "fresh")
+    same = [i for i in range(4) if states[0][i] == states[1][i]]
+    np.testing.assert_array_equal(a.step_values[same], b.step_values[same])
+
 
 def test_batch_messages_must_be_positive():
     with pytest.raises(ValueError, match="batch_messages"):

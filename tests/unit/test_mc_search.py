@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from actors.critical import derive_seed
 from actors.engines.base import (
     Completion,
     Engine,
@@ -23,6 +24,7 @@ from actors.mc_search import (
     StepTrajectory,
     find_critical_step,
     find_critical_steps,
+    merge_shared,
 )
 from actors.scripted import (
     BAD,
@@ -136,6 +138,52 @@ def test_batched_search_sends_every_trajectorys_requests_in_one_call():
     assert asyncio.run(find_critical_steps(engine, task, [], [], decode=fake_decode)) == []
     with pytest.raises(ValueError, match="configs"):
         asyncio.run(find_critical_steps(engine, task, [a, b], configs[:1], decode=fake_decode))
+
+
+def test_shared_states_are_generated_once_and_scored_by_every_search_that_needs_them():
+    # a: [9] -> steps [1], [2]; b: [9] -> [1], [5]; c: [9] -> [3] (not sharing). a and b
+    # share s_0 = [9] and s_1 = [9, 1]; c asks for [9] too but draws its own.
+    a = StepTrajectory([9], [1, 2], [(0, 1), (1, 2)], 1.0, prompt="A")
+    b = StepTrajectory([9], [1, 5], [(0, 1), (1, 2)], 0.0, prompt="B")
+    c = StepTrajectory([9], [3], [(0, 1)], 0.0, prompt="C")
+    table = {fake_decode([1, 100][i:]): 1.0 for i in (0, 1)}
+    table |= {fake_decode([1, 101][i:]): 0.0 for i in (0, 1)}
+    engine, task = FakeEngine(), TableTask(table)
+    share = McConfig(k=2, seed=1, share_states=True)
+    configs = [share, replace(share, seed=2), McConfig(k=2, seed=3)]
+    ra, rb, rc = asyncio.run(
+        find_critical_steps(engine, task, [a, b, c], configs, decode=fake_decode)
+    )
+    (batch,) = engine.batches
+    assert [list(r.prompt_token_ids) for r in batch] == [[9], [9, 1], [9]]
+    assert [r.sampling.seed for r in batch][0] == derive_seed(1, 0, 0)  # the first search's
+    # values: s_0 from [100] (1) and [101] (0); s_1 = [9, 1] from [1, 100] (1), [1, 101] (0)
+    np.testing.assert_allclose(ra.values, [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(rb.values, [0.5, 0.5, 0.0])
+    np.testing.assert_allclose(rc.values, [0.5, 0.0])
+    assert (ra.rollouts, rb.rollouts, rc.rollouts) == (4, 4, 2)
+    assert (ra.shared_rollouts, rb.shared_rollouts, rc.shared_rollouts) == (0, 4, 0)
+    assert task.prompts == ["A"] * 4 + ["B"] * 4 + ["C"] * 2  # each scores with its prompt
+    # without share_states every search draws its own: the searches' results alone
+    engine = FakeEngine()
+    alone = [replace(cfg, share_states=False) for cfg in configs]
+    asyncio.run(find_critical_steps(engine, task, [a, b, c], alone, decode=fake_decode))
+    assert len(engine.batches[0]) == 5
+
+
+def test_merge_shared_keeps_count_and_sampling_apart():
+    s = SamplingSettings(seed=1)
+    q = [GenerationRequest([9], 2, s), GenerationRequest([9], 3, s)]
+    other = [
+        GenerationRequest([9], 2, SamplingSettings(seed=7)),  # same state, another seed: shared
+        GenerationRequest([9], 2, SamplingSettings(seed=7, temperature=0.5)),  # not the same
+        GenerationRequest([9], 3, SamplingSettings(seed=8)),
+    ]
+    unique, where, first = merge_shared([q, other], [True, True])
+    assert unique == [q[0], q[1], other[1]]
+    assert where == [0, 1, 0, 2, 1] and first == [True, True, False, True, False]
+    unique, where, first = merge_shared([q, other], [True, False])
+    assert len(unique) == 5 and where == [0, 1, 2, 3, 4] and all(first)
 
 
 def test_bad_spans_and_configs_fail_loudly():
