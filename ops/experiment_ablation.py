@@ -16,7 +16,9 @@ estimator set to the run's seed. Studies (GPO.md: baselines by switching one fie
   (GRPO-style), `gae` (value head, the paper's);
 - `budget`: under GPO, uniform K = 4 (the default) and the adaptive budget, which spends
   about as much (about 4.2 continuations per step) and finds the critical step about as well
-  as uniform K = 8 (`gpo bench critical-step`).
+  as uniform K = 8 (`gpo bench critical-step`); and uniform K = 4 with `share_states` and
+  `reuse_mc_rollouts` (`gpo-lean`: less generation per trained sample, `gpo bench
+  gpo-overhead`).
 
 The GPO arm with the defaults is shared by the three studies. Runs go seed-major, arms
 interleaved, so a slow patch of a shared machine falls on every arm alike. A finished run
@@ -64,6 +66,9 @@ ARMS: dict[str, dict[str, str]] = {
     "gpo-group": {"learner.advantage": '"group"'},
     "gpo-gae": {"learner.advantage": '"gae"'},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
+    # GPO with the MC search's two savings: a state shared in a batch estimated once, and the
+    # continuations drawn from s_m trained as the reset rollouts
+    "gpo-lean": {"estimator.mc.share_states": "true", "estimator.reuse_mc_rollouts": "true"},
 }
 """Arm name -> the `--set` fields that make it (TOML values)."""
 
@@ -91,7 +96,11 @@ STUDIES: dict[str, Study] = {
     ),
     "budget": Study(
         "MC budget under GPO",
-        (("gpo", "uniform K=4"), ("gpo-adaptive", "adaptive (cap 4.5 per step)")),
+        (
+            ("gpo", "uniform K=4"),
+            ("gpo-adaptive", "adaptive (cap 4.5 per step)"),
+            ("gpo-lean", "uniform K=4, share_states + reuse_mc_rollouts"),
+        ),
     ),
 }
 

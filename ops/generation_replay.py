@@ -142,6 +142,22 @@ async def actor_rollouts(
     return out, meter.cost
 
 
+@dataclass(frozen=True, slots=True)
+class EstimatorPass:
+    """What the estimators did with a set of rollouts."""
+
+    resets: list[tuple[str, list[int]]]
+    """Reset requests for the actors: (id, prefix s_m)."""
+    cost: Cost
+    """The MC searches' generation."""
+    searched: int
+    """Trajectories searched."""
+    answered: int = 0
+    """Resets answered from the searches' own continuations (`reuse_mc_rollouts`)."""
+    reused: int = 0
+    """Continuations those answers reuse as reset rollouts."""
+
+
 async def estimator_pass(
     engine: Engine,
     work: Workload,
@@ -149,11 +165,14 @@ async def estimator_pass(
     shape: Shape,
     rollouts: list[Rollout],
     batch: int | None = None,
-) -> tuple[list[tuple[str, list[int]]], Cost, int]:
+    reuse: bool = False,
+) -> EstimatorPass:
     """The MC search of every fresh trajectory, `batch` trajectories (default
-    `shape.estimator_batch`) at a time in stream order, as `gpo-estimator` reads them; returns
-    the reset requests (id, prefix s_m), the cost and the number of trajectories searched."""
-    meter, resets = Metered(engine), []
+    `shape.estimator_batch`) at a time in stream order, as `gpo-estimator` reads them. With
+    `reuse` (`[estimator] reuse_mc_rollouts`) a reset is answered from its search's first
+    `n_reset` continuations at s_m as `gpo-estimator` does (with `share_states`, once per
+    state and batch)."""
+    meter, resets, answered, reused = Metered(engine), [], 0, 0
     searchable = [r for r in rollouts if r.spans]  # an empty completion has no step to search
     for group in _chunks(searchable, batch or shape.estimator_batch):
         subjects, configs = [], []
@@ -163,13 +182,20 @@ async def estimator_pass(
             prompt_ids, prompt = work.prompts[r.prompt]
             subjects.append(StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt))
         results = await find_critical_steps(meter, work, subjects, configs, decode=work.decode)
+        states: set[tuple[int, ...]] = set()
         for r, result in zip(group, results, strict=True):
-            if result.critical_step is not None and mc.selection != "none":
-                start = r.spans[result.critical_step][0]
-                resets.append(
-                    (f"reset:{r.id}", list(work.prompts[r.prompt][0]) + r.completion[:start])
-                )
-    return resets, meter.cost, len(searchable)
+            if result.critical_step is None or mc.selection == "none":
+                continue
+            start = r.spans[result.critical_step][0]
+            prefix = list(work.prompts[r.prompt][0]) + r.completion[:start]
+            shared = mc.share_states and tuple(prefix) in states  # the same continuations
+            if reuse and not shared and result.critical_completions:
+                states.add(tuple(prefix))
+                answered += 1
+                reused += len(result.critical_completions[: shape.n_reset])
+            else:
+                resets.append((f"reset:{r.id}", prefix))
+    return EstimatorPass(resets, meter.cost, len(searchable), answered, reused)
 
 
 def duplicate_states(work: Workload, rollouts: list[Rollout]) -> tuple[int, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -49,16 +50,37 @@ def test_gpo_trains_rollouts_plus_n_reset_per_critical_step(table):
             assert m.fresh is rep[0].fresh  # the same rollouts for every case
             assert m.estimated == m.trajectories == PROMPTS * N  # scripted rollouts have steps
             assert 0 < m.resets <= m.estimated
+            if "reuse_mc_rollouts" in m.name:
+                continue
+            assert m.reused == 0
             assert m.reset.completions == N_RESET * m.resets
             assert m.reset.calls == math.ceil(m.resets / BATCH)
             assert m.trained == PROMPTS * N + N_RESET * m.resets
+
+
+def test_reuse_mc_rollouts_trains_the_k_continuations_at_s_m_of_one_reset_per_state(table):
+    # K = 2 < n_reset = 3: an answered reset trains its K continuations; a second reset of
+    # the same state in an estimator batch (every prompt is one problem here) is generated
+    cases, reps = table
+    for rep in reps:
+        sharing, reused, reusing = rep[4], rep[5], rep[6]
+        # without share_states every reset is answered: K continuations each, none generated
+        assert "reuse_mc_rollouts" in reused.name and "share_states" not in reused.name
+        assert reused.reset == Cost() and reused.reused == K * reused.resets
+        assert "reuse_mc_rollouts" in reusing.name and "reuse_mc" not in sharing.name
+        assert reusing.resets == sharing.resets  # the same searches, the same resets
+        answered = reusing.reused // K
+        assert reusing.reused == K * answered and answered >= math.ceil(PROMPTS * N / EST_BATCH)
+        assert reusing.reset.completions == N_RESET * (reusing.resets - answered)
+        assert reusing.trained == PROMPTS * N + reusing.reset.completions + reusing.reused
+        assert replace(reusing.mc, seconds=0) == replace(sharing.mc, seconds=0)
 
 
 def test_uniform_search_spends_k_per_boundary_in_one_call_per_estimator_batch(table):
     cases, reps = table
     for rep in reps:
         boundaries = rep[1].states[0]
-        off, shared, _, sharing, alone = rep[1:]
+        off, shared, _, sharing, _, _, alone = rep[1:]
         assert "batch_messages = 1" in alone.name and "share_states" in sharing.name
         for m in (off, shared, alone):
             assert m.mc.completions == K * boundaries

@@ -16,9 +16,10 @@ from actors.estimator import (
     estimate,
     estimate_batch,
     make_sample,
+    search_input,
     token_advantages,
 )
-from actors.mc_search import McConfig
+from actors.mc_search import McConfig, find_critical_step
 from actors.rollout import RolloutConfig
 from protocol.codec import decode, encode
 from protocol.messages import Trajectory
@@ -159,11 +160,11 @@ def test_selection_none_sends_no_reset_but_keeps_values():
     assert len(sample.step_values) == 3 and sample.step_values[-1] == 0.0
 
 
-def test_a_batch_searches_together_and_equals_each_trajectory_alone():
-    # Two fresh rollouts of one prompt and a reset rollout read together: the reset needs no
-    # MC, the two searches share ONE generate call (uniform budget), and every output is the
-    # one the trajectory gets alone (searches seeded from the trajectory id).
-    problem = scripted.ScriptedProblem(stay_correct=(1.0, 0.6, 0.5, 1.0), recover=0.1)
+PROBLEM = scripted.ScriptedProblem(stay_correct=(1.0, 0.6, 0.5, 1.0), recover=0.1)
+
+
+def two_rollouts() -> list[Trajectory]:
+    """A won and a lost rollout of one scripted prompt that share their first steps."""
     wins = [5, 3, 2, 6, 6, 3, 2, 7, 7, 7, 3, 2, 5, 3, 2, scripted.EOS]
     fails = [5, 3, 2, 6, 6, 3, 2, 7, 7, 7, 4, 2, 5, 4, 2, scripted.EOS]
     batch = []
@@ -179,6 +180,14 @@ def test_a_batch_searches_together_and_equals_each_trajectory_alone():
                 reward=reward,
             )
         )
+    return batch
+
+
+def test_a_batch_searches_together_and_equals_each_trajectory_alone():
+    # Two fresh rollouts of one prompt and a reset rollout read together: the reset needs no
+    # MC, the two searches share ONE generate call (uniform budget), and every output is the
+    # one the trajectory gets alone (searches seeded from the trajectory id).
+    problem, batch = PROBLEM, two_rollouts()
     reset = traj(id="r/0", kind="reset", parent_id="p/0", reset_step=1, reset_value=0.5)
     batch.insert(1, reset)
 
@@ -219,6 +228,74 @@ def test_a_batch_searches_together_and_equals_each_trajectory_alone():
     a, b = (shared[i][0] for i, t in enumerate(batch) if t.kind == "fresh")
     same = [i for i in range(4) if states[0][i] == states[1][i]]
     np.testing.assert_array_equal(a.step_values[same], b.step_values[same])
+
+
+def test_reuse_mc_rollouts_answers_resets_with_the_searchs_own_continuations():
+    # The reset rollouts are the first n_reset (3) continuations the search drew from s_m,
+    # made into reset trajectories as an actor makes them; no reset request goes out.
+    batch = two_rollouts()
+    config = cfg(k=6)
+    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
+    asked = asyncio.run(estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), config, m))
+    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
+    reuse = replace(config, reuse_mc_rollouts=True)
+    got = asyncio.run(
+        estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), reuse, m, "est-1")
+    )
+    assert engine.calls == 1  # the MC search only
+    requests = [r for _, r in asked if r is not None]
+    assert requests and all(r is None for _, r in got)
+    assert [encode(s) for s, _ in got[:2]] == [
+        encode(replace(s, ts=g.ts)) for (s, _), (g, _) in zip(asked, got[:2], strict=True)
+    ]
+    extra = [s for s, _ in got[2:]]
+    assert [s.id for s in extra] == [f"{r.id}/{j}" for r in requests for j in range(3)]
+    assert m.reused._value.get() == 3 * len(requests) and m.rollouts._value.get() == 2 * 6 * 4
+    for k, r in enumerate(requests):
+        # the search from r's trajectory alone gives the continuations at s_m
+        parent = next(t for t in batch if t.id == r.trajectory_id)
+        subject, mc = search_input(parent, ToyTokenizer(), config)
+        found = asyncio.run(
+            find_critical_step(
+                scripted.ScriptedEngine(PROBLEM),
+                TaskOver(PROBLEM),
+                subject,
+                mc,
+                decode=scripted.decode,
+            )
+        )
+        assert found.critical_step == r.critical_step
+        for j, s in enumerate(extra[3 * k : 3 * k + 3]):
+            completion = found.critical_completions[j].token_ids
+            assert s.kind == "reset" and s.policy_version == engine.policy_version
+            assert s.token_ids.tolist() == r.prefix_token_ids.tolist() + completion
+            assert s.loss_mask.sum() == len(completion)
+            kept = r.prefix_token_ids[r.prompt_len :].tolist()
+            reward = TaskOver(PROBLEM).score(None, scripted.decode(kept + completion))
+            assert s.reward == reward == found.rewards[r.critical_step][j]
+            n = len(r.prefix_token_ids)
+            np.testing.assert_allclose(s.advantages[n:], reward - r.value, rtol=1e-6)
+            assert not s.advantages[:n].any()
+
+
+def test_reuse_mc_rollouts_answers_one_reset_per_state_of_a_batch():
+    # Two copies of one rollout with share_states: the same values, the same critical state,
+    # the same continuations: the first copy's reset is answered, the second stays a request.
+    one = two_rollouts()[1]
+    batch = [one, replace(one, id="train:0:1/9")]
+    config = cfg(k=4, share_states=True)
+    config = replace(config, reuse_mc_rollouts=True)
+    m = EstimatorMetrics(Metrics("e"))
+    got = asyncio.run(
+        estimate_batch(
+            batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), ToyTokenizer(), config, m
+        )
+    )
+    (first, r1), (second, r2), *extra = got
+    np.testing.assert_array_equal(first.step_values, second.step_values)
+    assert r1 is None and r2 is not None and r2.trajectory_id == "train:0:1/9"
+    assert [s.id for s, _ in extra] == [f"reset:{one.id}/{j}" for j in range(3)]
+    assert m.rollouts._value.get() == 4 * len(one.step_spans)  # one search's worth
 
 
 def test_batch_messages_must_be_positive():
