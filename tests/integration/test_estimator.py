@@ -23,7 +23,7 @@ KEYS = Keys(RUN)
 K, N, N_RESET = 2, 2, 2
 
 
-def config(tmp_path, model_dir) -> str:
+def config(tmp_path, model_dir, estimator_extra: str = "") -> str:
     path = tmp_path / "run.toml"
     shared = f"""
 task = "arithmetic"
@@ -46,6 +46,7 @@ batch_messages = 4
 {shared.replace("{p}", "actor")}
 [estimator]
 n_reset = {N_RESET}
+{estimator_extra}
 {shared.replace("{p}", "estimator")}
 [estimator.mc]
 k = {K}
@@ -103,4 +104,51 @@ def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
         if t.kind == "reset":
             assert t.parent_id in {f.id for f in fresh}
             assert np.allclose(s.advantages[p:], t.reward - t.reset_value)
+    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
+
+
+def test_reused_mc_rollouts_leave_as_reset_samples_without_requests(
+    redis_server, tiny_model_dir, tmp_path
+):
+    """reuse_mc_rollouts: the K = N_RESET continuations drawn from s_m are the reset rollouts;
+    the estimator publishes them as reset samples, no reset request reaches the actor."""
+    cfg = config(tmp_path, tiny_model_dir, "reuse_mc_rollouts = true")
+    common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
+    eport = free_port()
+    actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
+    est = GpoProcess("actors.estimator", *common, "--name", "est-0", "--metrics-port", str(eport))
+    actor.wait_for("serving task", 120)
+    est.wait_for("MC rollouts reused", 120)
+    r = redis_server.client()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompts = [f"train:0:{i}" for i in range(3)]
+    produce_prompts(r, tok, prompts)
+    n_fresh = len(prompts) * N
+    want = n_fresh + n_fresh * N_RESET
+    deadline = time.monotonic() + 120
+    while len(read(r, SAMPLES)) < want and time.monotonic() < deadline:
+        time.sleep(0.3)
+    reused = est.metric(eport, "gpo_estimator_mc_rollouts_reused_total")
+    assert actor.stop() == 0 and est.stop() == 0
+
+    trajs = {t.id: t for t in read(r, TRAJECTORIES)}
+    samples = {s.id: s for s in read(r, SAMPLES)}
+    assert read(r, RESETS) == [] and reused == n_fresh * N_RESET
+    assert len(trajs) == n_fresh and all(t.kind == "fresh" for t in trajs.values())
+    assert len(samples) == want
+    for t in trajs.values():
+        own = samples[t.id]
+        values = own.step_values  # V(s_0..s_T) of the search
+        kids = [samples[f"reset:{t.id}/{j}"] for j in range(N_RESET)]
+        for s in kids:
+            p = int(np.argmax(s.loss_mask))
+            prefix = s.token_ids[:p].tolist()
+            kept = p - len(t.prefix_token_ids)
+            assert prefix == t.prefix_token_ids.tolist() + t.completion_token_ids[:kept].tolist()
+            starts = [a for a, _ in t.step_spans]
+            m = starts.index(kept)  # s_m: the prefix ends where step m starts
+            assert s.kind == "reset" and s.reward in (0.0, 1.0)
+            assert np.allclose(s.advantages[p:], s.reward - values[m])
+        # V(s_m) is the mean reward of these same K = N_RESET continuations
+        assert np.isclose(np.mean([s.reward for s in kids]), values[m])
     assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
