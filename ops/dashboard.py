@@ -136,7 +136,14 @@ PANELS: list[tuple[str, list[str], str]] = [
     ),
     ("vLLM KV-cache usage", ["vllm:kv_cache_usage_perc"], "percentunit"),
     # estimation
-    ("MC rollouts / s", ["rate(gpo_estimator_mc_rollouts_total[1m])"], "ops"),
+    (
+        "MC rollouts / s (generated, reused as reset rollouts)",
+        [
+            "rate(gpo_estimator_mc_rollouts_total[1m])",
+            "rate(gpo_estimator_mc_rollouts_reused_total[1m])",
+        ],
+        "ops",
+    ),
     (
         "Seconds per trajectory (p50, p95)",
         [

@@ -165,7 +165,10 @@ def test_01_kill9_actor_holding_five_all_redelivered_and_trained_once(redis_serv
 def test_02_sigterm_mid_batch_exits_zero_fast_nothing_pending_for_long(redis_server, make_system):
     r = redis_server.client()
     limits = {"trajectories": 4, "samples": 6}
-    system = make_system(redis_server.url, {"redis.backlog_limits": limits})
+    # prompts always waiting: the learner is stopped right after an update, when its feeder
+    # may not have topped up yet, and the samples it waits for must still be produced
+    feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+    system = make_system(redis_server.url, {"redis.backlog_limits": limits, **feed})
     names = ("learner", "estimator-0", "actor-0")
     system.start(*names)
     wait(lambda: updates(system) >= 1, 120, "update 1", system)
