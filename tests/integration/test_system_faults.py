@@ -567,7 +567,12 @@ def test_15_learner_stalled_producers_throttle_memory_bounded_backlog_drains(tmp
     try:
         r = server.client()
         limits = {"trajectories": 8, "samples": 8}
-        system = make_system(server.url, {"redis.backlog_limits": limits, "redis.claim_idle": 3.0})
+        # prompts always waiting, so the producers have work to hold once the learner stops
+        # (its feeder stops with it)
+        feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+        system = make_system(
+            server.url, {"redis.backlog_limits": limits, "redis.claim_idle": 3.0, **feed}
+        )
         system.start("learner", "actor-0", "estimator-0", "estimator-1")
         wait(lambda: updates(system) >= 1, 120, "update 1", system)
         system["learner"].signal(signal.SIGSTOP)
