@@ -60,25 +60,41 @@ def read(r, stream):
     return [decode(f[FIELD]) for _, f in r.xrange(KEYS.stream(stream))]
 
 
-def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
-    cfg = config(tmp_path, tiny_model_dir)
+PROMPTS = 3
+
+
+def run_pipeline(
+    redis_server, model_dir, tmp_path, metric: str, estimator_extra: str = "", ready: str = ""
+):
+    """An actor and an estimator (`estimator_extra` in its section; its start-up line must
+    contain `ready`) on PROMPTS prompts until every fresh rollout and its N_RESET reset
+    rollouts left as samples (or 120 s); both stopped cleanly. Returns a client and the
+    estimator's `metric` read before the stop."""
+    cfg = config(tmp_path, model_dir, estimator_extra)
     common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
     eport = free_port()
     actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
     est = GpoProcess("actors.estimator", *common, "--name", "est-0", "--metrics-port", str(eport))
     actor.wait_for("serving task", 120)
-    est.wait_for("estimating for task", 120)
+    assert ready in est.wait_for("estimating for task", 120)
     r = redis_server.client()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = [f"train:0:{i}" for i in range(3)]
-    produce_prompts(r, tok, prompts)
-    n_fresh = len(prompts) * N
-    want = n_fresh + n_fresh * N_RESET
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    produce_prompts(r, tok, [f"train:0:{i}" for i in range(PROMPTS)])
+    want = PROMPTS * N * (1 + N_RESET)
     deadline = time.monotonic() + 120
     while len(read(r, SAMPLES)) < want and time.monotonic() < deadline:
         time.sleep(0.3)
-    rollouts = est.metric(eport, "gpo_estimator_mc_rollouts_total")
+    value = est.metric(eport, metric)
     assert actor.stop() == 0 and est.stop() == 0
+    return r, value
+
+
+def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
+    r, rollouts = run_pipeline(
+        redis_server, tiny_model_dir, tmp_path, "gpo_estimator_mc_rollouts_total"
+    )
+    n_fresh = PROMPTS * N
+    want = n_fresh + n_fresh * N_RESET
 
     trajs = {t.id: t for t in read(r, TRAJECTORIES)}
     samples = {s.id: s for s in read(r, SAMPLES)}
@@ -112,24 +128,16 @@ def test_reused_mc_rollouts_leave_as_reset_samples_without_requests(
 ):
     """reuse_mc_rollouts: the K = N_RESET continuations drawn from s_m are the reset rollouts;
     the estimator publishes them as reset samples, no reset request reaches the actor."""
-    cfg = config(tmp_path, tiny_model_dir, "reuse_mc_rollouts = true")
-    common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
-    eport = free_port()
-    actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
-    est = GpoProcess("actors.estimator", *common, "--name", "est-0", "--metrics-port", str(eport))
-    actor.wait_for("serving task", 120)
-    est.wait_for("MC rollouts reused", 120)
-    r = redis_server.client()
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompts = [f"train:0:{i}" for i in range(3)]
-    produce_prompts(r, tok, prompts)
-    n_fresh = len(prompts) * N
+    r, reused = run_pipeline(
+        redis_server,
+        tiny_model_dir,
+        tmp_path,
+        "gpo_estimator_mc_rollouts_reused_total",
+        "reuse_mc_rollouts = true",
+        "MC rollouts reused",
+    )
+    n_fresh = PROMPTS * N
     want = n_fresh + n_fresh * N_RESET
-    deadline = time.monotonic() + 120
-    while len(read(r, SAMPLES)) < want and time.monotonic() < deadline:
-        time.sleep(0.3)
-    reused = est.metric(eport, "gpo_estimator_mc_rollouts_reused_total")
-    assert actor.stop() == 0 and est.stop() == 0
 
     trajs = {t.id: t for t in read(r, TRAJECTORIES)}
     samples = {s.id: s for s in read(r, SAMPLES)}
