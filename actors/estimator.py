@@ -7,8 +7,8 @@ call); for each, a ResetRequest goes on `resets` when a critical step exists and
 not `none`, and a Sample on `samples` carrying the step values and per-token MC advantages.
 A reset rollout needs no MC: its advantage is reward - V(s_m), the value carried with the
 request. With `reuse_mc_rollouts` the search's own continuations from s_m are those reset
-rollouts: they go on `samples` from here, in place of the request. Every message is acked only after its outputs are published. It follows adapter
-versions like an actor, keeps the lease of every message of the batch alive while it works,
+rollouts: they go on `samples` from here, in place of the request. Every message is acked
+only after its outputs are published. It follows adapter versions like an actor, keeps the lease of every message of the batch alive while it works,
 and on SIGTERM finishes the batch in hand, then exits 0. A redelivered trajectory (its last
 holder died or failed on it) is estimated alone, so one that kills the estimator every time
 reaches the dead stream without taking the others along (RELIABILITY.md test 10).
@@ -23,6 +23,7 @@ import functools
 import logging
 import sys
 import time
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -236,6 +237,18 @@ async def estimate_batch(
     return out
 
 
+def answerable(states: Sequence[Hashable], share_states: bool) -> list[bool]:
+    """`reuse_mc_rollouts`: which of a batch's due resets (their states s_m, in order) the
+    searches' continuations answer. All of them, except that with `share_states` the searches
+    of one state drew the same continuations, so only its first reset is answered."""
+    seen: set[Hashable] = set()
+    out = []
+    for state in states:
+        out.append(not (share_states and state in seen))
+        seen.add(state)
+    return out
+
+
 def answer_resets(
     out: list[tuple[Sample, ResetRequest | None]],
     results: dict[int, CriticalStepResult],
@@ -251,18 +264,17 @@ def answer_resets(
     out of `out`; returns the reset samples, each as (Sample, None). With `mc.share_states`
     a state's continuations answer one request per batch; the others stay requests for the
     actors."""
-    answered: set[bytes] = set()
+    due = {
+        i: out[i][1].prefix_token_ids.tobytes()
+        for i, result in results.items()
+        if out[i][1] is not None and result.critical_completions
+    }
     extra: list[tuple[Sample, None]] = []
-    for i, result in results.items():
-        sample, reset = out[i]
-        if reset is None or not result.critical_completions:
+    for i, yes in zip(due, answerable(list(due.values()), cfg.mc.share_states), strict=True):
+        if not yes:
             continue
-        if cfg.mc.share_states:  # the searches of one state drew the same continuations
-            state = reset.prefix_token_ids.tobytes()
-            if state in answered:
-                continue
-            answered.add(state)
-        completions = result.critical_completions[: cfg.n_reset]
+        sample, reset = out[i]
+        completions = results[i].critical_completions[: cfg.n_reset]
         rollouts = trajectories_for(
             reset,
             GenerationResult(completions, reset.policy_version),

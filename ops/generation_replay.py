@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
+from actors.estimator import answerable
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from protocol.config import from_mapping, load_toml
@@ -182,15 +183,16 @@ async def estimator_pass(
             prompt_ids, prompt = work.prompts[r.prompt]
             subjects.append(StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt))
         results = await find_critical_steps(meter, work, subjects, configs, decode=work.decode)
-        states: set[tuple[int, ...]] = set()
+        due = []  # (rollout, result, s_m) of every reset request the batch makes
         for r, result in zip(group, results, strict=True):
-            if result.critical_step is None or mc.selection == "none":
-                continue
-            start = r.spans[result.critical_step][0]
-            prefix = list(work.prompts[r.prompt][0]) + r.completion[:start]
-            shared = mc.share_states and tuple(prefix) in states  # the same continuations
-            if reuse and not shared and result.critical_completions:
-                states.add(tuple(prefix))
+            if result.critical_step is not None and mc.selection != "none":
+                start = r.spans[result.critical_step][0]
+                due.append((r, result, list(work.prompts[r.prompt][0]) + r.completion[:start]))
+        # with `reuse`, answered as gpo-estimator answers them (`answerable`)
+        have = [i for i, (_, result, _) in enumerate(due) if reuse and result.critical_completions]
+        ok = dict(zip(have, answerable([tuple(due[i][2]) for i in have], mc.share_states)))
+        for i, (r, result, prefix) in enumerate(due):
+            if ok.get(i):
                 answered += 1
                 reused += len(result.critical_completions[: shape.n_reset])
             else:
