@@ -91,10 +91,10 @@ async def run(p: Parts) -> int:
     await announce(p)
     if cfg.eval_every and st.step == 0:
         await evaluate(p)  # the base policy's score: the "before" of every learning curve
-    every = max(0.5, p.consumer.cfg.claim_idle / 3)
     stop_leases = asyncio.Event()
     leases = asyncio.create_task(
-        repeat(every, lambda: keep_leases(p), stop_leases), name="learner-leases"
+        repeat(p.consumer.lease_interval, lambda: keep_leases(p), stop_leases),
+        name="learner-leases",
     )
     while not p.rt.stop.is_set():
         if leases.done():

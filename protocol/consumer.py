@@ -340,12 +340,17 @@ class Consumer:
         )
         return [x.decode() if isinstance(x, bytes) else x for x in owned]
 
+    @property
+    def lease_interval(self) -> float:
+        """Seconds between lease extensions: three per `claim_idle`, at most two a second."""
+        return max(0.5, self.cfg.claim_idle / 3)
+
     @contextlib.asynccontextmanager
     async def lease(
         self, deliveries: Sequence[Delivery], interval: float | None = None
     ) -> AsyncIterator[None]:
         """Keep extending the lease of `deliveries` while the block runs (long MC jobs)."""
-        every = interval or max(0.5, self.cfg.claim_idle / 3)
+        every = interval or self.lease_interval
         stop = asyncio.Event()
         task = asyncio.create_task(
             repeat(every, lambda: self.extend_lease(deliveries), stop), name=f"lease-{self.stream}"
