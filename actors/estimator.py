@@ -123,13 +123,21 @@ def token_advantages(step_spans, advantages: np.ndarray, n_tokens: int) -> np.nd
     return out
 
 
+def reset_id(trajectory_id: str) -> str:
+    """The id of the reset request of a trajectory (one per trajectory, whoever estimates it);
+    it names the baseline group of the reset rollouts it yields."""
+    return f"reset:{trajectory_id}"
+
+
 def make_sample(
     traj: Trajectory, completion_advantages: np.ndarray, step_values: np.ndarray
 ) -> Sample:
     """A training sample: prefix tokens masked out, behaviour logprobs and advantages on the
-    completion tokens (zeros on the prefix)."""
+    completion tokens (zeros on the prefix). Its baseline group is the prompt (fresh) or the
+    reset state it was drawn from, with that state's MC value and count (reset)."""
     p, c = len(traj.prefix_token_ids), len(traj.completion_token_ids)
     zeros = np.zeros(p, dtype=np.float32)
+    is_reset = traj.kind == "reset"
     return Sample(
         id=traj.id,
         run=traj.run,
@@ -144,11 +152,15 @@ def make_sample(
         step_values=step_values,
         reward=traj.reward,
         policy_version=traj.policy_version,
+        group=reset_id(traj.parent_id) if is_reset else traj.prompt_id,
+        baseline_value=float(traj.reset_value) if is_reset else 0.0,
+        baseline_count=traj.reset_value_count if is_reset else 0,
     )
 
 
 def reset_sample(traj: Trajectory) -> Sample:
-    """The Sample of a reset rollout: every completion token gets reward - V(s_m)."""
+    """The Sample of a reset rollout: every completion token gets reward - V(s_m) (the
+    learner's `reset_baseline = "value"`; with `loo` it recomputes them per batch)."""
     adv = np.full(len(traj.completion_token_ids), traj.reward - traj.reset_value, np.float32)
     return make_sample(traj, adv, np.zeros(0, np.float32))
 
@@ -157,7 +169,7 @@ def make_reset(traj: Trajectory, result, cfg: EstimatorConfig, version: int) -> 
     m = result.critical_step
     start = traj.step_spans[m][0]
     return ResetRequest(
-        id=f"reset:{traj.id}",
+        id=reset_id(traj.id),
         run=traj.run,
         ts=time.time(),
         trajectory_id=traj.id,
@@ -173,6 +185,7 @@ def make_reset(traj: Trajectory, result, cfg: EstimatorConfig, version: int) -> 
         n=cfg.n_reset,
         policy_version=version,
         selection=cfg.mc.selection,
+        value_count=int(result.counts[m]),
     )
 
 
@@ -275,8 +288,9 @@ def answer_resets(
             continue
         sample, reset = out[i]
         completions = results[i].critical_completions[: cfg.n_reset]
+        # the siblings are the continuations V(s_m) averages: nothing independent to pool
         rollouts = trajectories_for(
-            reset,
+            dataclasses.replace(reset, value_count=0),
             GenerationResult(completions, reset.policy_version),
             task,
             tokenizer,

@@ -105,6 +105,7 @@ def trajectories_for(
             parent_id=work.trajectory_id,
             reset_step=work.critical_step,
             reset_value=work.value,
+            reset_value_count=work.value_count,
             prompt_id=work.prompt_id,
         )
     out = []

@@ -1,4 +1,4 @@
-"""From Sample messages to padded training tensors: batch choice, advantages, micro-batches.
+"""From Sample messages to padded training tensors: advantages, baselines, micro-batches.
 
 All functions are pure. Per-token arrays of a Sample are *token-aligned* (index t is about
 token_ids[t]); the tensors handed to the loss are *target-aligned* [B, T-1] (see
@@ -18,42 +18,99 @@ from torch import Tensor
 from protocol.messages import Sample
 
 
-def choose_batch(kinds: Sequence[str], batch_size: int, reset_fraction: float) -> list[int]:
-    """Indices (oldest first) of up to `batch_size` entries of a pool whose kinds are `kinds`,
-    with round(reset_fraction * batch_size) `reset` entries when the pool has them; the
-    other kind fills any shortfall, so a pool without resets still trains (plain PPO)."""
-    resets = [i for i, k in enumerate(kinds) if k == "reset"]
-    fresh = [i for i, k in enumerate(kinds) if k != "reset"]
-    want_reset = round(reset_fraction * batch_size)
-    n_reset = min(len(resets), want_reset)
-    n_fresh = min(len(fresh), batch_size - n_reset)
-    n_reset = min(len(resets), batch_size - n_fresh)  # top up with resets if fresh ran short
-    return sorted(resets[:n_reset] + fresh[:n_fresh])
-
-
-def group_row_advantages(rewards: Sequence[float], prompt_ids: Sequence[str]) -> np.ndarray:
-    """[N] reward minus the mean reward of the rows with the same prompt id (float64 sums)."""
+def group_row_advantages(rewards: Sequence[float], groups: Sequence[str]) -> np.ndarray:
+    """[N] reward minus the mean reward of the rows with the same group key (float64 sums)."""
     r = np.asarray(rewards, dtype=np.float64)
-    keys = {p: i for i, p in enumerate(dict.fromkeys(prompt_ids))}
-    inv = np.array([keys[p] for p in prompt_ids], dtype=np.int64)
+    keys = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    inv = np.array([keys[g] for g in groups], dtype=np.int64)
     mean = np.bincount(inv, weights=r) / np.bincount(inv)
     return (r - mean[inv]).astype(np.float32)
 
 
-def token_advantages(samples: Sequence[Sample], mode: str) -> list[np.ndarray]:
+def reset_baselines(
+    rewards: Sequence[float],
+    groups: Sequence[str],
+    values: Sequence[float],
+    counts: Sequence[int],
+) -> np.ndarray:
+    """[N] leave-one-out baseline of each reset rollout (GPO.md step 6).
+
+    Row i's baseline pools the rewards of the other rollouts of its group (one reset state)
+    with `counts[i]` MC continuations of mean `values[i]` drawn from that state:
+
+        b_i = (sum_{j in g(i), j != i} R_j + c_i * v_i) / (|g(i)| - 1 + c_i)
+
+    A row with nothing to pool (alone in its group, c_i = 0) gets v_i. Unlike v_i alone (the
+    estimate that won the argmax, biased on the trajectory it was chosen from), b_i is
+    independent of R_i."""
+    r = np.asarray(rewards, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
+    c = np.asarray(counts, dtype=np.float64)
+    keys = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    inv = np.array([keys[g] for g in groups], dtype=np.int64)
+    others = np.bincount(inv, weights=r)[inv] - r  # rewards of the rest of the group
+    denom = np.bincount(inv)[inv] - 1.0 + c
+    pooled = np.divide(others + c * v, denom, out=v.copy(), where=denom > 0)
+    return pooled.astype(np.float32)
+
+
+def row_advantages(samples: Sequence[Sample], mode: str, reset_baseline: str) -> np.ndarray:
+    """[N] one advantage per row, for the rows whose tokens share one (NaN elsewhere).
+
+    Reset rows, in `mc` and `group` mode: reward minus the reset state's baseline,
+    `reset_baselines` (`loo`) or V(s_m) alone (`value`). Fresh rows in `group` mode: reward
+    minus the mean reward of the fresh rows of the same group (the prompt). Fresh rows in
+    `mc` mode carry per-step advantages instead (NaN here)."""
+    out = np.full(len(samples), np.nan, dtype=np.float32)
+    resets = [i for i, s in enumerate(samples) if s.kind == "reset"]
+    fresh = [i for i, s in enumerate(samples) if s.kind != "reset"]
+    if resets:
+        rs = [samples[i] for i in resets]
+        rewards = np.array([s.reward for s in rs], dtype=np.float32)
+        if reset_baseline == "loo":
+            base = reset_baselines(
+                rewards,
+                [group_of(s) for s in rs],
+                [s.baseline_value for s in rs],
+                [s.baseline_count for s in rs],
+            )
+        elif reset_baseline == "value":
+            base = np.array([s.baseline_value for s in rs], dtype=np.float32)
+        else:
+            raise ValueError(f"unknown reset baseline {reset_baseline!r}")
+        out[resets] = rewards - base
+    if fresh and mode == "group":
+        fs = [samples[i] for i in fresh]
+        out[fresh] = group_row_advantages([s.reward for s in fs], [group_of(s) for s in fs])
+    return out
+
+
+def group_of(sample: Sample) -> str:
+    """A sample's baseline group: its `group`, or its prompt id when that is empty."""
+    return sample.group or sample.prompt_id
+
+
+def token_advantages(
+    samples: Sequence[Sample], mode: str, reset_baseline: str = "loo"
+) -> list[np.ndarray]:
     """Per-sample token-aligned advantages (0 off the loss mask) for the critic-free modes.
 
-    `mc`: the Sample's own advantages (the estimator's step advantages, or reward - V(s_m)
-    for reset rollouts). `group`: each row's group advantage on its trained tokens. `gae`:
-    zeros (the learner fills them from the value head)."""
-    if mode == "mc":
-        return [np.where(s.loss_mask == 1, s.advantages, 0.0).astype(np.float32) for s in samples]
-    if mode == "group":
-        rows = group_row_advantages([s.reward for s in samples], [s.prompt_id for s in samples])
-        return [(s.loss_mask == 1) * np.float32(a) for s, a in zip(samples, rows, strict=True)]
+    `mc`: fresh rows keep the Sample's own advantages (the estimator's step advantages);
+    reset rows get reward minus their state's baseline (`row_advantages`). `group`: each row's
+    group advantage on its trained tokens, a group being a prompt's fresh rollouts or one
+    reset state's rollouts. `gae`: zeros (the learner fills them from the value head)."""
     if mode == "gae":
         return [np.zeros(len(s.token_ids), dtype=np.float32) for s in samples]
-    raise ValueError(f"unknown advantage mode {mode!r}")
+    if mode not in ("mc", "group"):
+        raise ValueError(f"unknown advantage mode {mode!r}")
+    rows = row_advantages(samples, mode, reset_baseline)
+    out = []
+    for s, a in zip(samples, rows, strict=True):
+        if np.isnan(a):
+            out.append(np.where(s.loss_mask == 1, s.advantages, 0.0).astype(np.float32))
+        else:
+            out.append((s.loss_mask == 1) * np.float32(a))
+    return out
 
 
 def plan_micro_batches(lengths: Sequence[int], token_budget: int) -> list[list[int]]:

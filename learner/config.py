@@ -10,9 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from learner.composition import BatchMode, batch_targets
 from protocol.config import ConfigError
 
 AdvantageMode = Literal["gae", "mc", "group"]
+ResetBaseline = Literal["loo", "value"]
 
 
 @dataclass(frozen=True)
@@ -52,8 +54,14 @@ class LearnerConfig:
     kl_coef: float = 0.0
     """Weight of the k3 KL to the reference (adapter disabled); 0 skips the reference pass."""
     advantage: AdvantageMode = "mc"
-    """`mc`: the Sample's per-token advantages; `group`: reward - mean reward of the prompt's
-    group in the batch; `gae`: a value head on the policy and GAE."""
+    """`mc`: the Sample's per-token advantages (fresh samples); `group`: reward - mean reward
+    of the group in the batch, a group being a prompt's fresh rollouts; `gae`: a value head
+    on the policy and GAE. Reset samples in `mc` and `group` mode: see `reset_baseline`."""
+    reset_baseline: ResetBaseline = "loo"
+    """Baseline of a reset rollout's reward (`mc` and `group` modes). `loo`: leave-one-out
+    over the other rollouts from the same reset state in the batch and the K MC continuations
+    drawn from it; `value`: V(s_m) alone, the estimate that chose the step (biased upward on
+    failed trajectories, shared by all siblings)."""
     whiten_advantages: bool = True
     """Normalise advantages to zero mean, unit variance over the batch's trained tokens."""
     gamma: float = 1.0
@@ -69,9 +77,24 @@ class LearnerConfig:
     token_budget: int = 4096
     """Most tokens (rows x padded length) in one micro-batch; gradients accumulate across them."""
     batch_size: int = 64
-    """Samples per update."""
+    """`share` mode: samples per update; `fresh` mode: fresh samples per update."""
+    batch_mode: BatchMode = "share"
+    """`share`: `batch_size` samples, exactly round(reset_fraction * batch_size) resets;
+    `fresh`: `batch_size` fresh samples plus resets on top, up to the share `reset_fraction`
+    of the batch (the paper's buffer). A kind that is not there when the stream runs dry or
+    the buffer is full is filled by the other kind (counted, logged); see
+    `learner.composition`."""
     reset_fraction: float = 0.5
-    """Share of reset samples wanted in a batch; the other kind fills any shortfall."""
+    """Share of reset samples in a batch (`batch_mode`). 0 for runs without resets (plain
+    PPO), or the learner reads ahead for resets that never come."""
+    read_ahead: int = 256
+    """Most admitted samples held in the buffer while a batch is composed (pending in Redis,
+    leases kept); at least the largest batch. The buffer also counts as full when it and
+    the trained-but-uncommitted samples reach the `samples` backlog limit (producers then
+    wait for the learner)."""
+    compose_patience: float = 10.0
+    """Most seconds the learner waits for the missing kind once it holds `batch_size`
+    samples; then the other kind fills the batch (counted and logged)."""
     max_policy_lag: int = 4
     """Samples generated more than this many versions behind the current one are dropped."""
     checkpoint_dir: str = "checkpoints/learner"
@@ -122,6 +145,7 @@ class LearnerConfig:
             "eval_batch",
             "adapter_keep",
             "read_count",
+            "read_ahead",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -129,7 +153,14 @@ class LearnerConfig:
         for name in ("lr", "clip_eps", "tis_cap", "temperature", "lora_alpha"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"learner.{name} must be > 0")
-        for name in ("kl_coef", "max_grad_norm", "weight_decay", "value_coef", "eval_every"):
+        for name in (
+            "kl_coef",
+            "max_grad_norm",
+            "weight_decay",
+            "value_coef",
+            "eval_every",
+            "compose_patience",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"learner.{name} must be >= 0")
         if not 0.0 <= self.reset_fraction <= 1.0:
@@ -142,10 +173,28 @@ class LearnerConfig:
             raise ConfigError(
                 "need 1 <= learner.feeder_backlog_target <= learner.feeder_backlog_bound"
             )
+        if self.batch_mode not in ("share", "fresh"):
+            raise ConfigError(f"learner.batch_mode must be share or fresh, got {self.batch_mode!r}")
+        if self.batch_mode == "fresh" and self.reset_fraction >= 1.0:
+            raise ConfigError("learner.batch_mode = 'fresh' needs learner.reset_fraction < 1")
+        if self.read_ahead < self.largest_batch:
+            raise ConfigError(
+                f"learner.read_ahead ({self.read_ahead}) must hold the largest batch "
+                f"({self.largest_batch} samples)"
+            )
+        if self.reset_baseline not in ("loo", "value"):
+            raise ConfigError(
+                f"learner.reset_baseline must be loo or value, got {self.reset_baseline!r}"
+            )
         if self.minibatches > self.batch_size:
             raise ConfigError("learner.minibatches must not exceed learner.batch_size")
         if not self.lora_target_modules:
             raise ConfigError("learner.lora_target_modules must name at least one module")
+
+    @property
+    def largest_batch(self) -> int:
+        """Samples in a full batch (`batch_mode` with its resets)."""
+        return sum(batch_targets(self.batch_mode, self.batch_size, self.reset_fraction))
 
     @property
     def base_id(self) -> str:

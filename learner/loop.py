@@ -36,8 +36,8 @@ import torch
 from peft.utils import get_peft_model_state_dict
 
 from actors.tasks.base import Task, TaskPrompt
-from learner.batches import choose_batch
 from learner.checkpoint import LearnerState, save_checkpoint
+from learner.composition import BatchPlan, plan_batch
 from learner.config import LearnerConfig
 from learner.dedup import TrainedIds, admit
 from learner.distributed import broadcast_samples
@@ -50,6 +50,7 @@ from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
 from protocol.consumer import Consumer, Delivery, end, repeat
 from protocol.messages import Sample
 from protocol.process import Runtime
+from protocol.streams import SAMPLES
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,13 @@ class Parts:
     """Step of the newest checkpoint on disk."""
     world: World = field(default_factory=World)
     buffer: list[Delivery] = field(default_factory=list)
-    """Admitted deliveries not yet trained (pending in Redis)."""
+    """Admitted deliveries not yet trained (pending in Redis), oldest first."""
+    ready_since: float | None = None
+    """Monotonic time since which the buffer has held `batch_size` samples (None: not yet)."""
     unacked: list[Delivery] = field(default_factory=list)
     """Trained deliveries whose checkpoint is not written yet (pending in Redis)."""
+    shortfall_logged: bool = False
+    """A batch short of one kind was logged once (the metric counts every one)."""
 
 
 async def run(p: Parts) -> int:
@@ -101,12 +106,13 @@ async def run(p: Parts) -> int:
             leases.result()  # a failed lease keeper takes the process down
         # 1. keep the prompts backlog at its target
         await p.feeder.top_up()
-        # 2. read samples; drop duplicates and stale ones
+        # 2. read ahead; drop duplicates and stale ones
         await take_samples(p)
-        if len(p.buffer) < cfg.batch_size:
+        # 3. a batch of the configured composition (or drop surplus resets and read on)
+        plan = await next_batch(p)
+        if not plan.take:
             continue
-        # 3. a batch with the configured share of reset samples
-        batch = pop_batch(p)
+        batch = pop_batch(p, plan)
         samples = [d.message for d in batch]
         # 4. PPO epochs, off the event loop (Redis and /metrics stay served)
         start = time.perf_counter()
@@ -124,7 +130,7 @@ async def run(p: Parts) -> int:
         await publish(p, st.version + 1)
         fault("after_publish", st.step)
         # 6. metrics and run log
-        record(p, samples, stats, lags, secs)
+        record(p, samples, stats, lags, secs, plan.shortfall)
         # 7. checkpoint (the commit point), then ack what it holds
         if st.step % cfg.checkpoint_every == 0:
             await commit(p)
@@ -138,19 +144,74 @@ async def run(p: Parts) -> int:
     return 0
 
 
-def pop_batch(p: Parts) -> list[Delivery]:
-    """Take the next batch out of the buffer, honouring `reset_fraction`."""
-    kinds = [d.message.kind for d in p.buffer]
-    chosen = set(choose_batch(kinds, p.cfg.batch_size, p.cfg.reset_fraction))
+async def next_batch(p: Parts) -> BatchPlan:
+    """Plan the next batch from the buffer (`learner.composition`); surplus resets the plan
+    evicts are dropped, counted and acked here."""
+    cfg = p.cfg
+    now = time.monotonic()
+    if len(p.buffer) < cfg.batch_size:
+        p.ready_since = None
+    elif p.ready_since is None:
+        p.ready_since = now
+    # producers wait once the backlog (our buffer and uncommitted samples) reaches its limit
+    room = p.rt.redis_cfg.backlog_limit_for(SAMPLES) - len(p.unacked)
+    bound = max(cfg.largest_batch, min(cfg.read_ahead, room))
+    plan = plan_batch(
+        [d.message.kind for d in p.buffer],
+        cfg.batch_mode,
+        cfg.batch_size,
+        cfg.reset_fraction,
+        full=len(p.buffer) >= bound,
+        drained=p.ready_since is not None and now - p.ready_since >= cfg.compose_patience,
+    )
+    if plan.evict:
+        evicted = [p.buffer[i] for i in plan.evict]
+        gone = set(plan.evict)
+        p.buffer = [d for i, d in enumerate(p.buffer) if i not in gone]
+        p.metrics.surplus.inc(len(evicted))
+        p.runlog.write(
+            "surplus",
+            step=p.state.step,
+            version=p.state.version,
+            dropped=len(evicted),
+            **({"sample_ids": [d.message.id for d in evicted]} if cfg.log_sample_ids else {}),
+        )
+        await p.consumer.ack(evicted)
+    return plan
+
+
+def pop_batch(p: Parts, plan: BatchPlan) -> list[Delivery]:
+    """Take the planned batch out of the buffer."""
+    p.ready_since = None
+    chosen = set(plan.take)
     batch = [d for i, d in enumerate(p.buffer) if i in chosen]
     p.buffer = [d for i, d in enumerate(p.buffer) if i not in chosen]
     return batch
 
 
-def record(p: Parts, samples: list[Sample], stats: dict, lags: list[int], secs: float) -> None:
+def record(
+    p: Parts,
+    samples: list[Sample],
+    stats: dict,
+    lags: list[int],
+    secs: float,
+    shortfall: str | None,
+) -> None:
     """One update's metrics and run-log record."""
     stats["reward_mean"] = sum(s.reward for s in samples) / len(samples)
-    p.metrics.update(stats, [s.kind for s in samples], lags, secs)
+    resets = sum(s.kind == "reset" for s in samples)
+    p.metrics.update(stats, [s.kind for s in samples], lags, secs, shortfall)
+    if shortfall and not p.shortfall_logged:
+        log.warning(
+            "update %d: too few %s samples for the configured composition (batch_mode %s, "
+            "reset_fraction %g); the other kind filled the batch (counted in "
+            "gpo_learner_batches_short_total)",
+            p.state.step,
+            shortfall,
+            p.cfg.batch_mode,
+            p.cfg.reset_fraction,
+        )
+        p.shortfall_logged = True
     ids = {"sample_ids": [s.id for s in samples]} if p.cfg.log_sample_ids else {}
     p.runlog.write(
         "update",
@@ -159,21 +220,24 @@ def record(p: Parts, samples: list[Sample], stats: dict, lags: list[int], secs: 
         seconds=secs,
         lag_mean=sum(lags) / len(lags),
         samples=len(samples),
-        resets=sum(s.kind == "reset" for s in samples),
+        resets=resets,
+        fresh=len(samples) - resets,
+        reset_share=resets / len(samples),
+        shortfall=shortfall,
         **stats,
         **ids,
     )
 
 
 async def take_samples(p: Parts) -> None:
-    """Read up to what the batch still needs and re-judge the whole buffer: duplicates and
-    samples that went stale meanwhile are dropped, counted and acked."""
-    need = max(p.cfg.batch_size - len(p.buffer), 0)
-    fresh = await p.consumer.read(count=min(max(need, 1), p.cfg.read_count)) if need else []
+    """Read ahead up to the buffer's bound (`read_ahead`) and re-judge the whole buffer:
+    duplicates and samples that went stale meanwhile are dropped, counted and acked."""
+    room = max(p.cfg.read_ahead - len(p.buffer), 0)
+    read = await p.consumer.read(count=min(room, p.cfg.read_count)) if room else []
     held = {d.entry_id for d in p.buffer + p.unacked}
     # An entry we already hold can come back through our own claim sweep; acking it as a
     # duplicate would ack an uncommitted sample, so it is simply ignored.
-    pool = p.buffer + [d for d in fresh if d.entry_id not in held]
+    pool = p.buffer + [d for d in read if d.entry_id not in held]
     verdict = admit(
         [d.message for d in pool], p.trained, set(), p.state.version, p.cfg.max_policy_lag
     )

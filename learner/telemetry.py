@@ -2,7 +2,8 @@
 
 One emission point per update (`LearnerMetrics.update`), so the loop stays a table of
 contents. The run log gets one record per event (`resume`, `update`, `eval`, `checkpoint`;
-with `log_sample_ids`, `stale`: the ids of samples dropped by the staleness rule) with the
+`surplus`: reset samples dropped by the batch composition; with `log_sample_ids`, `stale`:
+the ids of samples dropped by the staleness rule) with the
 seconds since the process started, enough to plot pass@1 against updates and against wall
 time.
 """
@@ -26,6 +27,20 @@ class LearnerMetrics:
         self.tokens = m.counter("tokens_trained_total", "Completion tokens trained on.")
         self.stale = m.counter(
             "samples_dropped_stale_total", "Samples dropped for exceeding max_policy_lag."
+        )
+        self.surplus = m.counter(
+            "samples_dropped_surplus_total",
+            "Reset samples dropped because the buffer was full of resets while the batch "
+            "composition still waited for fresh samples.",
+        )
+        self.short = m.counter(
+            "batches_short_total",
+            "Updates whose batch fell short of the configured composition in one kind (the "
+            "other kind filled it).",
+            ("kind",),
+        )
+        self.reset_share = m.gauge(
+            "batch_reset_share_ratio", "Share of reset samples in the last update's batch."
         )
         self.duplicates = m.counter(
             "samples_dropped_duplicate_total", "Samples dropped because their id was trained."
@@ -60,8 +75,18 @@ class LearnerMetrics:
             )
         }
 
-    def update(self, stats: dict[str, float], kinds: list[str], lags: list[int], secs: float):
+    def update(
+        self,
+        stats: dict[str, float],
+        kinds: list[str],
+        lags: list[int],
+        secs: float,
+        shortfall: str | None = None,
+    ):
         self.updates.inc()
+        self.reset_share.set(sum(k == "reset" for k in kinds) / max(len(kinds), 1))
+        if shortfall:
+            self.short.labels(shortfall).inc()
         for k in kinds:
             self.samples.labels(k).inc()
         for lag in lags:

@@ -83,7 +83,7 @@ def ppo_update(
 
     `old_pass`: run the no-grad pi_old pass; None runs it unless `on_policy_step`."""
     plan = plan_micro_batches([len(s.token_ids) for s in samples], cfg.token_budget)
-    advantages = token_advantages(samples, cfg.advantage)
+    advantages = token_advantages(samples, cfg.advantage, cfg.reset_baseline)
     if old_pass is None:
         old_pass = not on_policy_step(policy, cfg)
     if not old_pass and policy.value_head is not None:

@@ -376,6 +376,7 @@ def ledger_tables(led: Ledger) -> str:
             ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
             ["trained twice", len(led.trained_twice)],
             ["dropped stale (by design)", hops[SAMPLES].stale],
+            ["dropped surplus resets (batch composition)", hops[SAMPLES].surplus],
             ["in flight at the stop", sum(h.in_flight for h in hops.values())],
             ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],
             ["... all of them injected poison", yes_no(not led.unexpected_dead)],
@@ -387,9 +388,10 @@ def ledger_tables(led: Ledger) -> str:
             ["run log's trained ids = final checkpoint's", yes_no(led.checkpoint_agrees)],
         ],
     )
-    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale", "lost"]
+    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale"]
+    header += ["surplus", "lost"]
     rows = [
-        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, len(h.lost)]
+        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, h.surplus, len(h.lost)]
         for s, h in hops.items()
     ]
     note = (

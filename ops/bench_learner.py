@@ -8,8 +8,8 @@ base policy (`gpo bootstrap`'s, cached, unless `--model`), prompts of its arithm
 sampled by the transformers engine with the actors' `[actor.rollout]` settings
 (`actors.rollout`), cut into steps, turned into Samples by the estimator's `make_sample`
 with MC-style step advantages, plus reset rollouts from a critical step of each of the first
-trajectories (the estimator's `make_reset`, advantage reward - V(s_m)); `choose_batch` then
-takes `batch_size` of them with the configured share of resets.
+trajectories (the estimator's `make_reset` and `reset_sample`); `plan_batch` then takes a
+batch of the configured composition (`batch_mode`, `reset_fraction`).
 
 Timed side by side on one peft model (base plus LoRA), alternating, median of `--repeats`
 after one warm-up of each:
@@ -41,12 +41,19 @@ import torch
 
 from actors.critical import choose_critical_step
 from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-from actors.estimator import EstimatorConfig, make_reset, make_sample, token_advantages
+from actors.estimator import (
+    EstimatorConfig,
+    make_reset,
+    make_sample,
+    reset_sample,
+    token_advantages,
+)
 from actors.mc_search import CriticalStepResult
 from actors.rollout import RolloutConfig, request_for, trajectories_for
 from actors.tasks.base import Task, load_task
-from learner.batches import MicroBatch, choose_batch, collate, plan_micro_batches
+from learner.batches import MicroBatch, collate, plan_micro_batches
 from learner.batches import token_advantages as sample_advantages
+from learner.composition import batch_targets, plan_batch
 from learner.config import LearnerConfig
 from learner.policy import Policy, build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
@@ -126,8 +133,10 @@ def build_batch(
     engine = TransformersEngine(TransformersEngineConfig(model=model_dir))
     tok = engine.tokenizer
     rng = np.random.default_rng(seed)
-    want_reset = round(learner.reset_fraction * learner.batch_size)
-    n_prompts = -(-learner.batch_size // rollout.n)
+    want_fresh, want_reset = batch_targets(
+        learner.batch_mode, learner.batch_size, learner.reset_fraction
+    )
+    n_prompts = -(-want_fresh // rollout.n)
     prompts = [
         Prompt(
             id=f"bench:{i}",
@@ -153,11 +162,16 @@ def build_batch(
         )
         if result.critical_step is not None and len(resets) * estimator.n_reset < want_reset:
             resets.append(make_reset(traj, result, estimator, version=0))
-    for traj in _rollouts(engine, resets, task, rollout):
-        adv = np.full(len(traj.completion_token_ids), traj.reward - traj.reset_value, np.float32)
-        samples.append(make_sample(traj, adv, np.zeros(0, np.float32)))
-    chosen = choose_batch([s.kind for s in samples], learner.batch_size, learner.reset_fraction)
-    return [samples[i] for i in chosen]
+    samples += [reset_sample(traj) for traj in _rollouts(engine, resets, task, rollout)]
+    plan = plan_batch(
+        [s.kind for s in samples],
+        learner.batch_mode,
+        learner.batch_size,
+        learner.reset_fraction,
+        full=True,
+        drained=True,
+    )
+    return [samples[i] for i in plan.take]
 
 
 def _rollouts(engine, work: list, task: Task, rollout: RolloutConfig) -> list[Trajectory]:
@@ -178,7 +192,7 @@ def _mc_like_result(traj: Trajectory, rng: np.random.Generator) -> CriticalStepR
     values = np.append(rng.integers(0, 5, steps) / 4, traj.reward).astype(np.float32)
     adv = np.diff(values)
     step = choose_critical_step(adv, "advantage") if traj.step_spans else None
-    counts = np.zeros(steps, np.int64)
+    counts = np.full(steps, 4, np.int64)
     return CriticalStepResult(values, adv, step, 0, 0, counts, [], [])
 
 

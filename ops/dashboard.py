@@ -52,12 +52,21 @@ PANELS: list[tuple[str, list[str], str]] = [
         "none",
     ),
     (
-        "Samples dropped (stale, duplicate) / s",
+        "Samples dropped (stale, duplicate, surplus resets) / s",
         [
             "rate(gpo_learner_samples_dropped_stale_total[1m])",
             "rate(gpo_learner_samples_dropped_duplicate_total[1m])",
+            "rate(gpo_learner_samples_dropped_surplus_total[1m])",
         ],
         "ops",
+    ),
+    (
+        "Batch composition: reset share, and batches short of a kind / s",
+        [
+            "gpo_learner_batch_reset_share_ratio",
+            "sum by (kind) (rate(gpo_learner_batches_short_total[1m]))",
+        ],
+        "none",
     ),
     (
         "Update and checkpoint seconds (p95)",

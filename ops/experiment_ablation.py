@@ -39,6 +39,7 @@ study's reference arm.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -52,19 +53,34 @@ from ops.report import read_jsonl
 from ops.results import PLOTS, machine_line, markdown_table, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
+SUMMARIES = PLOTS / "ablation"
+"""One small JSON per finished run (`<arm>-s<seed>.json`: its settings and its curve),
+committed with the results: a rerun skips a run whose summary has the same settings, so an
+experiment longer than a session resumes on another machine, and the report is rebuilt from
+the summaries alone."""
+
+NO_RESETS = {"learner.reset_fraction": "0.0"}
+"""Arms without resets train all-fresh batches: the learner does not wait for resets."""
+NO_MC = {"estimator.mc.selection": '"none"', "estimator.mc_values": "false", **NO_RESETS}
+"""No MC search at all (plain PPO): the estimator only turns trajectories into samples."""
 
 ARMS: dict[str, dict[str, str]] = {
-    "gpo": {},  # the defaults: selection advantage, advantage mc, uniform K = 4
-    # about 20 updates in 3 minutes: evaluate every 5 so that its curve has points
-    "none": {"estimator.mc.selection": '"none"', "learner.eval_every": "5"},
+    # the defaults: selection advantage, advantage mc, uniform K = 4, batches of 64 with
+    # exactly 32 resets, reset rollouts baselined leave-one-out
+    "gpo": {},
+    "none": {"estimator.mc.selection": '"none"', **NO_RESETS},  # PPO with MC advantages
     "random": {"estimator.mc.selection": '"random"'},
-    "ppo": {  # plain PPO: no resets, no MC search; advantage = reward - mean of the group
-        "estimator.mc.selection": '"none"',
-        "estimator.mc_values": "false",
-        "learner.advantage": '"group"',
-    },
+    "ppo": {**NO_MC, "learner.advantage": '"group"'},  # plain PPO: group advantages
     "gpo-group": {"learner.advantage": '"group"'},
+    "ppo-gae": {**NO_MC, "learner.advantage": '"gae"'},
     "gpo-gae": {"learner.advantage": '"gae"'},
+    # GPO at equal fresh data per update: PPO's 64 fresh samples, 64 resets on top
+    "gpo-fresh": {"learner.batch_mode": '"fresh"'},
+    # the reset baseline before: reward - V(s_m), the estimate that chose the step
+    "gpo-value": {"learner.reset_baseline": '"value"'},
+    # a regime where PPO's clip binds: 4 optimizer steps per batch (minibatches of 16)
+    "ppo-clip": {**NO_MC, "learner.advantage": '"group"', "learner.minibatches": "4"},
+    "gpo-clip": {"learner.advantage": '"group"', "learner.minibatches": "4"},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
     # GPO with the MC search's two savings: a state shared in a batch estimated once, and the
     # continuations drawn from s_m trained as the reset rollouts
@@ -78,17 +94,40 @@ class Study:
     title: str
     arms: tuple[tuple[str, str], ...]
     """(arm, label in this study); the first is the reference of the paired differences."""
+    pairs: tuple[tuple[str, str, str], ...] = ()
+    """(a, b, what a - b isolates): further paired differences, e.g. arms that differ in
+    the resets alone. Every study also compares each arm to its first arm, and to plain PPO
+    when the study has it."""
 
 
 STUDIES: dict[str, Study] = {
     "selection": Study(
-        "where to reset",
+        "where to reset, and GPO against PPO with the same advantage estimator",
         (
-            ("gpo", "advantage (GPO)"),
-            ("none", "none (PPO, MC advantages)"),
-            ("random", "random reset"),
-            ("ppo", "plain PPO (group advantages, no MC)"),
+            ("gpo", "GPO (mc)"),
+            ("none", "PPO (mc: no resets)"),
+            ("random", "random reset (mc)"),
+            ("ppo", "plain PPO (group, no MC)"),
+            ("gpo-group", "GPO (group)"),
+            ("ppo-gae", "PPO (gae, no MC)"),
+            ("gpo-gae", "GPO (gae)"),
+            ("gpo-fresh", "GPO (mc), 64 fresh + 64 resets"),
+            ("gpo-value", "GPO (mc), reset baseline V(s_m)"),
         ),
+        (
+            ("gpo", "none", "resets, estimator mc"),
+            ("gpo-group", "ppo", "resets, estimator group"),
+            ("gpo-gae", "ppo-gae", "resets, estimator gae"),
+            ("gpo-fresh", "none", "resets on top of PPO's batch, estimator mc"),
+            ("gpo", "random", "where to reset"),
+            ("gpo", "gpo-value", "leave-one-out reset baseline against V(s_m)"),
+            ("gpo", "gpo-fresh", "exact share 0.5 of 64 against 64 fresh + 64 resets"),
+        ),
+    ),
+    "clip": Study(
+        "GPO against PPO where PPO's clip binds (4 minibatches per batch)",
+        (("gpo-clip", "GPO (group), 4 minibatches"), ("ppo-clip", "PPO (group), 4 minibatches")),
+        (("gpo-clip", "ppo-clip", "resets, estimator group, clip binding"),),
     ),
     "advantage": Study(
         "advantage estimator under GPO",
@@ -103,6 +142,7 @@ STUDIES: dict[str, Study] = {
         ),
     ),
 }
+PLAIN_PPO = "ppo"
 
 
 # ------------------------------------------------------------------ reading one run
@@ -121,6 +161,13 @@ class Curve:
     updates: int
     resets: int
     samples: int
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Curve:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
 def read_curve(run_dir: Path) -> Curve | None:
@@ -182,26 +229,45 @@ def run_id(arm: str, seed: int) -> str:
     return f"{arm}-s{seed}"
 
 
-def launch_one(
-    out: Path, config: Path, arm: str, seed: int, minutes: float, eval_every: int
-) -> None:
-    """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log."""
-    run = out / run_id(arm, seed)
-    if (run / "done.json").is_file():
-        print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
-        return
-    if run.exists():  # an interrupted run: start it again from nothing
-        subprocess.run(["rm", "-rf", str(run)], check=True)
-    run.mkdir(parents=True)
+def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: Path) -> dict:
+    """What makes a run: the config, its length and the `--set` fields of its arm and seed."""
     sets = {
-        "launch.runs_dir": json.dumps(str(out)),
-        "launch.report": "false",
         "learner.seed": str(seed),
         "actor.rollout.seed": str(seed),
         "estimator.rollout.seed": str(seed),
         "learner.eval_every": str(eval_every),
         **ARMS[arm],
     }
+    return {"config": config.name, "minutes": minutes, "sets": sets}
+
+
+def load_summary(arm: str, seed: int, settings: dict | None = None) -> Curve | None:
+    """The committed curve of a finished run; None when there is none, or (with `settings`)
+    when it was made with other settings."""
+    path = SUMMARIES / f"{run_id(arm, seed)}.json"
+    if not path.is_file():
+        return None
+    d = json.loads(path.read_text())
+    if settings is not None and d.get("settings") != settings:
+        return None
+    return Curve.from_json(d["curve"])
+
+
+def launch_one(
+    out: Path, config: Path, arm: str, seed: int, minutes: float, eval_every: int
+) -> None:
+    """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
+    summary to `SUMMARIES`."""
+    settings = run_settings(arm, seed, minutes, eval_every, config)
+    if load_summary(arm, seed, settings) is not None:
+        print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
+        return
+    run = out / run_id(arm, seed)
+    if run.exists():  # an interrupted run: start it again from nothing
+        subprocess.run(["rm", "-rf", str(run)], check=True)
+    run.mkdir(parents=True)
+    sets = {"launch.runs_dir": json.dumps(str(out)), "launch.report": "false"}
+    sets |= settings["sets"]
     cmd = [
         sys.executable,
         "-m",
@@ -222,9 +288,10 @@ def launch_one(
         raise SystemExit(
             f"gpo experiment ablation: run {run} failed (exit {rc}); see {run}/launch.log"
         )
-    (run / "done.json").write_text(
-        json.dumps({"arm": arm, "seed": seed, "sets": sets, "minutes": minutes, "seconds": took})
-    )
+    SUMMARIES.mkdir(parents=True, exist_ok=True)
+    summary = {"arm": arm, "seed": seed, "settings": settings, "seconds": round(took, 1)}
+    summary["curve"] = curve.to_json()
+    (SUMMARIES / f"{run_id(arm, seed)}.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(
         f"  {run_id(arm, seed)}: {curve.updates} updates, pass@1 {curve.pass_at_1[0]:.3f} -> "
         f"{curve.pass_at_1[-1]:.3f} ({took:.0f} s)",
@@ -277,29 +344,20 @@ def study_report(
         ],
         rows,
     )
-    ref_arm, ref_label = study.arms[0]
-    diffs = []
-    for arm, label in study.arms[1:]:
-        pairs = [
-            (runs[(ref_arm, s)], runs[(arm, s)])
-            for s in seeds
-            if (ref_arm, s) in runs and (arm, s) in runs
+    tables = []
+    for title, pairs in comparisons(study):
+        rows = [
+            row
+            for a, b, what in pairs
+            for row in paired_rows(runs, seeds, t_end, a, b, what, labels)
         ]
-        if not pairs:
-            continue
-        u_end = min(min(a.steps[-1], b.steps[-1]) for a, b in pairs)
-        for which, key, end in (
-            ("equal time", "seconds", t_end),
-            (f"equal updates (U = {u_end})", "steps", u_end),
-        ):
-            d = [
-                window_mean(getattr(a, key), a.pass_at_1, end)
-                - window_mean(getattr(b, key), b.pass_at_1, end)
-                for a, b in pairs
-            ]
-            m, sd, lo, hi = spread(d)
-            diffs.append([f"{ref_label} − {label}", which, fmt(m, sd), f"[{lo:+.3f}, {hi:+.3f}]"])
-    diff_table = markdown_table(["difference", "at", "mean ± std over seeds", "range"], diffs)
+        if rows:
+            tables.append(
+                f"{title}:\n\n"
+                + markdown_table(
+                    ["difference", "isolates", "at", "mean ± std over seeds", "range"], rows
+                )
+            )
     plot = plot_study(name, runs, seeds)
     per_seed = markdown_table(
         ["run", "updates", "evaluations", "pass@1 first → last", "best"],
@@ -323,12 +381,59 @@ def study_report(
             "One value per run: the mean of its held-out evaluations (500 prompts each) in the "
             "last third of the window; mean ± std [min, max] over seeds.",
             table,
-            "Paired by seed (same seed = same LoRA initialisation, same sampling seeds):",
-            diff_table,
+            "Paired by seed (same seed = same LoRA initialisation, same sampling seeds).",
+            *tables,
             f"![{name}](results/{plot})",
             "<details><summary>per run</summary>\n\n" + per_seed + "\n\n</details>",
         ]
     )
+
+
+def comparisons(study: Study) -> list[tuple[str, list[tuple[str, str, str]]]]:
+    """The paired tables of a study: its own pairs, against its first arm, against plain PPO."""
+    first = study.arms[0][0]
+    out = []
+    if study.pairs:
+        out.append(("Arms that differ in one thing", list(study.pairs)))
+    out.append((f"Against {dict(study.arms)[first]}", [(first, a, "") for a, _ in study.arms[1:]]))
+    if PLAIN_PPO in dict(study.arms) and first != PLAIN_PPO:
+        out.append(
+            (
+                "Against plain PPO",
+                [(a, PLAIN_PPO, "") for a, _ in study.arms if a != PLAIN_PPO],
+            )
+        )
+    return out
+
+
+def paired_rows(
+    runs: dict[tuple[str, int], Curve],
+    seeds: list[int],
+    t_end: float,
+    a: str,
+    b: str,
+    what: str,
+    labels: dict[str, str],
+) -> list[list[str]]:
+    """a − b at equal time (T) and at equal updates (U: the most both reached in every
+    seed), paired by seed."""
+    pairs = [(runs[(a, s)], runs[(b, s)]) for s in seeds if (a, s) in runs and (b, s) in runs]
+    if not pairs:
+        return []
+    u_end = min(min(x.steps[-1], y.steps[-1]) for x, y in pairs)
+    rows = []
+    for at, key, end in (
+        ("equal time", "seconds", t_end),
+        (f"equal updates (U = {u_end})", "steps", u_end),
+    ):
+        d = [
+            window_mean(getattr(x, key), x.pass_at_1, end)
+            - window_mean(getattr(y, key), y.pass_at_1, end)
+            for x, y in pairs
+        ]
+        m, sd, lo, hi = spread(d)
+        rows.append([f"{labels[a]} − {labels[b]}", what, at, fmt(m, sd), f"[{lo:+.3f}, {hi:+.3f}]"])
+    return rows
 
 
 def plot_study(name: str, runs: dict[tuple[str, int], Curve], seeds: list[int]) -> str:
@@ -396,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     studies = list(STUDIES) if args.study == "all" else [args.study]
     arms = list(dict.fromkeys(a for s in studies for a, _ in STUDIES[s].arms))
     out = Path(args.out).resolve()
+    config = Path(args.config).resolve()
     if not args.report_only:
         total = len(arms) * len(args.seeds)
         print(
@@ -405,17 +511,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         for seed in args.seeds:
             for arm in arms:
-                launch_one(
-                    out, Path(args.config).resolve(), arm, seed, args.minutes, args.eval_every
-                )
+                launch_one(out, config, arm, seed, args.minutes, args.eval_every)
     curves = {
         (a, s): c
         for a in arms
         for s in args.seeds
-        if (c := read_curve(out / run_id(a, s))) is not None
+        if (c := load_summary(a, s, run_settings(a, s, args.minutes, args.eval_every, config)))
+        is not None
     }
     if not curves:
-        print(f"gpo experiment ablation: no runs with evaluations in {out}", file=sys.stderr)
+        print(f"gpo experiment ablation: no finished runs in {SUMMARIES}", file=sys.stderr)
         return 2
     for name in studies:
         body = study_report(name, curves, args.seeds, args.minutes)

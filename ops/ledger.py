@@ -14,6 +14,8 @@ id of a work stream is
 - else *dropped stale* (samples only) when the run log has it in a `stale` record: samples
   generated more than `max_policy_lag` versions back are dropped and acked by design
   (learner/loop.py), as they only get staler;
+- else *dropped surplus* (samples only) when the run log has it in a `surplus` record: reset
+  samples the batch composition had no room for (learner/composition.py);
 - else **lost**: it was consumed and acknowledged, and nothing came of it.
 *Trained twice*: a sample id in more than one update of the final weights. A dead-letter
 entry is *expected* only when it carries the marker of injected poison.
@@ -141,6 +143,7 @@ class Hop:
     in_flight: int = 0
     dead: int = 0
     stale: int = 0
+    surplus: int = 0
     lost: list[str] = field(default_factory=list)
 
 
@@ -192,7 +195,8 @@ def make_ledger(
     markers of the poison written into the streams; `marker` finds one in an entry's bytes."""
     history = trained_history(records, checkpoint[0])
     stale = {i for rec in records if rec["event"] == "stale" for i in rec["sample_ids"]}
-    hops = account(dumps, history, stale, n_rollouts)
+    surplus = {i for rec in records if rec["event"] == "surplus" for i in rec["sample_ids"]}
+    hops = account(dumps, history, stale, n_rollouts, surplus)
     dead, unexpected = set(), []
     for stream, dump in dumps.items():
         for d in dump.dead:
@@ -220,9 +224,14 @@ def make_ledger(
 
 
 def account(
-    dumps: dict[str, StreamDump], history: Counter, stale: set[str], n_rollouts: int
+    dumps: dict[str, StreamDump],
+    history: Counter,
+    stale: set[str],
+    n_rollouts: int,
+    surplus: set[str] = frozenset(),
 ) -> dict[str, Hop]:
-    """Each stream's decodable ids: passed on, else in flight, else dead, else stale, else lost."""
+    """Each stream's decodable ids: passed on, else in flight, else dead, else stale, else
+    surplus, else lost."""
     messages = {stream: by_id(dump) for stream, dump in dumps.items()}
     trajectories, samples = set(messages[TRAJECTORIES]), set(messages[SAMPLES])
 
@@ -245,6 +254,8 @@ def account(
                 hop.dead += 1
             elif stream == SAMPLES and mid in stale:
                 hop.stale += 1
+            elif stream == SAMPLES and mid in surplus:
+                hop.surplus += 1
             else:
                 hop.lost.append(mid)
         hops[stream] = hop

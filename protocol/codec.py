@@ -345,6 +345,11 @@ def _check_invariants(msg: Message) -> None:
             "parent_id, reset_step and reset_value are set exactly for reset trajectories",
         )
         _require(
+            msg.reset_value_count >= 0 and (is_reset or msg.reset_value_count == 0),
+            "bad_value",
+            "reset_value_count must be >= 0, and 0 for fresh trajectories",
+        )
+        _require(
             _partitions(msg.step_spans, n),
             "bad_spans",
             "step spans do not partition the completion",
@@ -356,6 +361,7 @@ def _check_invariants(msg: Message) -> None:
         )
         _require(0 <= msg.critical_step < t, "bad_value", "critical_step outside the steps")
         _require(msg.n >= 1, "bad_value", "n < 1")
+        _require(msg.value_count >= 0, "bad_value", "value_count < 0")
         _require(
             0 < msg.prompt_len <= len(msg.prefix_token_ids),
             "bad_value",
@@ -382,6 +388,7 @@ def _check_invariants(msg: Message) -> None:
         )
         _require(0.0 <= msg.reward <= 1.0, "bad_value", "reward outside [0, 1]")
         _require(msg.kind in ("fresh", "reset"), "bad_value", f"kind {msg.kind!r}")
+        _require(msg.baseline_count >= 0, "bad_value", "baseline_count < 0")
     elif isinstance(msg, AdapterPointer):
         _require(msg.version >= 1, "bad_value", "version < 1")
         _require(msg.size > 0 and len(msg.chunk_keys) > 0, "bad_value", "empty adapter")

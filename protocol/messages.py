@@ -21,7 +21,7 @@ from typing import Annotated, ClassVar, Literal
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DTYPES = {"i32": np.dtype("<i4"), "f32": np.dtype("<f4")}
 
 TokenIds = Annotated[np.ndarray, "i32"]
@@ -133,6 +133,9 @@ class Trajectory(_Wire):
     """Consumer name of the actor that generated it."""
     gen_seconds: float
     """Wall time of the generate call that produced it; >= 0."""
+    reset_value_count: int = 0
+    """For `reset`: the MC continuations V(s_m) averages (the request's `value_count`); 0 for
+    `fresh`, or when they are not independent of this rollout's siblings."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -165,6 +168,9 @@ class ResetRequest(_Wire):
     policy_version: int
     selection: Selection
     """How the step was chosen: `advantage` (GPO) or `random` (baseline)."""
+    value_count: int = 0
+    """Continuations that `value` averages (K at s_m); >= 0. The learner pools them with
+    the reset rollouts' own rewards into a leave-one-out baseline."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -193,6 +199,16 @@ class Sample(_Wire):
     reward: float
     """Verifier reward in [0, 1]."""
     policy_version: int
+    group: str = ""
+    """Baseline group: samples with equal `group` were drawn from one state. Fresh samples:
+    the prompt id; reset samples: the reset request id (one group per reset state, never
+    mixed with the prompt's fresh rollouts). Empty means the prompt id."""
+    baseline_value: float = 0.0
+    """Reset samples: V(s_m), the MC value of the reset state; 0 for fresh samples."""
+    baseline_count: int = 0
+    """Reset samples: the continuations `baseline_value` averages that are not among the
+    group's own rollouts (K at s_m; 0 when the reset rollouts are those continuations);
+    >= 0, 0 for fresh samples."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)

@@ -101,6 +101,7 @@ def write_config(tmp: Path, model: str, **extra) -> Path:
         "feeder_backlog_bound": 16,
         "task": "arithmetic",
         "log_sample_ids": True,
+        "compose_patience": 0.5,
         **extra,
     }
     body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
@@ -236,3 +237,93 @@ def test_18_kill9_between_step_and_ack_trains_every_sample_once(
     assert history == Counter(dict.fromkeys(ids, 1)), history
     state = json.loads((tmp_path / "ckpt" / "step-000003" / "state.json").read_text())
     assert sorted(state["trained_ids"]) == sorted(ids)
+
+
+def updates_of(runlog: Path) -> list[dict]:
+    return [
+        rec
+        for line in runlog.read_text().splitlines()
+        if (rec := json.loads(line))["event"] == "update"
+    ]
+
+
+@pytest.mark.parametrize(
+    "mode, size, read_ahead, want",
+    [
+        # 8 fresh + 8 resets twice; then only resets are left and fill two batches of 16
+        ("share", 16, 256, [(8, 8, None), (8, 8, None), (0, 16, "fresh"), (0, 16, "fresh")]),
+        # 8 fresh with 8 resets on top (half the batch) twice; then resets stand in
+        ("fresh", 8, 256, [(8, 8, None), (8, 8, None), (0, 16, "fresh"), (0, 16, "fresh")]),
+        # a bound of 24: the resets ahead of the fresh samples fill it, the surplus is dropped
+        ("share", 16, 24, None),
+    ],
+)
+def test_learner_trains_the_configured_composition(
+    redis_server, tmp_path, model_dir, mode, size, read_ahead, want
+):
+    """16 fresh and 48 reset samples with a reset share of 0.5 (issue: batch composition)."""
+    r = redis_server.client()
+    config = write_config(
+        tmp_path,
+        model_dir,
+        eval_every=0,
+        max_policy_lag=32,
+        batch_size=size,
+        batch_mode=mode,
+        reset_fraction=0.5,
+        read_ahead=read_ahead,
+    )
+    fresh = [make_sample(f"f{i}", seed=i, prompt_id=f"p{i // 4}") for i in range(16)]
+    resets = [
+        make_sample(f"r{i}", seed=100 + i, kind="reset", group=f"reset:t{i // 4}")
+        for i in range(48)
+    ]
+    if want is None:  # every reset first, then the fresh samples
+        inject(r, resets + fresh)
+    else:  # as GPO makes them: each fresh sample followed by three resets
+        inject(r, [s for i in range(16) for s in (fresh[i], *resets[3 * i : 3 * i + 3])])
+    runlog = tmp_path / "ckpt" / "run_log.jsonl"
+    learner = Learner(redis_server.url, config, tmp_path / "learner.log")
+    try:
+        done = 4 if want else 2
+        assert wait_until(lambda: runlog.exists() and len(updates_of(runlog)) >= done, 90), (
+            tmp_path / "learner.log"
+        ).read_text()[-3000:]
+        if want is None:
+            assert wait_until(lambda: pending(r) == 0, 20)
+            surplus = learner.metric("gpo_learner_samples_dropped_surplus_total")
+        else:
+            short = learner.metric("gpo_learner_batches_short_total")
+            share = learner.metric("gpo_learner_batch_reset_share_ratio")
+        assert learner.stop() == 0
+    finally:
+        if learner.proc.poll() is None:
+            learner.proc.kill()
+    updates = updates_of(runlog)
+    got = [(u["fresh"], u["resets"], u["shortfall"]) for u in updates]
+    if want is not None:
+        assert got == want
+        assert [u["reset_share"] for u in updates] == [0.5, 0.5, 1.0, 1.0]
+        assert short == 2 and share == 1.0
+        trained = Counter(i for u in updates for i in u["sample_ids"])
+        assert trained == Counter(s.id for s in fresh + resets)  # each exactly once
+        # oldest first within each kind
+        first = updates[0]["sample_ids"]
+        assert [i for i in first if i.startswith("f")] == [s.id for s in fresh[:8]]
+        assert [i for i in first if i.startswith("r")] == [s.id for s in resets[:8]]
+        return
+    # bound 24 holds 24 resets, then drops 16 of them (down to the 8 a batch takes) to make
+    # room, and so on; the fresh samples all train, each batch exactly 8 + 8
+    assert got == [(8, 8, None), (8, 8, None)]
+    trained = [i for u in updates for i in u["sample_ids"]]
+    assert sorted(i for i in trained if i.startswith("f")) == sorted(s.id for s in fresh)
+    assert surplus == 48 - 16
+    dropped = [
+        i
+        for line in runlog.read_text().splitlines()
+        if (rec := json.loads(line))["event"] == "surplus"
+        for i in rec["sample_ids"]
+    ]
+    assert sorted(dropped + [i for i in trained if i.startswith("r")]) == sorted(
+        s.id for s in resets
+    )

@@ -51,6 +51,9 @@ def make_sample(
     prompt_id: str = "p0",
     seed: int = 0,
     advantage: float = 0.5,
+    group: str = "",
+    baseline_value: float = 0.0,
+    baseline_count: int = 0,
 ) -> Sample:
     rng = np.random.default_rng(seed)
     n = prompt_len + completion_len
@@ -69,4 +72,7 @@ def make_sample(
         step_values=np.zeros(0, np.float32),
         reward=reward,
         policy_version=version,
+        group=group,
+        baseline_value=baseline_value,
+        baseline_count=baseline_count,
     )

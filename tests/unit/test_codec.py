@@ -188,7 +188,7 @@ def raw_map(**fields) -> bytes:
         (b"\xdd\xff\xff\xff\xff", "too_large"),
         (pickle.dumps({"a": 1}), "trailing_data"),
         (msgpack.packb([1, 2]), "not_a_map"),
-        (raw_map(v=2), "unknown_version"),
+        (raw_map(v=1), "unknown_version"),  # the schema before the baseline fields
         (raw_map(v="1"), "unknown_version"),
         (raw_map(type="bogus"), "unknown_type"),
         (raw_map(reward=...), "missing_field"),

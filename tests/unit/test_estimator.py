@@ -97,7 +97,15 @@ def cfg(**mc) -> EstimatorConfig:
 
 
 def test_reset_rollout_advantage_is_reward_minus_reset_value():
-    t = traj(kind="reset", parent_id="p/0", reset_step=1, reset_value=0.25, reward=1.0)
+    t = traj(
+        kind="reset",
+        id="reset:p/0/1",
+        parent_id="p/0",
+        reset_step=1,
+        reset_value=0.25,
+        reset_value_count=12,
+        reward=1.0,
+    )
     sample, reset = asyncio.run(
         estimate(
             t, NoEngine(), TaskOver(None), ToyTokenizer(), cfg(), EstimatorMetrics(Metrics("e"))
@@ -106,6 +114,8 @@ def test_reset_rollout_advantage_is_reward_minus_reset_value():
     assert reset is None
     assert sample.kind == "reset"
     assert sample.advantages.tolist() == [0.0] + [0.75] * 6
+    # baselined with the other rollouts from the same state and the 12 MC continuations there
+    assert (sample.group, sample.baseline_value, sample.baseline_count) == ("reset:p/0", 0.25, 12)
 
 
 def test_fresh_trajectory_reset_at_the_pivotal_step():
@@ -133,6 +143,8 @@ def test_fresh_trajectory_reset_at_the_pivotal_step():
     assert reset.value == pytest.approx(reset.step_values[2])
     assert abs(reset.advantages[2]) == max(abs(a) for a in reset.advantages)
     assert reset.n == 3 and reset.id == f"reset:{t.id}" and reset.selection == "advantage"
+    assert reset.value_count == 12  # the continuations V(s_m) averages
+    assert (sample.group, sample.baseline_count) == (t.prompt_id, 0)  # fresh: the prompt
     assert reset.step_values[-1] == 0.0  # V(s_T) is the trajectory's reward
     step2 = slice(1 + spans[2][0], 1 + spans[2][1])
     assert np.all(sample.advantages[step2] == np.float32(reset.advantages[2]))
@@ -276,6 +288,8 @@ def test_reuse_mc_rollouts_answers_resets_with_the_searchs_own_continuations():
             n = len(r.prefix_token_ids)
             np.testing.assert_allclose(s.advantages[n:], reward - r.value, rtol=1e-6)
             assert not s.advantages[:n].any()
+            # the siblings are the continuations: nothing independent of them to pool
+            assert (s.group, s.baseline_value, s.baseline_count) == (r.id, r.value, 0)
 
 
 def test_reuse_mc_rollouts_answers_one_reset_per_state_of_a_batch():

@@ -65,8 +65,38 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
             )
     text = ab.study_report("selection", curves, [0, 1], 3.0)
     # equal time: window (60, 90] s holds only the evaluation at 90 s (step 60) -> 0.3 + gain
-    assert "| advantage (GPO) | 2 | 0.300 | 0.400 ± 0.000" in text
-    assert "| none (PPO, MC advantages) | 2 | 0.300 | 0.300 ± 0.000" in text
-    assert "advantage (GPO) − random reset | equal updates (U = 60) | 0.050 ± 0.000" in text
-    assert "advantage (GPO) − none (PPO, MC advantages) | equal time | 0.100 ± 0.000" in text
+    assert "| GPO (mc) | 2 | 0.300 | 0.400 ± 0.000" in text
+    assert "| PPO (mc: no resets) | 2 | 0.300 | 0.300 ± 0.000" in text
+    # the one-thing pairs name what they isolate; the first arm is compared to every arm
+    assert (
+        "| GPO (mc) − PPO (mc: no resets) | resets, estimator mc | equal time | 0.100 ± 0.000"
+        in text
+    )
+    assert "| GPO (mc) − random reset (mc) |  | equal updates (U = 60) | 0.050 ± 0.000" in text
+    assert "Against plain PPO" not in text  # no plain PPO runs in this study's curves
     assert (tmp_path / "plots" / "ablation-selection.png").is_file()
+
+
+def test_arms_differ_from_their_pair_in_the_fields_named():
+    """The one-thing pairs: GPO and PPO with the same estimator differ in the resets only
+    (selection, the MC search PPO does not need, and the reset share of the batch)."""
+    resets_only = {"estimator.mc.selection", "estimator.mc_values", "learner.reset_fraction"}
+    for a, b in (("gpo", "none"), ("gpo-group", "ppo"), ("gpo-gae", "ppo-gae")):
+        x, y = ab.ARMS[a], ab.ARMS[b]
+        differ = {k for k in set(x) | set(y) if x.get(k) != y.get(k)}
+        assert differ <= resets_only, (a, b, differ)
+    assert ab.ARMS["gpo-fresh"] == {"learner.batch_mode": '"fresh"'}
+    assert ab.ARMS["gpo-value"] == {"learner.reset_baseline": '"value"'}
+
+
+def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch):
+    monkeypatch.setattr(ab, "SUMMARIES", tmp_path)
+    curve = ab.Curve([0, 10], [0.0, 5.0], [0.3, 0.4], 6.0, 12, 100, 400)
+    settings = ab.run_settings("gpo", 1, 3.0, 10, tmp_path / "demo.toml")
+    (tmp_path / "gpo-s1.json").write_text(
+        json.dumps({"settings": settings, "curve": curve.to_json()})
+    )
+    assert ab.load_summary("gpo", 1, settings) == curve
+    other = ab.run_settings("gpo", 1, 5.0, 10, tmp_path / "demo.toml")
+    assert ab.load_summary("gpo", 1, other) is None
+    assert ab.load_summary("gpo", 2) is None

@@ -1,4 +1,4 @@
-"""Batch choice, advantage modes, micro-batch plans, collation, dedup and staleness."""
+"""Advantage modes and baselines, micro-batch plans, collation, dedup and staleness."""
 
 from __future__ import annotations
 
@@ -7,28 +7,15 @@ import pytest
 import torch
 
 from learner.batches import (
-    choose_batch,
     collate,
     group_row_advantages,
     plan_micro_batches,
+    reset_baselines,
     token_advantages,
 )
 from learner.dedup import TrainedIds, admit
 from learner.feeder import epoch_order
 from tests.unit.learner_fixtures import make_sample
-
-
-def test_choose_batch_honours_reset_fraction_oldest_first():
-    kinds = ["fresh"] * 6 + ["reset"] * 6
-    assert choose_batch(kinds, 4, 0.5) == [0, 1, 6, 7]
-    assert choose_batch(kinds, 4, 0.25) == [0, 1, 2, 6]
-    assert choose_batch(kinds, 4, 1.0) == [6, 7, 8, 9]
-
-
-def test_choose_batch_fills_shortfall_with_the_other_kind():
-    assert choose_batch(["fresh"] * 5, 4, 0.5) == [0, 1, 2, 3]  # no resets: plain PPO
-    assert choose_batch(["reset", "fresh", "reset", "reset"], 4, 0.25) == [0, 1, 2, 3]
-    assert choose_batch(["fresh", "reset"], 4, 0.5) == [0, 1]  # pool smaller than batch
 
 
 def test_group_advantages_subtract_the_prompt_mean():
@@ -50,6 +37,68 @@ def test_token_advantages_by_mode():
     assert all((a == 0).all() for a in token_advantages(s, "gae"))
     with pytest.raises(ValueError):
         token_advantages(s, "nope")
+
+
+def test_reset_baselines_leave_one_out_by_hand():
+    # state A: 3 rollouts from it in the batch, V = 0.25 over K = 4 continuations
+    # state B: alone, V = 0.5 over K = 4; state C: alone, nothing to pool (K = 0)
+    got = reset_baselines(
+        rewards=[1.0, 0.0, 1.0, 1.0, 0.0],
+        groups=["A", "A", "A", "B", "C"],
+        values=[0.25, 0.25, 0.25, 0.5, 0.75],
+        counts=[4, 4, 4, 4, 0],
+    )
+    want = [
+        (0.0 + 1.0 + 4 * 0.25) / (2 + 4),  # 2/6
+        (1.0 + 1.0 + 4 * 0.25) / (2 + 4),  # 3/6
+        (1.0 + 0.0 + 4 * 0.25) / (2 + 4),  # 2/6
+        (4 * 0.5) / 4,  # the MC continuations alone
+        0.75,  # nothing to pool: V(s_m)
+    ]
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    # K = 0 (the reset rollouts are the continuations): siblings only
+    np.testing.assert_allclose(
+        reset_baselines([1.0, 0.0, 0.0], ["A"] * 3, [1 / 3] * 3, [0] * 3), [0.0, 0.5, 0.5]
+    )
+    assert reset_baselines([], [], [], []).shape == (0,)
+
+
+def test_reset_rows_get_their_state_baseline_in_mc_and_group_modes():
+    def reset(sid, reward, group, value=0.25, count=4):
+        return make_sample(
+            sid,
+            prompt_len=2,
+            completion_len=2,
+            reward=reward,
+            kind="reset",
+            prompt_id="a",
+            group=group,
+            baseline_value=value,
+            baseline_count=count,
+            advantage=reward - value,  # what the estimator writes: reward - V(s_m)
+        )
+
+    fresh = [
+        make_sample("f0", prompt_len=2, completion_len=2, reward=1.0, prompt_id="a", advantage=0.1),
+        make_sample("f1", prompt_len=2, completion_len=2, reward=0.0, prompt_id="a", advantage=0.2),
+    ]
+    resets = [reset("r0", 1.0, "reset:x"), reset("r1", 0.0, "reset:x"), reset("r2", 1.0, "reset:y")]
+    batch = fresh + resets
+    b0, b1 = (0.0 + 1.0) / 5, (1.0 + 1.0) / 5  # LOO with K = 4 at V = 0.25: (R_other + 1) / 5
+    b2 = 1.0 / 4  # alone: the 4 continuations
+    loo = [1.0 - b0, 0.0 - b1, 1.0 - b2]
+    for mode in ("mc", "group"):
+        got = token_advantages(batch, mode)
+        np.testing.assert_allclose([a[-1] for a in got[2:]], loo, rtol=1e-6)
+        assert all(a[0] == 0 for a in got)  # prefix tokens
+        value = token_advantages(batch, mode, "value")
+        np.testing.assert_allclose([a[-1] for a in value[2:]], [0.75, -0.25, 0.75])
+    # fresh rows: their step advantages in mc mode; in group mode, the prompt's fresh rollouts
+    # alone form the group (mean 0.5), not pooled with the resets of that prompt
+    assert [a[-1] for a in token_advantages(batch, "mc")[:2]] == pytest.approx([0.1, 0.2])
+    assert [a[-1] for a in token_advantages(batch, "group")[:2]] == [0.5, -0.5]
+    with pytest.raises(ValueError):
+        token_advantages(batch, "mc", "nope")
 
 
 def test_micro_batches_respect_the_token_budget():

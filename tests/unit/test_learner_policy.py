@@ -203,3 +203,18 @@ def test_feeder_tops_up_to_target_across_epochs():
 def test_config_refuses_bad_values(bad):
     with pytest.raises(ConfigError):
         LearnerConfig(**bad)
+
+
+def test_the_clip_binds_only_with_several_optimizer_steps_per_batch(model_dir):
+    """The ablation's `clip` regime (4 minibatches): after the first optimizer step of a
+    batch the ratio moves off 1 and the clip binds; with one minibatch (the default's single
+    pass) it never can."""
+    stats = {}
+    for minibatches in (1, 4):
+        cfg = tiny_config(
+            model_dir, advantage="group", minibatches=minibatches, lr=0.05, token_budget=16
+        )
+        policy = build_policy(cfg)
+        stats[minibatches] = ppo_update(policy, make_optimizer(policy, cfg), batch(8), cfg, 0)
+    assert stats[1]["clip_fraction"] == 0.0
+    assert stats[4]["clip_fraction"] > 0.0
