@@ -1,7 +1,7 @@
 """`gpo experiment ablation`: GPO against its baselines, several seeds, at equal updates and
 at equal wall-clock.
 
-    gpo experiment ablation [--study selection|advantage|budget|all] [--seeds 0 1 2]
+    gpo experiment ablation [--study selection|clip|advantage|budget|all] [--seeds 0 1 2]
                             [--minutes 3] [--write-results] [--report-only]
 
 Each run is a whole `gpo launch` of the demo configuration (learner, 1 actor, 1 estimator,
@@ -9,9 +9,14 @@ private redis-server, the tiny base policy on the synthetic arithmetic task) for
 with one arm's fields switched by `--set` and the seed of the learner, the actor and the
 estimator set to the run's seed. Studies (GPO.md: baselines by switching one field):
 
-- `selection`: `advantage` (GPO), and by switching that one field `none` (no resets, the same
-  MC advantages: VinePPO-style PPO) and `random` (Satori-style random reset); beside them
-  plain PPO, which spends nothing on MC (`none`, no MC search, group advantages);
+- `selection`: GPO (`advantage`, `mc` advantages, batches of exactly half resets, reset
+  rollouts baselined leave-one-out) against arms that differ from it or from each other in
+  one thing: PPO with the same estimator (`mc`: `none`, no resets; `group`: plain PPO,
+  no MC search; `gae`), GPO with the `group` and `gae` estimators, `random` reset, GPO at
+  PPO's fresh data per update (64 fresh + 64 resets), and GPO with the former reset baseline
+  V(s_m); paired tables against GPO, against plain PPO, and for each one-thing pair;
+- `clip`: GPO and PPO (`group`) with 4 minibatches per batch, where PPO's clip binds (the
+  default's single optimizer step per batch runs at ratio 1);
 - `advantage`: under GPO, the learner's advantages `mc` (VinePPO-style), `group`
   (GRPO-style), `gae` (value head, the paper's);
 - `budget`: under GPO, uniform K = 4 (the default) and the adaptive budget, which spends
@@ -20,20 +25,22 @@ estimator set to the run's seed. Studies (GPO.md: baselines by switching one fie
   `reuse_mc_rollouts` (`gpo-lean`: less generation per trained sample, `gpo bench
   gpo-overhead`).
 
-The GPO arm with the defaults is shared by the three studies. Runs go seed-major, arms
-interleaved, so a slow patch of a shared machine falls on every arm alike. A finished run
-(`done.json` in its directory) is not run again, so an interrupted experiment resumes.
+An arm shared by several studies runs once. Runs go seed-major, arms interleaved, so a slow
+patch of a shared machine falls on every arm alike. A finished run leaves a small summary
+in docs/results/ablation/ (commit it): a run whose summary has the same settings is not run
+again, so an experiment resumes after an interruption, on another machine too, and the
+report is rebuilt from the summaries.
 
 Read-out, from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
-prompts, temperature 1) every `eval_every` updates. "Equal wall-clock" compares the arms at
-the training time every run of the study reached (T), where training time is the
-learner's clock less the time it spent evaluating (an evaluation stops the learner, and arms
-that update faster evaluate more often). "Equal updates" compares two arms at the largest
-update count every run of both reached (U; arms differ a lot in updates per minute, so U is
-taken per pair). One number per run is the mean of its evaluations in the last third of the
-window ((2T/3, T] or (2U/3, U]), which averages out some of the noise of single evaluations;
-tables give mean, standard deviation and range over seeds, and paired differences to the
-study's reference arm.
+prompts, temperature 1) every `--eval-every` updates, the same cadence for every arm. "Equal
+wall-clock" compares the arms at the training time every run of the study reached (T),
+where training time is the learner's clock less the time it spent evaluating (an evaluation
+stops the learner, and arms that update faster evaluate more often). "Equal updates"
+compares two arms at the largest update count every run of both reached (U; arms differ a
+lot in updates per minute, so U is taken per pair). One number per run is the mean of its
+evaluations in the last third of the window ((2T/3, T] or (2U/3, U]), which averages out
+some of the noise of single evaluations; tables give mean, standard deviation and range
+over seeds, and paired differences.
 """
 
 from __future__ import annotations
@@ -483,7 +490,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--study", choices=[*STUDIES, "all"], default="all")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per run")
-    p.add_argument("--eval-every", type=int, default=20, help="updates between evaluations")
+    p.add_argument(
+        "--eval-every", type=int, default=10, help="updates between evaluations, every arm"
+    )
     p.add_argument("--config", default=str(ROOT / "ops" / "configs" / "demo.toml"))
     p.add_argument("--out", default="runs/ablation", help="directory of the runs")
     p.add_argument("--report-only", action="store_true", help="rebuild tables from the runs")

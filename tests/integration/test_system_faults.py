@@ -151,7 +151,7 @@ def test_01_kill9_actor_holding_five_all_redelivered_and_trained_once(redis_serv
     system["estimator-0"].signal(signal.SIGCONT)
     survivor = next(n for n in ("actor-0", "actor-1") if n != victim)
     want = pipeline.descendants(held)
-    wait(lambda: set(want) <= set(pipeline.trained(system.config)), 90, "held work", system)
+    wait(lambda: set(want) <= pipeline.settled(system.config), 90, "held work", system)
     assert system[survivor].value("gpo_actor_messages_redelivered_total") >= 5
     assert pipeline.pending(r, PROMPTS, victim) + pipeline.pending(r, RESETS, victim) == []
     stop_cleanly(system)
@@ -207,7 +207,7 @@ def test_02_sigterm_mid_batch_exits_zero_fast_nothing_pending_for_long(redis_ser
         "the work left pending",
         system,
     )
-    wait(lambda: set(want) <= set(pipeline.trained(system.config)), 60, "held work", system)
+    wait(lambda: set(want) <= pipeline.settled(system.config), 60, "held work", system)
     stop_cleanly(system)
     check_books(r, system)
 
@@ -237,7 +237,7 @@ def test_03_restarted_actor_drains_its_own_pending_first(redis_server, make_syst
     wait(lambda: pipeline.backlog(r, PROMPTS) >= 12, 30, "new prompts waiting", system)
     system.start("actor-0")
     want = pipeline.descendants(held)
-    wait(lambda: set(want) <= set(pipeline.trained(system.config)), 90, "held work", system)
+    wait(lambda: set(want) <= pipeline.settled(system.config), 90, "held work", system)
     # what the new incarnation served first, before any of the waiting work, is what the
     # old one held
     after = r.xrange(pipeline.KEYS.stream(TRAJECTORIES), mark, "+", count=len(want))
@@ -446,7 +446,7 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
     # the messages killed alongside the poison were not dead-lettered with it
     want = pipeline.descendants({stream: list(msgs.values()) for stream, msgs in mates.items()})
     assert want, "the poison was always alone: the test proves nothing about the others"
-    wait(lambda: set(want) <= set(pipeline.trained(system.config)), 60, "the others", system)
+    wait(lambda: set(want) <= pipeline.settled(system.config), 60, "the others", system)
     stop_cleanly(system)
     books = check_books(r, system, dead={RESETS: [poison]})
     assert {i: books.trained[i] for i in want} == dict.fromkeys(want, 1)
@@ -516,7 +516,7 @@ def test_12_slow_estimator_keeps_its_trajectory_until_killed_then_it_is_taken_ov
     held = freeze_holding(r, "estimator-0", system)
     system.retire("estimator-0").kill()
     want = [sample_id(r, entry) for entry in held]
-    wait(lambda: set(want) <= set(pipeline.trained(system.config)), 60, "its work", system)
+    wait(lambda: set(want) <= pipeline.settled(system.config), 60, "its work", system)
     assert system["estimator-1"].value("gpo_estimator_messages_redelivered_total") >= len(held)
     stop_cleanly(system)
     books = check_books(r, system)
@@ -533,7 +533,7 @@ def test_13_zombie_estimator_late_output_recognised_as_duplicate_and_dropped(
     zombie = system["estimator-0"]
     # frozen (SIGSTOP) while it holds trajectories, past claim_idle: another takes them over
     want = sample_id(r, freeze_holding(r, "estimator-0", system)[0])
-    wait(lambda: want in pipeline.trained(system.config), 60, "taken over and trained", system)
+    wait(lambda: want in pipeline.settled(system.config), 60, "taken over and trained", system)
     dropped = system["learner"].value("gpo_learner_samples_dropped_duplicate_total")
     zombie.signal(signal.SIGCONT)
     # it wakes, finishes its search, publishes the same sample id again; its ack is refused

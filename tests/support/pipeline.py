@@ -275,11 +275,25 @@ def acked_lost(r) -> dict[str, list[str]]:
 
 
 def acked_samples_untrained(r, config: Path) -> set[str]:
-    """Acked good samples the learner's surviving history never trained (none may exist: no
-    sample is stale in these runs, max_policy_lag is large, and acks follow checkpoints)."""
+    """Acked good samples the learner's surviving history never trained and did not drop as
+    surplus resets of the batch composition (none may exist: no sample is stale in these
+    runs, max_policy_lag is large, and acks follow checkpoints)."""
     dead = {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(SAMPLES))}
     ids = {decode(fields[FIELD]).id for _, fields in acked_entries(r, SAMPLES, dead)}
-    return ids - set(trained(config))
+    return ids - settled(config)
+
+
+def surplus(config: Path) -> set[str]:
+    """Reset sample ids the learner dropped by design: its buffer was full of resets while
+    the batch composition waited for fresh samples (`surplus` records of the run log)."""
+    log = config.parent / "ckpt" / "run_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return {i for rec in records if rec["event"] == "surplus" for i in rec["sample_ids"]}
+
+
+def settled(config: Path) -> set[str]:
+    """Sample ids the learner is done with: in its weights, or dropped as surplus."""
+    return set(trained(config)) | surplus(config)
 
 
 def trained(config: Path) -> Counter:
