@@ -16,7 +16,9 @@ come from the run config (`[actor.rollout]`, `actor.batch_messages`, `[estimator
   them, each round of a batch's searches one `generate` call), then for every trajectory with
   a critical step `n_reset` reset rollouts from its prefix, `batch_messages` reset requests
   per call (as the actor serves `resets`). Trained samples: the rollouts plus the reset
-  rollouts (the learner trains both; `reset_fraction` only sets the mix of one batch).
+  rollouts the learner's batch composition takes (`[learner]` batch_mode and
+  reset_fraction: at most one reset per fresh sample at a share of 0.5); reset rollouts past
+  that are generated and dropped as surplus.
   Variants: uniform K with the estimator engine's prefix reuse `off` (every continuation
   prefills its own prefix) and `shared`, the adaptive budget with `shared`, and uniform K
   with `shared` and `[estimator.mc] share_states` (a state that several searches of one
@@ -36,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import math
 import statistics
 import sys
 import time
@@ -78,7 +81,9 @@ class Measure:
     states: tuple[int, int] = (0, 0)
     """`duplicate_states` of this repeat's rollouts: (boundaries, distinct states)."""
     reused: int = 0
-    """MC continuations trained as reset rollouts (`reuse_mc_rollouts`): no generation."""
+    """MC continuations made into reset rollouts (`reuse_mc_rollouts`): no generation."""
+    resets_per_fresh: float = math.inf
+    """Most reset rollouts the learner's batches train per fresh trajectory."""
 
     @property
     def total(self) -> Cost:
@@ -86,8 +91,11 @@ class Measure:
 
     @property
     def trained(self) -> int:
-        """Trained samples: every fresh rollout and every reset rollout."""
-        return self.trajectories + self.reset.completions + self.reused
+        """Trained samples: every fresh rollout, and the reset rollouts (generated or reused)
+        up to what the batch composition takes."""
+        resets = self.reset.completions + self.reused
+        cap = self.trajectories * self.resets_per_fresh
+        return self.trajectories + (resets if resets <= cap else math.floor(cap + 1e-9))
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +177,7 @@ async def run_repeats(
                 len(done.resets) + done.answered,
                 states,
                 done.reused,
+                shape.resets_per_fresh,
             )
         for c in cases:
             measures.setdefault(c.name, Measure(c.name, fresh, trajectories=len(rollouts)))

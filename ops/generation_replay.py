@@ -15,6 +15,7 @@ is built on it; any object with the `Engine` interface works (tests use `Scripte
 from __future__ import annotations
 
 import functools
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -24,6 +25,8 @@ from actors.engines.base import Engine, GenerationRequest, GenerationResult
 from actors.estimator import answerable
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
+from learner.composition import batch_targets
+from learner.config import LearnerConfig
 from protocol.config import from_mapping, load_toml
 
 
@@ -55,6 +58,9 @@ class Shape:
     """Reset rollouts per critical step."""
     estimator_batch: int = 8
     """Trajectories per estimator batch (`estimator.batch_messages`)."""
+    resets_per_fresh: float = math.inf
+    """Most reset samples the learner's batches train per fresh sample (`[learner]`
+    batch_mode and reset_fraction: 1 for a share of 0.5); the rest are dropped as surplus."""
 
 
 @dataclass(slots=True)
@@ -234,12 +240,15 @@ def shape_from_config(path: str | Path) -> Shape:
     """The generation shape of a run config (the sections actors and estimators read)."""
     data = load_toml(path)
     actor, estimator = data.get("actor", {}), data.get("estimator", {})
+    learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
+    fresh, resets = batch_targets(learner.batch_mode, learner.batch_size, learner.reset_fraction)
     return Shape(
         rollout=from_mapping(RolloutConfig, actor.get("rollout", {}), "actor.rollout"),
         batch_messages=int(actor.get("batch_messages", 8)),
         mc=from_mapping(McConfig, estimator.get("mc", {}), "estimator.mc"),
         n_reset=int(estimator.get("n_reset", 4)),
         estimator_batch=int(estimator.get("batch_messages", 8)),
+        resets_per_fresh=resets / fresh if fresh else math.inf,
     )
 
 

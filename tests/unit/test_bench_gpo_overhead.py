@@ -151,3 +151,16 @@ def test_duplicate_states_counts_shared_prefixes_within_a_prompt():
     c = Rollout("c", 0, [7, 2, 3, 4], [(0, 2), (2, 4)], 0.0)  # shares s_0 only
     d = Rollout("d", 1, [1, 2, 3, 4], [(0, 2), (2, 4)], 0.0)  # another prompt: nothing
     assert duplicate_states(work, [a, b, c, d]) == (8, 1 + 2 + 2)
+
+
+def test_trained_resets_are_capped_by_the_batch_composition():
+    fresh = Cost(seconds=1.0, calls=1, completions=8, tokens=80)
+    reset = Cost(seconds=1.0, calls=1, completions=24, tokens=120)
+
+    def gpo(ratio):
+        return Measure("gpo", fresh, reset=reset, trajectories=8, resets=6, resets_per_fresh=ratio)
+
+    assert gpo(math.inf).trained == 8 + 24  # every reset rollout trained
+    assert gpo(1.0).trained == 8 + 8  # share 0.5: one reset per fresh sample, 16 surplus
+    assert gpo(1 / 3).trained == 8 + 2  # share 0.25: floor(8 / 3)
+    assert gpo(4.0).trained == 8 + 24  # room for more than were made
