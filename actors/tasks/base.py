@@ -23,6 +23,7 @@ from actors.steps import Span, StepConfig, segment_text
 BUILTIN_TASKS = {
     "arithmetic": "actors.tasks.arithmetic:Arithmetic",
     "math_files": "actors.tasks.math_files:MathFiles",
+    "pivot": "actors.tasks.pivot:Pivot",
 }
 """Short names accepted by `load_task` in place of a `module:Class` spec."""
 
