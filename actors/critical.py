@@ -260,3 +260,48 @@ def derive_seed(base: int, round_index: int, boundary: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) % 2**64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) % 2**64
     return (x ^ (x >> 31)) & 0x7FFFFFFF
+
+
+def filled_step_values(rewards: Sequence[Sequence[float]], final_reward: float) -> np.ndarray:
+    """V(s_0..s_T) when only some boundaries were estimated (bisection, screening).
+
+    rewards: T sequences, rewards[0] not empty; an empty rewards[i] is a boundary that was
+        not estimated and takes the value of the nearest estimated boundary before it, so
+        the change over an unprobed stretch lands on its last step.
+    Returns float64 array of shape (T + 1,); equals `step_values` when none is empty."""
+    if not rewards or len(rewards[0]) == 0:
+        raise ValueError("boundary 0 must be estimated")
+    means: list[float] = []
+    for r in rewards:
+        means.append(float(np.mean(np.asarray(r, dtype=np.float64))) if len(r) else means[-1])
+    return np.asarray([*means, float(final_reward)], dtype=np.float64)
+
+
+def bisect_next(lo: int, hi: int, mid: int, values: dict[int, float]) -> tuple[int, int]:
+    """One bisection step for the largest value change between s_lo and s_hi: keep the half
+    whose ends differ more (the earlier half on a tie, within TIE_ATOL). `values` holds V at
+    lo, mid and hi. Returns the new (lo, hi)."""
+    left = abs(values[mid] - values[lo])
+    right = abs(values[hi] - values[mid])
+    return (mid, hi) if right > left + TIE_ATOL else (lo, mid)
+
+
+def screen_steps(step_min_logprobs: Sequence[float], cap: int) -> list[int]:
+    """The at most `cap` steps whose least likely token was least likely under the behaviour
+    policy (where the sample made an uncertain choice), in step order; ties go to the
+    earlier step. TreeRL and FR3E branch at such tokens (by entropy)."""
+    order = sorted(range(len(step_min_logprobs)), key=lambda i: (step_min_logprobs[i], i))
+    return sorted(order[: max(cap, 0)])
+
+
+def searched(reward: float, targets: str, success_share: float, draw: float) -> bool:
+    """Whether a fresh trajectory goes through the MC search. `targets`: `all`; `failed`
+    (reward < 1: SRPO and ELPO search failures only); `failed_sampled` (failures, and a
+    successful one when `draw` (uniform in [0, 1), fixed per trajectory) < `success_share`)."""
+    if targets == "all" or reward < 1.0:
+        return True
+    if targets == "failed":
+        return False
+    if targets == "failed_sampled":
+        return draw < success_share
+    raise ValueError(f"unknown targets {targets!r}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from actors.critical import searched
 from actors.engines.base import Engine, GenerationResult
 from actors.engines.factory import EngineConfig
 from actors.inference_process import inference_main
@@ -101,6 +102,11 @@ class EstimatorMetrics:
         )
         self.estimated = m.counter(
             "trajectories_estimated_total", "Fresh trajectories estimated by MC."
+        )
+        self.unsearched = m.counter(
+            "trajectories_unsearched_total",
+            "Fresh trajectories passed on without MC search (mc.targets): no reset; the "
+            "learner gives them their group's advantage.",
         )
         self.no_critical = m.counter(
             "no_critical_step_total",
@@ -224,9 +230,12 @@ async def estimate_batch(
     for i, traj in enumerate(trajs):
         if traj.kind == "reset":
             out[i] = reset_sample(traj), None
-        elif cfg.mc.selection == "none" and not cfg.mc_values:
+        elif (cfg.mc.selection == "none" and not cfg.mc_values) or not is_target(traj, cfg):
+            # no step values: the learner gives it its group's advantage
             zeros = np.zeros(len(traj.completion_token_ids), np.float32)
             out[i] = make_sample(traj, zeros, np.zeros(0, np.float32)), None
+            if cfg.mc.selection != "none" or cfg.mc_values:
+                m.unsearched.inc()
         else:
             fresh.append(i)
     if not fresh:
@@ -248,6 +257,13 @@ async def estimate_batch(
         searched = dict(zip(fresh, results, strict=True))
         out += answer_resets(out, searched, task, tokenizer, cfg, m, name)
     return out
+
+
+def is_target(traj: Trajectory, cfg: EstimatorConfig) -> bool:
+    """Whether the MC search takes this fresh trajectory (`mc.targets`); the draw for a
+    sampled success is fixed by the trajectory id, so a redelivery decides the same."""
+    draw = seed_for(f"target:{traj.id}", cfg.rollout.seed) / 2**31
+    return searched(traj.reward, cfg.mc.targets, cfg.mc.success_share, draw)
 
 
 def answerable(states: Sequence[Hashable], share_states: bool) -> list[bool]:
@@ -316,6 +332,7 @@ def search_input(
         completion_token_ids=traj.completion_token_ids.tolist(),
         step_spans=traj.step_spans,
         reward=traj.reward,
+        logprobs=traj.logprobs.tolist(),
         prompt=TaskPrompt(
             id=traj.prompt_id,
             text=tokenizer.decode(

@@ -32,14 +32,17 @@ from typing import Literal, Protocol
 import numpy as np
 
 from actors.critical import (
+    TIE_ATOL,
     Selection,
+    bisect_next,
     choose_critical_step,
     critical_step_posterior,
     derive_seed,
+    filled_step_values,
     plan_adaptive_round,
     posterior_choice,
+    screen_steps,
     step_advantages,
-    step_values,
 )
 from actors.engines.base import (
     Completion,
@@ -75,10 +78,18 @@ class StepTrajectory:
     """The trajectory's own verifier reward: V(s_T)."""
     prompt: object
     """What the task's `score` takes as its prompt (a problem, a reference answer)."""
+    logprobs: Sequence[float] = ()
+    """Behaviour logprob of each completion token (screening needs them; else may be empty)."""
 
     @property
     def num_steps(self) -> int:
         return len(self.step_spans)
+
+    def step_min_logprobs(self) -> list[float]:
+        """The lowest behaviour logprob within each step (screening's uncertainty signal)."""
+        if len(self.logprobs) != len(self.completion_token_ids):
+            raise ValueError("screening needs one behaviour logprob per completion token")
+        return [float(min(self.logprobs[a:b])) for a, b in self.step_spans]
 
     def prefix(self, boundary: int) -> list[int]:
         """Token ids of s_boundary for boundary in [0, T): prompt plus the steps before it."""
@@ -112,8 +123,25 @@ class McConfig:
     and the adaptive posterior draws use it too. Give each trajectory its own (e.g. from its
     id): one seed for all would feed the same random streams to every trajectory's
     continuations. None: the engine's own randomness, not reproducible."""
-    budget: Literal["uniform", "adaptive"] = "uniform"
-    """`uniform`: K at every boundary; `adaptive`: spend where the chosen step may change."""
+    budget: Literal["uniform", "adaptive", "bisect"] = "uniform"
+    """`uniform`: K at every boundary; `adaptive`: spend where the chosen step may change;
+    `bisect`: K at s_0 and at midpoints only, descending into the half whose ends differ
+    more, until one step is left (ELPO's search for the largest drop: K (1 + ceil(log2 T))
+    continuations, ceil(log2 T) rounds). It finds the argmax |A| when V changes once; with
+    several changes it can land on a smaller one."""
+    screen: Literal["none", "logprob"] = "none"
+    """`logprob`: estimate only the boundaries around the `screen_cap` steps whose least
+    likely token had the lowest behaviour logprob (and s_0), in one round of K each; the
+    critical step is the argmax |A| among those steps (uniform budget only)."""
+    screen_cap: int = 4
+    """`screen`: most candidate steps estimated per trajectory."""
+    targets: Literal["all", "failed", "failed_sampled"] = "all"
+    """Which fresh trajectories are searched: `all`; `failed` (reward below 1); or
+    `failed_sampled`: failures and a `success_share` of the successes (drawn per trajectory
+    from its seed). The others get no reset and no step values: the learner gives them their
+    group's advantage (reward - mean reward of the prompt's fresh rollouts in the batch)."""
+    success_share: float = 0.25
+    """`targets = "failed_sampled"`: share of successful trajectories searched anyway."""
     chooser: Literal["argmax", "posterior"] = "argmax"
     """Uniform budget: `argmax` of the raw MC advantages (the paper's rule) or the most
     probable step under the change-point posterior (`posterior`; its model is set by the
@@ -154,8 +182,18 @@ class McConfig:
             raise ValueError("k must be >= 1")
         if self.selection not in ("advantage", "random", "none"):
             raise ValueError(f"unknown selection {self.selection!r}")
-        if self.budget not in ("uniform", "adaptive"):
+        if self.budget not in ("uniform", "adaptive", "bisect"):
             raise ValueError(f"unknown budget {self.budget!r}")
+        if self.screen not in ("none", "logprob") or self.screen_cap < 1:
+            raise ValueError("screen must be none or logprob, and screen_cap >= 1")
+        if self.screen != "none" and (self.budget != "uniform" or self.chooser != "argmax"):
+            raise ValueError("screening estimates one round of K: needs budget uniform, argmax")
+        if self.targets not in ("all", "failed", "failed_sampled"):
+            raise ValueError(f"unknown targets {self.targets!r}")
+        if not 0.0 <= self.success_share <= 1.0:
+            raise ValueError("success_share must lie in [0, 1]")
+        if self.budget == "bisect" and self.chooser != "argmax":
+            raise ValueError("bisection chooses its own step: needs chooser argmax")
         if self.chooser not in ("argmax", "posterior"):
             raise ValueError(f"unknown chooser {self.chooser!r}")
         if self.chooser == "posterior" and self.selection != "advantage":
@@ -311,8 +349,19 @@ class _Search:
         self.rounds = 0
         self.shared = 0
         self.probs: np.ndarray | None = None
-        first = config.k if config.budget == "uniform" else config.adaptive_initial_k
-        self.plan: list[int] = [first] * t
+        self.span: tuple[int, int] | None = None
+        """Bisection: the stretch (lo, hi) of boundaries that holds the largest change."""
+        self.candidates: list[int] | None = None
+        """Screening: the steps eligible for the argmax."""
+        k = config.k
+        self.plan: list[int] = [k if config.budget == "uniform" else config.adaptive_initial_k] * t
+        if config.budget == "bisect":
+            self.span = (0, t)
+            self.plan = [k if i in (0, t // 2) else 0 for i in range(t)]
+        elif config.screen == "logprob":
+            self.candidates = screen_steps(trajectory.step_min_logprobs(), config.screen_cap)
+            probed = {0} | {b for j in self.candidates for b in (j, j + 1) if b < t}
+            self.plan = [k if i in probed else 0 for i in range(t)]
 
     def requests(self) -> list[GenerationRequest]:
         """plan[i] continuations from s_i (boundaries with 0 skipped), seeded from (seed,
@@ -350,6 +399,9 @@ class _Search:
                 self.completions[i].append(c)
         self.rounds += 1
         self.plan = []
+        if config.budget == "bisect":
+            self.plan = self._bisect_round()
+            return
         if config.budget == "uniform":
             if config.chooser == "posterior":
                 self.probs = _posterior(self.rewards, traj.reward, config, self.rng)
@@ -372,13 +424,35 @@ class _Search:
         if extra.sum() > 0:
             self.plan = extra.tolist()
 
+    def _bisect_round(self) -> list[int]:
+        """Narrow the stretch with this round's midpoint; the next midpoint's plan, or []."""
+        lo, hi = self.span
+        t = self.trajectory.num_steps
+        if hi - lo <= 1:
+            return []
+        mid = (lo + hi) // 2
+        values = {i: float(np.mean(self.rewards[i])) for i in (lo, mid)}
+        values[hi] = float(np.mean(self.rewards[hi])) if hi < t else self.trajectory.reward
+        lo, hi = self.span = bisect_next(lo, hi, mid, values)
+        if hi - lo <= 1:
+            return []
+        return [self.config.k if i == (lo + hi) // 2 else 0 for i in range(t)]
+
     def result(self) -> CriticalStepResult:
-        values = step_values(self.rewards, self.trajectory.reward)
+        values = filled_step_values(self.rewards, self.trajectory.reward)
         adv = step_advantages(values)
-        if self.probs is None:
-            chosen = choose_critical_step(adv, self.config.selection, self.rng)
-        else:
+        selection = self.config.selection
+        if self.probs is not None:
             chosen = posterior_choice(self.probs, adv)
+        elif self.span is not None and selection == "advantage":
+            lo = self.span[0]  # both ends of step lo were estimated
+            chosen = lo if abs(adv[lo]) > TIE_ATOL else None
+        elif self.candidates is not None and selection == "advantage":
+            eligible = np.zeros_like(adv)
+            eligible[self.candidates] = adv[self.candidates]
+            chosen = choose_critical_step(eligible, selection)
+        else:
+            chosen = choose_critical_step(adv, selection, self.rng)
         counts = np.asarray([len(r) for r in self.rewards], dtype=np.int64)
         return CriticalStepResult(
             values=values,

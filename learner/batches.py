@@ -60,7 +60,8 @@ def row_advantages(samples: Sequence[Sample], mode: str, reset_baseline: str) ->
     Reset rows, in `mc` and `group` mode: reward minus the reset state's baseline,
     `reset_baselines` (`loo`) or V(s_m) alone (`value`). Fresh rows in `group` mode: reward
     minus the mean reward of the fresh rows of the same group (the prompt). Fresh rows in
-    `mc` mode carry per-step advantages instead (NaN here)."""
+    `mc` mode carry per-step advantages instead (NaN here), except those the estimator did
+    not search (no step values): they get their group advantage as in `group` mode."""
     out = np.full(len(samples), np.nan, dtype=np.float32)
     resets = [i for i, s in enumerate(samples) if s.kind == "reset"]
     fresh = [i for i, s in enumerate(samples) if s.kind != "reset"]
@@ -79,9 +80,11 @@ def row_advantages(samples: Sequence[Sample], mode: str, reset_baseline: str) ->
         else:
             raise ValueError(f"unknown reset baseline {reset_baseline!r}")
         out[resets] = rewards - base
-    if fresh and mode == "group":
+    if fresh:
         fs = [samples[i] for i in fresh]
-        out[fresh] = group_row_advantages([s.reward for s in fs], [group_of(s) for s in fs])
+        group = group_row_advantages([s.reward for s in fs], [group_of(s) for s in fs])
+        take = [mode == "group" or len(s.step_values) == 0 for s in fs]
+        out[[i for i, t in zip(fresh, take, strict=True) if t]] = group[np.asarray(take, bool)]
     return out
 
 

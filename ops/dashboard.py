@@ -184,6 +184,11 @@ PANELS: list[tuple[str, list[str], str]] = [
         "percentunit",
     ),
     (
+        "Fresh trajectories not searched (mc.targets) / s",
+        ["rate(gpo_estimator_trajectories_unsearched_total[1m])"],
+        "ops",
+    ),
+    (
         "Reset requests and samples / s",
         [
             "sum by (selection) (rate(gpo_estimator_reset_requests_total[1m]))",

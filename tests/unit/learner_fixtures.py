@@ -54,7 +54,11 @@ def make_sample(
     group: str = "",
     baseline_value: float = 0.0,
     baseline_count: int = 0,
+    searched: bool = True,
 ) -> Sample:
+    """A sample with the given per-token `advantage` on its completion. A fresh one that was
+    `searched` carries step values (V(s_0), reward), so `mc` mode keeps its advantages; one
+    that was not gets its group's advantage there."""
     rng = np.random.default_rng(seed)
     n = prompt_len + completion_len
     mask = np.r_[np.zeros(prompt_len), np.ones(completion_len)].astype(np.int32)
@@ -69,7 +73,7 @@ def make_sample(
         logprobs=np.where(mask == 1, -np.log(VOCAB), 0.0).astype(np.float32),
         advantages=np.where(mask == 1, advantage, 0.0).astype(np.float32),
         returns=np.zeros(0, np.float32),
-        step_values=np.zeros(0, np.float32),
+        step_values=np.array([0.5, reward] if kind == "fresh" and searched else [], np.float32),
         reward=reward,
         policy_version=version,
         group=group,

@@ -312,6 +312,26 @@ def test_reuse_mc_rollouts_answers_one_reset_per_state_of_a_batch():
     assert m.rollouts._value.get() == 4 * len(one.step_spans)  # one search's worth
 
 
+def test_failed_only_targets_search_failures_and_pass_successes_on_unsearched():
+    # the same two rollouts as above, one failed and one right: with targets "failed" only
+    # the failure is searched; the success goes on as a sample with no step values (the
+    # learner baselines it by its group) and never gets a reset
+    batch = two_rollouts()
+    assert sorted(t.reward for t in batch) == [0.0, 1.0]
+    config = cfg(k=6, targets="failed")
+    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
+    got = asyncio.run(estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), config, m))
+    for t, (sample, reset) in zip(batch, got, strict=True):
+        assert sample.id == t.id and sample.kind == "fresh"
+        if t.reward == 1.0:
+            assert reset is None and len(sample.step_values) == 0
+            assert not sample.advantages.any()
+        else:
+            assert len(sample.step_values) == len(t.step_spans) + 1
+    assert m.unsearched._value.get() == 1 and m.estimated._value.get() == 1
+    assert m.rollouts._value.get() == 6 * len(next(t for t in batch if t.reward == 0).step_spans)
+
+
 def test_batch_messages_must_be_positive():
     with pytest.raises(ValueError, match="batch_messages"):
         EstimatorConfig(batch_messages=0)

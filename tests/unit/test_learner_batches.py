@@ -153,3 +153,22 @@ def test_feeder_order_is_a_seeded_permutation_per_epoch():
     assert sorted(a) == sorted(b) == list(range(10))
     assert a == epoch_order(10, seed=1, epoch=0) and a != b
     assert a != epoch_order(10, seed=2, epoch=0)
+
+
+def test_unsearched_fresh_rows_get_their_group_advantage_in_mc_mode():
+    # prompt a: two searched rows (step advantages kept) and two the estimator passed on
+    # without a search (mc.targets): those get reward - mean of the prompt's fresh rewards
+    rows = [
+        make_sample("s0", prompt_len=1, completion_len=2, reward=1.0, prompt_id="a", advantage=0.3),
+        make_sample(
+            "s1", prompt_len=1, completion_len=2, reward=0.0, prompt_id="a", advantage=-0.2
+        ),
+        make_sample(
+            "u0", prompt_len=1, completion_len=2, reward=1.0, prompt_id="a", searched=False
+        ),
+        make_sample(
+            "u1", prompt_len=1, completion_len=2, reward=1.0, prompt_id="a", searched=False
+        ),
+    ]
+    got = [a[-1] for a in token_advantages(rows, "mc")]
+    assert got == pytest.approx([0.3, -0.2, 0.25, 0.25])  # mean reward 0.75

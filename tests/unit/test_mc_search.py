@@ -440,3 +440,116 @@ def test_batched_searches_equal_each_search_alone(bases):
         assert engine.calls < sum(r.rounds for r in alone)
     else:
         assert engine.calls == 1
+
+
+# --- cheaper searches: bisection, screening, targets (issue: the search at a fraction) -----
+
+
+def hand_trajectory(t: int) -> StepTrajectory:
+    """Prompt [9]; t one-token steps 1..t; reward 0."""
+    return StepTrajectory([9], list(range(1, t + 1)), [(i, i + 1) for i in range(t)], 0.0, "P")
+
+
+def value_table(values: Sequence[float], t: int, k: int) -> dict[str, float]:
+    """Rewards by continuation text: the K continuations from s_b score round(V_b * K) ones."""
+    table = {}
+    for b in range(t):
+        ones = round(values[b] * k)
+        for j in range(k):
+            table[fake_decode(list(range(1, b + 1)) + [100 + j])] = float(j < ones)
+    return table
+
+
+def test_bisection_probes_midpoints_and_finds_a_single_drop_by_hand():
+    # V = 1 up to s_5, then 0 (the drop is step 5 of 8): probes s_0 and s_4 (round 1),
+    # s_6 (V(s_4) - V(s_8) is the larger half), s_5 -> stretch (5, 6): step 5
+    values = [1, 1, 1, 1, 1, 1, 0, 0]
+    engine = FakeEngine()
+    res = search(
+        engine,
+        TableTask(value_table(values, 8, 4)),
+        hand_trajectory(8),
+        McConfig(k=4, seed=0, budget="bisect"),
+        fake_decode,
+    )
+    probed = [[len(r.prompt_token_ids) - 1 for r in batch] for batch in engine.batches]
+    assert probed == [[0, 4], [6], [5]]
+    assert res.critical_step == 5 and res.rounds == 3
+    assert res.rollouts == 4 * (1 + math.ceil(math.log2(8))) == 16
+    np.testing.assert_array_equal(res.counts, [4, 0, 0, 0, 4, 4, 4, 0])
+    # unprobed boundaries carry the value before them: the drop lands on step 5 alone
+    np.testing.assert_allclose(res.values, [1, 1, 1, 1, 1, 1, 0, 0, 0])
+    assert len(res.critical_completions) == 4  # from s_5, reusable as reset rollouts
+
+
+def test_bisection_on_one_step_and_on_flat_values():
+    res = search(
+        FakeEngine(),
+        TableTask(value_table([1.0], 1, 2)),
+        hand_trajectory(1),
+        McConfig(k=2, seed=0, budget="bisect"),
+        fake_decode,
+    )
+    assert res.critical_step == 0 and res.rollouts == 2 and res.rounds == 1
+    flat = search(
+        FakeEngine(),
+        TableTask(value_table([0.0] * 5, 5, 2)),
+        hand_trajectory(5),
+        McConfig(k=2, seed=0, budget="bisect"),
+        fake_decode,
+    )
+    assert flat.critical_step is None  # all-wrong: nothing to reset to
+
+
+def test_bisection_finds_the_scripted_pivot_about_as_often_as_uniform_at_half_the_cost():
+    # one drop (step 3 of 8): a random step would hit 1/8 of the time, about 4 of 30
+    problem = ScriptedProblem((0.98, 0.98, 0.98, 0.35, 0.98, 0.98, 0.98, 0.98), recover=0.02)
+    fail = scripted_trajectory(problem, [GOOD, GOOD, GOOD, BAD, BAD, BAD, BAD, BAD])
+    hits, cost = {"bisect": 0, "uniform": 0}, {"bisect": 0, "uniform": 0}
+    for seed in range(30):
+        for name, config in (
+            ("bisect", McConfig(k=16, budget="bisect")),
+            ("uniform", McConfig(k=16)),
+        ):
+            res = search(ScriptedEngine(problem), ScriptedTask(), fail, replace(config, seed=seed))
+            hits[name] += res.critical_step == 3
+            cost[name] += res.rollouts
+    assert cost["bisect"] * 2 == cost["uniform"]  # 16 x 4 probes against 16 x 8
+    assert hits["bisect"] >= hits["uniform"] - 3 and hits["bisect"] >= 15, hits
+
+
+def test_screening_estimates_the_uncertain_steps_only():
+    # 6 steps; the behaviour policy was least sure at steps 4 and 1 (cap 2): probes s_0 and
+    # the ends of steps 1 and 4 (s_1, s_2, s_4, s_5); the argmax is taken among steps 1, 4
+    values = [1.0, 1.0, 0.5, 0.5, 0.5, 0.0]
+    traj = replace(hand_trajectory(6), logprobs=[-0.1, -2.0, -0.2, -0.3, -3.0, -0.1])
+    engine = FakeEngine()
+    res = search(
+        engine,
+        TableTask(value_table(values, 6, 2)),
+        traj,
+        McConfig(k=2, seed=0, screen="logprob", screen_cap=2),
+        fake_decode,
+    )
+    assert [len(r.prompt_token_ids) - 1 for r in engine.batches[0]] == [0, 1, 2, 4, 5]
+    assert len(engine.batches) == 1 and res.rollouts == 10
+    np.testing.assert_allclose(res.values, [1.0, 1.0, 0.5, 0.5, 0.5, 0.0, 0.0])
+    assert res.critical_step == 1  # |A_1| = |A_4| = 0.5: the earlier
+    with pytest.raises(ValueError):  # screening needs the behaviour logprobs
+        search(FakeEngine(), TableTask({}), hand_trajectory(3), McConfig(screen="logprob"))
+    with pytest.raises(ValueError):
+        McConfig(screen="logprob", budget="adaptive")
+
+
+def test_search_targets():
+    from actors.critical import screen_steps, searched
+
+    assert searched(0.0, "failed", 0.25, 0.9) and not searched(1.0, "failed", 0.25, 0.1)
+    assert searched(1.0, "all", 0.0, 0.9)
+    assert searched(1.0, "failed_sampled", 0.25, 0.2)
+    assert not searched(1.0, "failed_sampled", 0.25, 0.3)
+    assert searched(0.5, "failed_sampled", 0.0, 0.9)  # partial reward counts as a failure
+    with pytest.raises(ValueError):
+        searched(1.0, "some", 0.5, 0.1)
+    assert screen_steps([-0.1, -2.0, -0.2, -2.0], 2) == [1, 3]
+    assert screen_steps([-1.0, -1.0, -1.0], 2) == [0, 1]  # ties: the earlier steps
