@@ -6,7 +6,10 @@ is a random problem and one trajectory sampled from it; its ground truth is the 
 the "right" step is well defined. Every budget runs on the same cases with the same seeds
 (common random numbers: K = 4 sees the first 4 of K = 8's continuations), so differences
 between rows are paired. Reported: accuracy (chosen step == truth), rollouts per trajectory,
-and both against uniform K = 8.
+and both against uniform K = 8. Besides the budgets of the paper (uniform K, argmax) and the
+adaptive one, the cheaper strategies of `[estimator.mc]`: bisection (`budget = "bisect"`),
+screening by behaviour logprob (`screen = "logprob"`), and searching failed trajectories
+only (`targets = "failed"`: a successful trajectory gets no search, no step, no cost).
 
 Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task
 (`actors.bootstrap`, built once and cached, minutes on a CPU) in the transformers engine; on
@@ -28,7 +31,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from actors.critical import choose_critical_step, derive_seed
+from actors.critical import choose_critical_step, derive_seed, searched
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.mc_search import McConfig, StepTrajectory, find_critical_step
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
@@ -91,7 +94,8 @@ def make_cases(
         problem = ScriptedProblem.random(rng, steps=steps, **FAMILIES[family])
         engine = ScriptedEngine(problem)
         req = GenerationRequest(problem.prompt_token_ids, 1, SamplingSettings(seed=tries))
-        tokens = asyncio.run(engine.generate([req]))[0].completions[0].token_ids
+        completion = asyncio.run(engine.generate([req]))[0].completions[0]
+        tokens = completion.token_ids
         if problem.oracle_margin(tokens) < min_margin:
             continue
         traj = StepTrajectory(
@@ -100,6 +104,7 @@ def make_cases(
             step_spans=step_spans(tokens),
             reward=task.score(problem, decode(tokens)),
             prompt=problem,
+            logprobs=completion.logprobs,
         )
         truth = problem.oracle_critical_step(tokens)
         assert truth is not None  # a positive margin means a nonzero largest |A|
@@ -107,11 +112,24 @@ def make_cases(
     return cases
 
 
+def is_searched(trajectory: StepTrajectory, config: McConfig) -> bool:
+    """`config.targets` for one trajectory, its sampled-success draw from the config's seed."""
+    draw = np.random.default_rng(config.seed).random()
+    return searched(trajectory.reward, config.targets, config.success_share, draw)
+
+
 async def _run_async(cases: Sequence[Case], config: McConfig, name: str) -> Row:
     task = ScriptedTask()
     correct, rollouts, per_step, rounds, none = [], [], [], [], 0
     for case in cases:
         cfg = replace(config, seed=case.seed)
+        if not is_searched(case.trajectory, cfg):  # no search: no step, no cost
+            none += 1
+            correct.append(False)
+            rollouts.append(0)
+            per_step.append(0.0)
+            rounds.append(0)
+            continue
         engine = ScriptedEngine(case.problem)
         res = await find_critical_step(engine, task, case.trajectory, cfg, decode=decode)
         assert res.rollouts == engine.rollouts
@@ -143,24 +161,34 @@ def random_row(cases: Sequence[Case]) -> Row:
     return Row("random step", float(c.mean()), 0.0, 0.0, 0.0, c)
 
 
-def format_table(rows: Sequence[Row], reference: Row) -> str:
+def format_table(rows: Sequence[Row], reference: Row, failed: np.ndarray | None = None) -> str:
     """Markdown table; `reference` (uniform K = 8) gives the ratio and difference columns.
 
     The +- column is the standard error of the paired accuracy difference to the reference.
+    `failed` (per-case bool): adds the accuracy over the failed trajectories alone, where a
+    search of failures only (`targets`) loses nothing.
     """
-    head = (
-        "| budget | accuracy % | vs K=8 (points) | +- | rollouts/traj | rollouts/step "
-        "| rollouts vs K=8 | generate calls | no step % |\n|---|---|---|---|---|---|---|---|---|"
-    )
-    lines = [head]
+    cols = ["budget", "accuracy %", "vs K=8 (points)", "+-"]
+    cols += ["on failed %"] if failed is not None else []
+    cols += ["rollouts/traj", "rollouts/step", "rollouts vs K=8", "generate calls", "no step %"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         diff = r.correct - reference.correct
         se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-        lines.append(
-            f"| {r.name} | {100 * r.accuracy:.1f} | {100 * (r.accuracy - reference.accuracy):+.1f}"
-            f" | {100 * se:.1f} | {r.rollouts:.1f} | {r.per_step:.2f}"
-            f" | {r.rollouts / reference.rollouts:.2f} | {r.rounds:.2f} | {100 * r.no_step:.0f} |"
+        on_failed = (
+            [f"{100 * r.correct[failed].mean():.1f}" if failed.any() else "-"]
+            if failed is not None
+            else []
         )
+        cells = [
+            r.name,
+            f"{100 * r.accuracy:.1f}",
+            f"{100 * (r.accuracy - reference.accuracy):+.1f}",
+        ]
+        cells += [f"{100 * se:.1f}", *on_failed, f"{r.rollouts:.1f}", f"{r.per_step:.2f}"]
+        cells += [f"{r.rollouts / reference.rollouts:.2f}", f"{r.rounds:.2f}"]
+        cells += [f"{100 * r.no_step:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -213,17 +241,43 @@ def part_a(args: argparse.Namespace, family: str) -> str:
         )
     adaptive = McConfig(budget="adaptive", adaptive_budget=args.adaptive_budget)
     rows.append(run_budget(cases, adaptive, f"adaptive (cap {args.adaptive_budget}/step)"))
+    for name, config in strategies():
+        rows.append(run_budget(cases, config, name))
     reference = next((r for r in rows if r.name == "uniform K=8"), rows[-1])
     text = "\n\n".join(
         [
             head,
-            format_table(rows, reference),
+            format_table(
+                rows, reference, np.asarray([c.trajectory.reward < 1.0 for c in cases], bool)
+            ),
             "Accuracy % by truth margin (the exact |A| of the critical step minus the runner-up's):",
             margin_table(cases, [r for r in rows if r.name != "random step"]),
         ]
     )
     print(text + "\n")
     return text
+
+
+def strategies(sampling: SamplingSettings | None = None) -> list[tuple[str, McConfig]]:
+    """The cheaper searches and their combinations, as rows: bisection, screening, failed
+    trajectories only (GPO.md, "Where this project should go beyond the paper")."""
+    base = McConfig() if sampling is None else McConfig(sampling=sampling)
+    out = []
+    for k in (4, 8):
+        out.append((f"bisect K={k}", replace(base, k=k, budget="bisect")))
+    for cap in (2, 4):
+        out.append(
+            (f"screen logprob cap {cap}, K=4", replace(base, screen="logprob", screen_cap=cap))
+        )
+    out.append(("failed only, uniform K=4", replace(base, targets="failed")))
+    out.append(("failed only, bisect K=4", replace(base, targets="failed", budget="bisect")))
+    out.append(
+        (
+            "failed + 25% of successes, bisect K=4",
+            replace(base, targets="failed_sampled", budget="bisect"),
+        )
+    )
+    return out
 
 
 def part_b_missing() -> list[str]:
@@ -268,7 +322,10 @@ def part_b(args: argparse.Namespace) -> str | None:
         spans = token_spans(ids, tok, StepConfig(), task.split_steps)
         if task.score(prompt, text) > 0 or truth is None or truth >= len(spans):
             continue
-        cases.append((StepTrajectory(req.prompt_token_ids, ids, spans, 0.0, prompt), truth))
+        logprobs = res.completions[0].logprobs
+        cases.append(
+            (StepTrajectory(req.prompt_token_ids, ids, spans, 0.0, prompt, logprobs), truth)
+        )
     if not cases:
         print("part (b): no failed trajectory with a known first wrong step")
         return None
@@ -288,6 +345,8 @@ def part_b(args: argparse.Namespace) -> str | None:
         )
     )
     budgets.append(("adaptive", McConfig(budget="adaptive", sampling=sampling)))
+    # failed trajectories only: every case here failed, so `targets` changes nothing
+    budgets += [(n, c) for n, c in strategies(sampling) if c.targets == "all"]
     for name, cfg in budgets:
         rows.append(asyncio.run(_run_b(engine, task, cases, cfg, name, dec)))
     asyncio.run(engine.close())
