@@ -260,10 +260,15 @@ async def estimate_batch(
 
 
 def is_target(traj: Trajectory, cfg: EstimatorConfig) -> bool:
-    """Whether the MC search takes this fresh trajectory (`mc.targets`); the draw for a
-    sampled success is fixed by the trajectory id, so a redelivery decides the same."""
-    draw = seed_for(f"target:{traj.id}", cfg.rollout.seed) / 2**31
+    """Whether the MC search takes this fresh trajectory (`mc.targets`)."""
+    draw = target_draw(traj.id, cfg.rollout.seed)
     return searched(traj.reward, cfg.mc.targets, cfg.mc.success_share, draw)
+
+
+def target_draw(trajectory_id: str, seed: int) -> float:
+    """The uniform draw in [0, 1) that decides whether a successful trajectory is searched
+    (`failed_sampled`): fixed by the id, so a redelivery decides the same."""
+    return seed_for(f"target:{trajectory_id}", seed) / 2**31
 
 
 def answerable(states: Sequence[Hashable], share_states: bool) -> list[bool]:

@@ -18,11 +18,12 @@ import functools
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from actors.critical import searched
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
-from actors.estimator import answerable
+from actors.estimator import answerable, target_draw
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from learner.composition import batch_targets
@@ -119,6 +120,8 @@ class Rollout:
     completion: list[int]
     spans: list[tuple[int, int]]
     reward: float
+    logprobs: list[float] = field(default_factory=list)
+    """Behaviour logprob per completion token (screening reads them)."""
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -143,8 +146,9 @@ async def actor_rollouts(
         for i, result in zip(batch, await meter.generate(requests), strict=True):
             for j, c in enumerate(result.completions):
                 reward = work.score(work.prompts[i][1], work.decode(c.token_ids))
+                spans = work.spans(c.token_ids)
                 out.append(
-                    Rollout(f"{ids[i]}/{j}", i, c.token_ids, work.spans(c.token_ids), reward)
+                    Rollout(f"{ids[i]}/{j}", i, c.token_ids, spans, reward, list(c.logprobs))
                 )
     return out, meter.cost
 
@@ -180,14 +184,22 @@ async def estimator_pass(
     `n_reset` continuations at s_m as `gpo-estimator` does (with `share_states`, once per
     state and batch)."""
     meter, resets, answered, reused = Metered(engine), [], 0, 0
-    searchable = [r for r in rollouts if r.spans]  # an empty completion has no step to search
+    # an empty completion has no step to search; `mc.targets` may leave successes out
+    searchable = [
+        r
+        for r in rollouts
+        if r.spans
+        and searched(r.reward, mc.targets, mc.success_share, target_draw(r.id, shape.rollout.seed))
+    ]
     for group in _chunks(searchable, batch or shape.estimator_batch):
         subjects, configs = [], []
         for r in group:
             seed = seed_for(r.id, shape.rollout.seed)
             configs.append(replace(mc, sampling=shape.rollout.sampling(seed), seed=seed))
             prompt_ids, prompt = work.prompts[r.prompt]
-            subjects.append(StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt))
+            subjects.append(
+                StepTrajectory(prompt_ids, r.completion, r.spans, r.reward, prompt, r.logprobs)
+            )
         results = await find_critical_steps(meter, work, subjects, configs, decode=work.decode)
         due = []  # (rollout, result, s_m) of every reset request the batch makes
         for r, result in zip(group, results, strict=True):

@@ -48,6 +48,9 @@ def test_gpo_trains_rollouts_plus_n_reset_per_critical_step(table):
     for rep in reps:
         for m in rep[1:]:
             assert m.fresh is rep[0].fresh  # the same rollouts for every case
+            if "failed only" in m.name:  # the successes are not searched
+                assert m.estimated < m.trajectories == PROMPTS * N
+                continue
             assert m.estimated == m.trajectories == PROMPTS * N  # scripted rollouts have steps
             assert 0 < m.resets <= m.estimated
             if "reuse_mc_rollouts" in m.name:
@@ -80,7 +83,7 @@ def test_uniform_search_spends_k_per_boundary_in_one_call_per_estimator_batch(ta
     cases, reps = table
     for rep in reps:
         boundaries = rep[1].states[0]
-        off, shared, _, sharing, _, _, alone = rep[1:]
+        off, shared, _, sharing, _, _, alone = rep[1:8]
         assert "batch_messages = 1" in alone.name and "share_states" in sharing.name
         for m in (off, shared, alone):
             assert m.mc.completions == K * boundaries
