@@ -41,15 +41,10 @@ import torch
 
 from actors.critical import choose_critical_step
 from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-from actors.estimator import (
-    EstimatorConfig,
-    make_reset,
-    make_sample,
-    reset_sample,
-    token_advantages,
-)
+from actors.estimator import EstimatorConfig
 from actors.mc_search import CriticalStepResult
 from actors.rollout import RolloutConfig, request_for, trajectories_for
+from actors.samples import make_reset, make_sample, reset_sample, token_advantages
 from actors.tasks.base import Task, load_task
 from learner.batches import MicroBatch, collate, plan_micro_batches
 from learner.batches import token_advantages as sample_advantages
@@ -161,7 +156,7 @@ def build_batch(
             )
         )
         if result.critical_step is not None and len(resets) * estimator.n_reset < want_reset:
-            resets.append(make_reset(traj, result, estimator, version=0))
+            resets.append(make_reset(traj, result, estimator.n_reset, estimator.mc.selection, 0))
     samples += [reset_sample(traj) for traj in _rollouts(engine, resets, task, rollout)]
     plan = plan_batch(
         [s.kind for s in samples],

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from actors.critical import searched
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
-from actors.estimator import answerable, target_draw
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
+from actors.samples import answerable, target_draw
 from learner.composition import batch_targets
 from learner.config import LearnerConfig
 from protocol.config import from_mapping, load_toml

@@ -10,20 +10,22 @@ import numpy as np
 import pytest
 
 from actors import scripted
-from actors.estimator import (
-    EstimatorConfig,
-    EstimatorMetrics,
-    estimate,
-    estimate_batch,
-    make_sample,
-    search_input,
-    token_advantages,
-)
+from actors.estimator import EstimatorConfig, EstimatorMetrics, estimate, estimate_batch
 from actors.mc_search import McConfig, find_critical_step
 from actors.rollout import RolloutConfig
+from actors.samples import BatchCounts, make_sample, search_input, token_advantages
 from protocol.codec import decode, encode
 from protocol.messages import Trajectory
 from protocol.metrics import Metrics
+
+
+def run_batch(trajs, engine, task, config, name: str = "estimator"):
+    """`estimate_batch`, with its counts recorded on fresh metrics as the loop records them."""
+    outputs, counts = asyncio.run(estimate_batch(trajs, engine, task, ToyTokenizer(), config, name))
+    assert isinstance(counts, BatchCounts)
+    m = EstimatorMetrics(Metrics("e"))
+    m.record(counts)
+    return outputs, m
 
 
 def test_token_advantages_by_hand():
@@ -106,11 +108,7 @@ def test_reset_rollout_advantage_is_reward_minus_reset_value():
         reset_value_count=12,
         reward=1.0,
     )
-    sample, reset = asyncio.run(
-        estimate(
-            t, NoEngine(), TaskOver(None), ToyTokenizer(), cfg(), EstimatorMetrics(Metrics("e"))
-        )
-    )
+    sample, reset = asyncio.run(estimate(t, NoEngine(), TaskOver(None), ToyTokenizer(), cfg()))
     assert reset is None
     assert sample.kind == "reset"
     assert sample.advantages.tolist() == [0.0] + [0.75] * 6
@@ -132,11 +130,8 @@ def test_fresh_trajectory_reset_at_the_pivotal_step():
         step_spans=spans,
         reward=0.0,
     )
-    m = EstimatorMetrics(Metrics("e"))
-    sample, reset = asyncio.run(
-        estimate(
-            t, scripted.ScriptedEngine(problem), TaskOver(problem), ToyTokenizer(), cfg(k=12), m
-        )
+    ((sample, reset),), m = run_batch(
+        [t], scripted.ScriptedEngine(problem), TaskOver(problem), cfg(k=12)
     )
     assert reset is not None and reset.critical_step == 2
     assert reset.prefix_token_ids.tolist() == [scripted.BOS] + completion[: spans[2][0]]
@@ -165,7 +160,6 @@ def test_selection_none_sends_no_reset_but_keeps_values():
             TaskOver(problem),
             ToyTokenizer(),
             cfg(k=4, selection="none"),
-            EstimatorMetrics(Metrics("e")),
         )
     )
     assert reset is None
@@ -204,10 +198,8 @@ def test_a_batch_searches_together_and_equals_each_trajectory_alone():
     batch.insert(1, reset)
 
     def run(trajs):
-        engine, m = scripted.ScriptedEngine(problem), EstimatorMetrics(Metrics("e"))
-        out = asyncio.run(
-            estimate_batch(trajs, engine, TaskOver(problem), ToyTokenizer(), cfg(k=6), m)
-        )
+        engine = scripted.ScriptedEngine(problem)
+        out, m = run_batch(trajs, engine, TaskOver(problem), cfg(k=6))
         return out, engine, m
 
     together, engine, m = run(batch)
@@ -226,12 +218,8 @@ def test_a_batch_searches_together_and_equals_each_trajectory_alone():
 
     # share_states: a state both rollouts reach is searched once; the counter counts what
     # was generated, and both samples carry the one value of each shared state
-    engine, m = scripted.ScriptedEngine(problem), EstimatorMetrics(Metrics("e"))
-    shared = asyncio.run(
-        estimate_batch(
-            batch, engine, TaskOver(problem), ToyTokenizer(), cfg(k=6, share_states=True), m
-        )
-    )
+    engine = scripted.ScriptedEngine(problem)
+    shared, m = run_batch(batch, engine, TaskOver(problem), cfg(k=6, share_states=True))
     fresh = [t for t in batch if t.kind == "fresh"]
     states = [[tuple(t.completion_token_ids[:start]) for start, _ in t.step_spans] for t in fresh]
     common = len(set(states[0]) & set(states[1]))
@@ -247,13 +235,10 @@ def test_reuse_mc_rollouts_answers_resets_with_the_searchs_own_continuations():
     # made into reset trajectories as an actor makes them; no reset request goes out.
     batch = two_rollouts()
     config = cfg(k=6)
-    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
-    asked = asyncio.run(estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), config, m))
-    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
+    asked, _ = run_batch(batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), config)
+    engine = scripted.ScriptedEngine(PROBLEM)
     reuse = replace(config, reuse_mc_rollouts=True)
-    got = asyncio.run(
-        estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), reuse, m, "est-1")
-    )
+    got, m = run_batch(batch, engine, TaskOver(PROBLEM), reuse, "est-1")
     assert engine.calls == 1  # the MC search only
     requests = [r for _, r in asked if r is not None]
     assert requests and all(r is None for _, r in got)
@@ -266,7 +251,7 @@ def test_reuse_mc_rollouts_answers_resets_with_the_searchs_own_continuations():
     for k, r in enumerate(requests):
         # the search from r's trajectory alone gives the continuations at s_m
         parent = next(t for t in batch if t.id == r.trajectory_id)
-        subject, mc = search_input(parent, ToyTokenizer(), config)
+        subject, mc = search_input(parent, ToyTokenizer(), config.rollout, config.mc)
         found = asyncio.run(
             find_critical_step(
                 scripted.ScriptedEngine(PROBLEM),
@@ -299,12 +284,7 @@ def test_reuse_mc_rollouts_answers_one_reset_per_state_of_a_batch():
     batch = [one, replace(one, id="train:0:1/9")]
     config = cfg(k=4, share_states=True)
     config = replace(config, reuse_mc_rollouts=True)
-    m = EstimatorMetrics(Metrics("e"))
-    got = asyncio.run(
-        estimate_batch(
-            batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), ToyTokenizer(), config, m
-        )
-    )
+    got, m = run_batch(batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), config)
     (first, r1), (second, r2), *extra = got
     np.testing.assert_array_equal(first.step_values, second.step_values)
     assert r1 is None and r2 is not None and r2.trajectory_id == "train:0:1/9"
@@ -319,8 +299,7 @@ def test_failed_only_targets_search_failures_and_pass_successes_on_unsearched():
     batch = two_rollouts()
     assert sorted(t.reward for t in batch) == [0.0, 1.0]
     config = cfg(k=6, targets="failed")
-    engine, m = scripted.ScriptedEngine(PROBLEM), EstimatorMetrics(Metrics("e"))
-    got = asyncio.run(estimate_batch(batch, engine, TaskOver(PROBLEM), ToyTokenizer(), config, m))
+    got, m = run_batch(batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), config)
     for t, (sample, reset) in zip(batch, got, strict=True):
         assert sample.id == t.id and sample.kind == "fresh"
         if t.reward == 1.0:
