@@ -1,11 +1,16 @@
-"""Build the tiny built-in base policy: a character-level Llama trained by SFT on arithmetic.
+"""Build the tiny built-in base policies: character-level Llamas trained by SFT on a task.
 
 `bootstrap(config)` returns a directory holding a `save_pretrained` model and tokenizer and a
-`bootstrap.json` record (measured pass@1, seconds, step error histogram). The policy is
-trained only until its held-out pass@1 at temperature 1 first enters
-`[band_low, band_high]`: good enough to sometimes solve a problem, bad enough to leave room
-for RL, with errors spread over the steps. If an evaluation overshoots the band, training
-rewinds to the last snapshot below it and evaluates more often.
+`bootstrap.json` record (measured pass@1, seconds, step error histogram). Two tasks:
+- `arithmetic` (the default): trained only until its held-out pass@1 at temperature 1 first
+  enters `[band_low, band_high]`: good enough to sometimes solve a problem, bad enough to
+  leave room for RL, with errors spread over the steps;
+- `pivot` (`actors.tasks.pivot`): trained until, on held-out problems, the easy steps are
+  right at least `easy_step_min` of the time and the pivot step within
+  `[pivot_band_low, pivot_band_high]`, so that failures are systematic at the pivot rather
+  than slips; the per-step rates go into the record.
+If an evaluation overshoots its band, training rewinds to the last snapshot below it and
+evaluates more often.
 
 Cost and determinism: about 1-3 minutes on 2 CPU cores with the defaults; the same config
 gives the same weights (fixed thread count, own RNG for data, seeded sampling for
@@ -39,7 +44,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from actors.tasks.arithmetic import ALPHABET, Arithmetic, solution
+from actors.tasks import arithmetic, pivot
 from actors.tasks.base import TaskPrompt
 from actors.tokenizer import build_char_tokenizer
 
@@ -47,8 +52,23 @@ log = logging.getLogger(__name__)
 
 RECIPE_VERSION = 1
 """Part of the cache key; bump when the recipe changes what a config produces."""
-TASK_SPEC = "actors.tasks.arithmetic:Arithmetic"
-"""The task the policy is trained on (recorded in bootstrap.json for the demo)."""
+TASK_SPECS = {
+    "arithmetic": "actors.tasks.arithmetic:Arithmetic",
+    "pivot": "actors.tasks.pivot:Pivot",
+}
+"""The tasks a policy can be trained on (the spec is recorded in bootstrap.json)."""
+TASK_MODULES = {"arithmetic": arithmetic, "pivot": pivot}
+"""Each task's module: its `ALPHABET` and canonical `solution`."""
+PIVOT_FIELDS = (
+    "min_steps",
+    "max_steps",
+    "pivot_digits",
+    "pivot_position",
+    "easy_step_min",
+    "pivot_band_low",
+    "pivot_band_high",
+)
+"""Fields that only the pivot task reads (they key the cache of pivot policies only)."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,8 @@ class BootstrapConfig:
     """Directory under which each config's policy is stored (in `<cache_dir>/<hash>`)."""
     seed: int = 0
     """Seed of the model init, the task's problem stream, the batches and the evaluation."""
+    task: str = "arithmetic"
+    """The task: `arithmetic` or `pivot`."""
     min_ops: int = 2
     """Task difficulty: fewest operations per problem."""
     max_ops: int = 4
@@ -69,6 +91,20 @@ class BootstrapConfig:
     """Task difficulty: running values stay in [0, max_value]."""
     n_train: int = 20000
     """Number of distinct training problems for SFT."""
+    min_steps: int = 8
+    """Pivot task: fewest operations per chain."""
+    max_steps: int = 12
+    """Pivot task: most operations per chain."""
+    pivot_digits: int = 1
+    """Pivot task: digits of the pivot's factor (1 or 2)."""
+    pivot_position: str = "random"
+    """Pivot task: `early`, `middle`, `late` or `random`."""
+    easy_step_min: float = 0.97
+    """Pivot task: stop only once easy steps, when reached, are right at least this often."""
+    pivot_band_low: float = 0.15
+    """Pivot task: stop once the pivot step, when reached, is right at least this often."""
+    pivot_band_high: float = 0.5
+    """Pivot task: a pivot accuracy above this is an overshoot: rewind, evaluate more often."""
     hidden_size: int = 128
     """Model width."""
     num_layers: int = 2
@@ -103,33 +139,81 @@ class BootstrapConfig:
     share the cores (measured: 0.13 s vs 1-3 s per step on a loaded 2-core machine)."""
 
     def __post_init__(self) -> None:
+        if self.task not in TASK_SPECS:
+            raise ValueError(f"task must be one of {sorted(TASK_SPECS)}, got {self.task!r}")
         if not 0.0 <= self.band_low <= self.band_high <= 1.0:
             raise ValueError("need 0 <= band_low <= band_high <= 1")
+        if not 0.0 <= self.pivot_band_low <= self.pivot_band_high <= 1.0:
+            raise ValueError("need 0 <= pivot_band_low <= pivot_band_high <= 1")
         if self.hidden_size % self.num_heads:
             raise ValueError("hidden_size must be a multiple of num_heads")
+        self.load_task()  # the task's own checks, now
 
-    def task(self) -> Arithmetic:
-        """The arithmetic task this config trains on."""
-        return Arithmetic(**self.task_options())
+    def load_task(self) -> arithmetic.Arithmetic | pivot.Pivot:
+        """The task this config trains on."""
+        cls = pivot.Pivot if self.task == "pivot" else arithmetic.Arithmetic
+        return cls(**self.task_options())
+
+    @property
+    def task_spec(self) -> str:
+        """`load_task(task_spec, **task_options())` rebuilds the task."""
+        return TASK_SPECS[self.task]
 
     def task_options(self) -> dict:
-        """Options for `load_task(TASK_SPEC, **options)` that rebuild the same task."""
-        return {
+        """Options for `load_task(task_spec, **options)` that rebuild the same task."""
+        common = {
             "seed": self.seed,
+            "n_train": self.n_train,
+            "n_heldout": max(self.eval_prompts, 500),
+        }
+        if self.task == "pivot":
+            return {
+                **common,
+                "min_steps": self.min_steps,
+                "max_steps": self.max_steps,
+                "pivot_digits": self.pivot_digits,
+                "pivot_position": self.pivot_position,
+            }
+        return {
+            **common,
             "min_ops": self.min_ops,
             "max_ops": self.max_ops,
             "max_operand": self.max_operand,
             "max_value": self.max_value,
-            "n_train": self.n_train,
-            "n_heldout": max(self.eval_prompts, 500),
         }
 
+    @property
+    def max_new_tokens(self) -> int:
+        """Longest completion sampled in evaluation: a full canonical solution fits."""
+        if self.task == "pivot":
+            return 12 * self.max_steps + 8  # lines like "25*13=25\n", then "A: 25"
+        return 48
+
     def cache_key(self) -> str:
-        """Hash of every field that changes the result (not `cache_dir`)."""
+        """Hash of every field that changes the result (not `cache_dir`; for arithmetic,
+        not the pivot task's fields either, so its key is what it was before they existed)."""
         fields = dataclasses.asdict(self)
         fields.pop("cache_dir")
+        if self.task == "arithmetic":
+            for name in ("task", *PIVOT_FIELDS):
+                fields.pop(name)
         blob = json.dumps({"recipe": RECIPE_VERSION, **fields}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def in_band(self, accuracy: float, steps: dict | None) -> bool:
+        """The stopping rule: pass@1 in its band (arithmetic), or the per-step bands (pivot)."""
+        if self.task == "pivot":
+            return (
+                steps["easy_rate"] >= self.easy_step_min
+                and self.pivot_band_low <= steps["pivot_rate"] <= self.pivot_band_high
+            )
+        return self.band_low <= accuracy <= self.band_high
+
+    def overshoot(self, accuracy: float, steps: dict | None) -> bool:
+        """Past the band: training went too far (rewind and evaluate more often)."""
+        if self.task == "pivot":
+            return steps["pivot_rate"] > self.pivot_band_high
+        return accuracy > self.band_high
 
 
 def bootstrap(config: BootstrapConfig) -> Path:
@@ -163,15 +247,15 @@ def _build(config: BootstrapConfig, out: Path) -> None:
     torch.set_num_threads(config.num_threads)
     try:
         start = time.monotonic()
-        task = config.task()
-        tokenizer = build_char_tokenizer(ALPHABET)
+        task = config.load_task()
+        tokenizer = build_char_tokenizer(TASK_MODULES[config.task].ALPHABET)
         torch.manual_seed(config.seed)
         model = LlamaForCausalLM(model_config(config, tokenizer))
         result = train(model, tokenizer, task, config)
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         record = {
-            "task": TASK_SPEC,
+            "task": config.task_spec,
             "task_options": config.task_options(),
             "config": dataclasses.asdict(config),
             "cache_key": config.cache_key(),
@@ -192,7 +276,7 @@ def model_config(config: BootstrapConfig, tokenizer: PreTrainedTokenizerFast) ->
         num_hidden_layers=config.num_layers,
         num_attention_heads=config.num_heads,
         num_key_value_heads=config.num_heads,
-        max_position_embeddings=256,
+        max_position_embeddings=256 if config.task == "arithmetic" else 512,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -203,10 +287,11 @@ def model_config(config: BootstrapConfig, tokenizer: PreTrainedTokenizerFast) ->
 def train(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
-    task: Arithmetic,
+    task: arithmetic.Arithmetic | pivot.Pivot,
     config: BootstrapConfig,
 ) -> dict:
-    """SFT until held-out pass@1 enters the band (or a limit is hit); returns the record."""
+    """SFT until the held-out measure enters its band (or a limit is hit); returns the
+    record."""
     rng = random.Random(config.seed)
     prompts = task.train_prompts()
     heldout = task.heldout_prompts()[: config.eval_prompts]
@@ -220,7 +305,7 @@ def train(
     while True:
         # 1. one SFT step on a batch of canonical solutions
         batch = [prompts[rng.randrange(len(prompts))] for _ in range(config.batch_size)]
-        loss = sft_step(model, tokenizer, optimizer, batch)
+        loss = sft_step(model, tokenizer, optimizer, batch, TASK_MODULES[config.task].solution)
         smooth = loss if smooth == float("inf") else 0.9 * smooth + 0.1 * loss
         warmup.step()
         step += 1
@@ -230,25 +315,36 @@ def train(
         if not out_of_budget and (step % eval_every or smooth > config.eval_below_loss):
             continue
         # 2. evaluate; stop in the band, rewind after an overshoot
-        accuracy, histogram = evaluate(model, tokenizer, task, heldout, seed=config.seed + step)
-        evals.append({"step": step, "loss": round(smooth, 4), "pass_at_1": accuracy})
-        log.info("bootstrap step %d loss %.3f pass@1 %.3f", step, smooth, accuracy)
-        if config.band_low <= accuracy <= config.band_high or out_of_budget:
+        accuracy, histogram, steps = evaluate(
+            model, tokenizer, task, heldout, config.seed + step, config.max_new_tokens
+        )
+        evals.append(
+            {"step": step, "loss": round(smooth, 4), "pass_at_1": accuracy}
+            | ({"step_accuracy": steps} if steps else {})
+        )
+        log.info(
+            "bootstrap step %d loss %.3f pass@1 %.3f%s",
+            step,
+            smooth,
+            accuracy,
+            f" easy {steps['easy_rate']:.3f} pivot {steps['pivot_rate']:.3f}" if steps else "",
+        )
+        if config.in_band(accuracy, steps) or out_of_budget:
             break
-        if accuracy > config.band_high:
+        if config.overshoot(accuracy, steps):
             if eval_every <= 10:
                 break  # overshoots even at the finest interval: keep it, recorded as such
             step = _restore(model, optimizer, warmup, snapshot)
             eval_every = max(10, eval_every // 2)
             continue
         snapshot = _snapshot(model, optimizer, warmup, step)
-    if not config.band_low <= accuracy <= config.band_high:
-        log.warning(
-            "bootstrap pass@1 %.3f is outside [%s, %s]", accuracy, config.band_low, config.band_high
-        )
+    in_band = config.in_band(accuracy, steps)
+    if not in_band:
+        log.warning("bootstrap stopped outside its band: pass@1 %.3f, steps %s", accuracy, steps)
     return {
         "pass_at_1": accuracy,
-        "in_band": config.band_low <= accuracy <= config.band_high,
+        "in_band": in_band,
+        **({"step_accuracy": steps} if steps else {}),
         "train_steps": step,
         "train_seconds": round(time.monotonic() - start, 1),
         "first_wrong_step_histogram": histogram,
@@ -261,8 +357,10 @@ def sft_step(
     tokenizer: PreTrainedTokenizerFast,
     optimizer: torch.optim.Optimizer,
     batch: list[TaskPrompt],
+    solution=arithmetic.solution,
 ) -> float:
-    """One optimizer step of next-token loss on the completion tokens (and EOS) only."""
+    """One optimizer step of next-token loss on the completion tokens (and EOS) only;
+    `solution(prompt_text)` is the task's canonical completion."""
     ids, labels = [], []
     for p in batch:
         prompt = tokenizer(p.text)["input_ids"]  # <bos> + prompt
@@ -287,12 +385,13 @@ def sft_step(
 def evaluate(
     model: LlamaForCausalLM,
     tokenizer: PreTrainedTokenizerFast,
-    task: Arithmetic,
+    task: arithmetic.Arithmetic | pivot.Pivot,
     prompts: list[TaskPrompt],
     seed: int,
     max_new_tokens: int = 48,
-) -> tuple[float, dict[str, int]]:
-    """Pass@1 with one plain sample (temperature 1) per prompt, and where failures start.
+) -> tuple[float, dict[str, int], dict | None]:
+    """Pass@1 with one plain sample (temperature 1) per prompt, where failures start, and
+    for the pivot task the per-step accuracy (`pivot.step_accuracy`; else None).
 
     The histogram maps the first wrong step index (as text, for JSON) to its count.
     """
@@ -316,7 +415,8 @@ def evaluate(
     histogram = {
         str(k): v for k, v in sorted(wrong.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
     }
-    return sum(scores) / len(scores), histogram
+    steps = pivot.step_accuracy(task, prompts, texts) if isinstance(task, pivot.Pivot) else None
+    return sum(scores) / len(scores), histogram, steps
 
 
 def _snapshot(model, optimizer, scheduler, step: int) -> dict:

@@ -302,7 +302,7 @@ def part_b(args: argparse.Namespace) -> str | None:
     from actors.steps import StepConfig, token_spans
 
     boot = BootstrapConfig()
-    task = boot.task()
+    task = boot.load_task()
     engine = TransformersEngine(TransformersEngineConfig(model=str(bootstrap(boot))))
     tok = engine.tokenizer
     dec = functools.partial(tok.decode, skip_special_tokens=True)

@@ -315,7 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         mode: TransformersEngine(TransformersEngineConfig(model=model, prefix_reuse=mode))
         for mode in ("shared", "off")
     }
-    work = arithmetic_workload(engines["shared"].tokenizer, boot.task(), args.prompts)
+    work = arithmetic_workload(engines["shared"].tokenizer, boot.load_task(), args.prompts)
     cases = variants(shape.mc)
     print(
         f"{args.prompts} prompts x {args.repeats} repeats; n={shape.rollout.n}, "

@@ -348,12 +348,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from actors.bootstrap import TASK_SPEC, BootstrapConfig, bootstrap
+    from actors.bootstrap import BootstrapConfig, bootstrap
 
     boot = BootstrapConfig()
     model = args.model or str(bootstrap(boot))
     learner, rollout, estimator = load_configs(args, model)
-    task = load_task(TASK_SPEC, **boot.task_options())
+    task = load_task(boot.task_spec, **boot.task_options())
     samples = build_batch(model, task, learner, rollout, estimator)
     policy = build_policy(learner)
     rows = run(policy, samples, learner, args.repeats)

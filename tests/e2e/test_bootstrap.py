@@ -45,7 +45,7 @@ def test_bootstrap_saves_loadable_policy_and_caches(tmp_path):
     assert 0.0 <= record["pass_at_1"] <= 1.0 and record["in_band"]
     assert sum(record["first_wrong_step_histogram"].values()) == 16
     task = load_task(record["task"], **record["task_options"])
-    assert task.heldout_prompts()[0] == config.task().heldout_prompts()[0]
+    assert task.heldout_prompts()[0] == config.load_task().heldout_prompts()[0]
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path)
@@ -104,3 +104,45 @@ def test_cli_reads_toml_then_flags_and_reuses_the_cache(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0] == str(path)
     assert out[1].startswith("pass@1 ")
+
+
+def test_pivot_bootstrap_records_the_accuracy_of_easy_and_pivot_steps(tmp_path):
+    config = dataclasses.replace(
+        _fast_config(tmp_path / "cache"),
+        task="pivot",
+        min_steps=8,
+        max_steps=8,
+        easy_step_min=0.0,
+        pivot_band_low=0.0,
+        pivot_band_high=1.0,
+    )
+    path = bootstrap(config)
+    record = json.loads((path / "bootstrap.json").read_text())
+    assert record["task"] == "actors.tasks.pivot:Pivot" and record["in_band"]
+    steps = record["step_accuracy"]
+    assert steps["easy_total"] >= 16 and 0 <= steps["easy_right"] <= steps["easy_total"]
+    assert 0.0 <= steps["pivot_rate"] <= 1.0 or steps["pivot_total"] == 0
+    task = load_task(record["task"], **record["task_options"])
+    assert task.heldout_prompts()[0] == config.load_task().heldout_prompts()[0]
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    text = task.heldout_prompts()[0].text
+    assert tokenizer.decode(tokenizer(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_stopping_rules_and_cache_keys_by_task():
+    arithmetic, pivot = BootstrapConfig(), BootstrapConfig(task="pivot")
+    assert arithmetic.in_band(0.3, None) and not arithmetic.in_band(0.7, None)
+    assert arithmetic.overshoot(0.7, None)
+    steps = {"easy_rate": 0.98, "pivot_rate": 0.3}
+    assert pivot.in_band(0.1, steps)
+    assert not pivot.in_band(0.1, {**steps, "easy_rate": 0.9})  # slips on easy steps
+    assert not pivot.in_band(0.1, {**steps, "pivot_rate": 0.1})  # the pivot not learned yet
+    assert pivot.overshoot(0.5, {**steps, "pivot_rate": 0.6})
+    # the pivot fields key pivot policies only: the arithmetic policy keeps its cache
+    assert dataclasses.replace(arithmetic, max_steps=16).cache_key() == arithmetic.cache_key()
+    assert dataclasses.replace(pivot, max_steps=16).cache_key() != pivot.cache_key()
+    assert pivot.cache_key() != arithmetic.cache_key()
+    with pytest.raises(ValueError):
+        BootstrapConfig(task="chess")
+    with pytest.raises(ValueError):
+        BootstrapConfig(task="pivot", pivot_digits=3)

@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 import pytest
 
-from actors.bootstrap import TASK_SPEC
+from actors.bootstrap import TASK_SPECS
 from actors.tasks.base import load_task
 from ops import bench_learner as bl
 from tests.unit.learner_fixtures import tiny_model
@@ -23,7 +23,7 @@ def test_batch_is_built_like_the_system_builds_it(model):
     args = argparse.Namespace(config=str(bl.DEMO_CONFIG), batch_size=8, max_new_tokens=8)
     learner, rollout, estimator = bl.load_configs(args, model)
     assert (learner.batch_size, learner.reset_fraction, rollout.max_new_tokens) == (8, 0.5, 8)
-    task = load_task(TASK_SPEC, n_train=20, n_heldout=4)
+    task = load_task(TASK_SPECS["arithmetic"], n_train=20, n_heldout=4)
     samples = bl.build_batch(model, task, learner, rollout, estimator)
     assert len(samples) == 8 and sum(s.kind == "reset" for s in samples) == 4
     for s in samples:
