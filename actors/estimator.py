@@ -95,6 +95,9 @@ class EstimatorConfig:
 class EstimatorMetrics:
     def __init__(self, m: Metrics):
         self.rollouts = m.counter("mc_rollouts_total", "MC continuations generated.")
+        self.tokens = m.counter(
+            "generated_tokens_total", "Tokens of the MC continuations generated."
+        )
         self.seconds = m.histogram(
             "trajectory_seconds",
             "Wall time to estimate one fresh trajectory: the MC search of its batch divided "
@@ -133,6 +136,7 @@ class EstimatorMetrics:
         self.estimated.inc(counts.estimated)
         self.unsearched.inc(counts.unsearched)
         self.rollouts.inc(counts.rollouts)
+        self.tokens.inc(counts.tokens)
         self.no_critical.inc(counts.no_critical)
         self.reused.inc(counts.reused)
         for _ in range(counts.estimated):

@@ -240,6 +240,8 @@ class CriticalStepResult:
     shared_rollouts: int = 0
     """Of `rollouts`, those generated for another search of the batch (`share_states`):
     the continuations this search cost the engine are `rollouts - shared_rollouts`."""
+    tokens: int = 0
+    """Tokens of the continuations generated for this search (shared ones not counted)."""
 
 
 async def find_critical_step(
@@ -348,6 +350,7 @@ class _Search:
         self.completions: list[list[Completion]] = [[] for _ in range(t)]
         self.rounds = 0
         self.shared = 0
+        self.tokens = 0
         self.probs: np.ndarray | None = None
         self.span: tuple[int, int] | None = None
         """Bisection: the stretch (lo, hi) of boundaries that holds the largest change."""
@@ -392,6 +395,8 @@ class _Search:
         for i, result, mine in zip(boundaries, results, own, strict=True):
             if not mine:
                 self.shared += len(result.completions)
+            else:
+                self.tokens += sum(len(c.token_ids) for c in result.completions)
             kept = list(traj.completion_token_ids[: traj.step_spans[i][0]])
             for c in result.completions:
                 text = decode(kept + list(c.token_ids))
@@ -465,6 +470,7 @@ class _Search:
             critical_completions=list(self.completions[chosen]) if chosen is not None else [],
             step_probabilities=self.probs,
             shared_rollouts=self.shared,
+            tokens=self.tokens,
         )
 
 

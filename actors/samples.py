@@ -43,6 +43,8 @@ class BatchCounts:
     """Fresh trajectories passed on without a search (`mc.targets`)."""
     rollouts: int = 0
     """MC continuations generated (a shared state's counted once)."""
+    tokens: int = 0
+    """Tokens of those continuations."""
     no_critical: int = 0
     """Searched trajectories whose advantages were all zero."""
     critical: list[tuple[int, int]] = field(default_factory=list)
@@ -149,6 +151,7 @@ def searched_outputs(
     the search to `counts`."""
     counts.estimated += 1
     counts.rollouts += result.rollouts - result.shared_rollouts
+    counts.tokens += result.tokens
     sample = make_sample(
         traj,
         token_advantages(traj.step_spans, result.advantages, len(traj.completion_token_ids)),

@@ -128,6 +128,11 @@ PANELS: list[tuple[str, list[str], str]] = [
     # generation
     ("Generated tokens / s per actor", ["rate(gpo_actor_generated_tokens_total[1m])"], "ops"),
     (
+        "MC tokens generated / s per estimator",
+        ["rate(gpo_estimator_generated_tokens_total[1m])"],
+        "ops",
+    ),
+    (
         "Generate seconds (p50, p95)",
         [
             "histogram_quantile(0.5, rate(gpo_actor_generate_seconds_bucket[5m]))",

@@ -553,3 +553,16 @@ def test_search_targets():
         searched(1.0, "some", 0.5, 0.1)
     assert screen_steps([-0.1, -2.0, -0.2, -2.0], 2) == [1, 3]
     assert screen_steps([-1.0, -1.0, -1.0], 2) == [0, 1]  # ties: the earlier steps
+
+
+def test_search_counts_the_tokens_it_generated():
+    # FakeEngine continues with one token per continuation: K x T tokens, none when shared
+    traj = hand_trajectory(3)
+    res = search(
+        FakeEngine(),
+        TableTask(value_table([1, 1, 0], 3, 2)),
+        traj,
+        McConfig(k=2, seed=0),
+        fake_decode,
+    )
+    assert res.tokens == 2 * 3 == res.rollouts
