@@ -1,13 +1,14 @@
 """`gpo experiment ablation`: GPO against its baselines, several seeds, at equal updates and
 at equal wall-clock.
 
-    gpo experiment ablation [--study selection|clip|advantage|budget|all] [--seeds 0 1 2]
-                            [--minutes 3] [--write-results] [--report-only]
+    gpo experiment ablation [--study selection|clip|advantage|budget|pivot|pivot-map|all]
+                            [--seeds 0 1 2] [--minutes 3] [--write-results] [--report-only]
 
-Each run is a whole `gpo launch` of the demo configuration (learner, 1 actor, 1 estimator,
-private redis-server, the tiny base policy on the synthetic arithmetic task) for `--minutes`,
-with one arm's fields switched by `--set` and the seed of the learner, the actor and the
-estimator set to the run's seed. Studies (GPO.md: baselines by switching one field):
+Each run is a whole `gpo launch` of a study's configuration (learner, 1 actor, 1 estimator,
+private redis-server, a tiny base policy; `demo.toml`: the arithmetic task, `pivot.toml`:
+the pivot task) for `--minutes`, with one arm's fields switched by `--set` and the seed of
+the learner, the actor and the estimator set to the run's seed. Studies (GPO.md: baselines
+by switching one field; `all` runs the demo's):
 
 - `selection`: GPO (`advantage`, `mc` advantages, batches of exactly half resets, reset
   rollouts baselined leave-one-out) against arms that differ from it or from each other in
@@ -17,6 +18,13 @@ estimator set to the run's seed. Studies (GPO.md: baselines by switching one fie
   V(s_m); paired tables against GPO, against plain PPO, and for each one-thing pair;
 - `clip`: GPO and PPO (`group`) with 4 minibatches per batch, where PPO's clip binds (the
   default's single optimizer step per batch runs at ratio 1);
+- `pivot` (run with `--seeds 0 1 2 3 4 --minutes 15`): on the pivot task, where one step of
+  a long chain decides the outcome, plain PPO against GPO with the same estimator (`group`),
+  GPO with MC advantages, random reset and PPO with MC advantages; compared at equal
+  updates, equal generated tokens (every actor and estimator) and equal wall-clock;
+- `pivot-map` (`--seeds 0 1 2 --minutes 15`): GPO - PPO (`group`) in each cell of chain
+  length (8, 16 steps) x pivot difficulty (a 1- or 2-digit factor), the base policy
+  bootstrapped on each cell's task;
 - `advantage`: under GPO, the learner's advantages `mc` (VinePPO-style), `group`
   (GRPO-style), `gae` (value head, the paper's);
 - `budget`: under GPO, uniform K = 4 (the default) and the adaptive budget, which spends
@@ -25,11 +33,11 @@ estimator set to the run's seed. Studies (GPO.md: baselines by switching one fie
   `reuse_mc_rollouts` (`gpo-lean`: less generation per trained sample, `gpo bench
   gpo-overhead`).
 
-An arm shared by several studies runs once. Runs go seed-major, arms interleaved, so a slow
-patch of a shared machine falls on every arm alike. A finished run leaves a small summary
-in docs/results/ablation/ (commit it): a run whose summary has the same settings is not run
-again, so an experiment resumes after an interruption, on another machine too, and the
-report is rebuilt from the summaries.
+An arm shared by several studies of one config runs once. Runs go seed-major, arms
+interleaved, so a slow patch of a shared machine falls on every arm alike. A finished run
+leaves a small summary in docs/results/ablation/<config>/ (commit it): a run whose summary
+has the same settings is not run again, so an experiment resumes after an interruption, on
+another machine too, and the report is rebuilt from the summaries.
 
 Read-out, from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
 prompts, temperature 1) every `--eval-every` updates, the same cadence for every arm. "Equal
@@ -55,6 +63,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ops.report import read_jsonl
 from ops.results import PLOTS, machine_line, markdown_table, write_section
@@ -96,6 +106,35 @@ ARMS: dict[str, dict[str, str]] = {
 """Arm name -> the `--set` fields that make it (TOML values)."""
 
 
+def pivot_cell(steps: int, digits: int) -> dict[str, str]:
+    """The `--set` fields that run the pivot task with chains of `steps` and a pivot factor
+    of `digits` digits (the base policy bootstrapped on the same task)."""
+    options = (
+        f"{{ min_steps = {steps}, max_steps = {steps}, pivot_digits = {digits}, "
+        'pivot_position = "random" }'
+    )
+    tokens = str(12 * steps + 8)  # a full canonical solution fits
+    return {
+        "launch.bootstrap": options.replace("{ ", '{ task = "pivot", '),
+        **{f"{role}.task_options": options for role in ("learner", "actor", "estimator")},
+        "actor.rollout.max_new_tokens": tokens,
+        "estimator.rollout.max_new_tokens": tokens,
+        "learner.eval_max_new_tokens": tokens,
+    }
+
+
+CELLS: dict[str, dict[str, str]] = {
+    f"L{steps}-d{digits}": pivot_cell(steps, digits) for steps in (8, 16) for digits in (1, 2)
+}
+"""The pivot map's cells: chain length (8, 16 steps) x pivot difficulty (factor digits)."""
+
+
+def arm_sets(arm: str) -> dict[str, str]:
+    """The `--set` fields of an arm, `<arm>` or `<arm>@<cell>`."""
+    name, _, cell = arm.partition("@")
+    return {**ARMS[name], **(CELLS[cell] if cell else {})}
+
+
 @dataclass(frozen=True)
 class Study:
     title: str
@@ -105,6 +144,15 @@ class Study:
     """(a, b, what a - b isolates): further paired differences, e.g. arms that differ in
     the resets alone. Every study also compares each arm to its first arm, and to plain PPO
     when the study has it."""
+    config: str = "demo.toml"
+    """The run config under ops/configs/ (`--config` overrides it)."""
+    cells: tuple[str, ...] = ()
+    """Task settings (`CELLS`) every arm runs in, as `<arm>@<cell>`: a map of the pairs."""
+
+    def run_arms(self) -> list[str]:
+        """Every arm the study runs, per cell when it has cells."""
+        arms = [a for a, _ in self.arms]
+        return [f"{a}@{c}" for c in self.cells for a in arms] if self.cells else arms
 
 
 STUDIES: dict[str, Study] = {
@@ -135,6 +183,29 @@ STUDIES: dict[str, Study] = {
         "GPO against PPO where PPO's clip binds (4 minibatches per batch)",
         (("gpo-clip", "GPO (group), 4 minibatches"), ("ppo-clip", "PPO (group), 4 minibatches")),
         (("gpo-clip", "ppo-clip", "resets, estimator group, clip binding"),),
+    ),
+    "pivot": Study(
+        "GPO against PPO on the pivot task (one hard step in a chain of easy ones)",
+        (
+            ("ppo", "plain PPO (group, no MC)"),
+            ("gpo-group", "GPO (group)"),
+            ("gpo", "GPO (mc)"),
+            ("random", "random reset (mc)"),
+            ("none", "PPO (mc: no resets)"),
+        ),
+        (
+            ("gpo-group", "ppo", "resets, estimator group"),
+            ("gpo", "none", "resets, estimator mc"),
+            ("gpo", "random", "where to reset"),
+        ),
+        config="pivot.toml",
+    ),
+    "pivot-map": Study(
+        "GPO - PPO (group) over chain length x pivot difficulty on the pivot task",
+        (("ppo", "plain PPO (group, no MC)"), ("gpo-group", "GPO (group)")),
+        (("gpo-group", "ppo", "resets, estimator group"),),
+        config="pivot.toml",
+        cells=tuple(CELLS),
     ),
     "advantage": Study(
         "advantage estimator under GPO",
@@ -168,13 +239,16 @@ class Curve:
     updates: int
     resets: int
     samples: int
+    tokens: list[float] = dataclasses.field(default_factory=list)
+    """Tokens generated by every actor and estimator up to each evaluation (from the
+    launcher's progress records, matched by update count); empty when unknown."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, d: dict) -> Curve:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 def read_curve(run_dir: Path) -> Curve | None:
@@ -202,7 +276,31 @@ def read_curve(run_dir: Path) -> Curve | None:
         updates=max((int(r["step"]) for r in updates), default=0),
         resets=sum(int(r.get("resets", 0)) for r in updates),
         samples=sum(int(r.get("samples", 0)) for r in updates),
+        tokens=tokens_at(read_jsonl(run_dir / "progress.jsonl"), steps),
     )
+
+
+GENERATED = ("gpo_actor_generated_tokens_total", "gpo_estimator_generated_tokens_total")
+"""The counters whose sum over processes is a run's generated tokens."""
+
+
+def tokens_at(progress: list[dict], steps: list[int]) -> list[float]:
+    """Generated tokens (all actors and estimators) when the learner reached each of
+    `steps`, interpolated between the launcher's progress records by their update counts;
+    [] when the records lack either count."""
+    updates, tokens = [0.0], [0.0]
+    for rec in progress:
+        procs = rec.get("processes", {})
+        done = procs.get("learner", {}).get("gpo_learner_updates_total")
+        made = [m.get(name) for m in procs.values() for name in GENERATED if name in m]
+        if done is None or not made:
+            continue
+        if done > updates[-1]:
+            updates.append(float(done))
+            tokens.append(float(sum(made)))
+    if len(updates) < 2:
+        return []
+    return [float(np.interp(s, updates, tokens)) for s in steps]
 
 
 def window_mean(xs: list[float], ys: list[float], end: float) -> float:
@@ -243,15 +341,20 @@ def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: P
         "actor.rollout.seed": str(seed),
         "estimator.rollout.seed": str(seed),
         "learner.eval_every": str(eval_every),
-        **ARMS[arm],
+        **arm_sets(arm),
     }
     return {"config": config.name, "minutes": minutes, "sets": sets}
 
 
-def load_summary(arm: str, seed: int, settings: dict | None = None) -> Curve | None:
+def summary_path(config: Path, arm: str, seed: int) -> Path:
+    """Where a run's summary is kept: one folder per config."""
+    return SUMMARIES / config.stem / f"{run_id(arm, seed)}.json"
+
+
+def load_summary(config: Path, arm: str, seed: int, settings: dict | None = None) -> Curve | None:
     """The committed curve of a finished run; None when there is none, or (with `settings`)
     when it was made with other settings."""
-    path = SUMMARIES / f"{run_id(arm, seed)}.json"
+    path = summary_path(config, arm, seed)
     if not path.is_file():
         return None
     d = json.loads(path.read_text())
@@ -266,14 +369,14 @@ def launch_one(
     """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
     summary to `SUMMARIES`."""
     settings = run_settings(arm, seed, minutes, eval_every, config)
-    if load_summary(arm, seed, settings) is not None:
+    if load_summary(config, arm, seed, settings) is not None:
         print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
         return
-    run = out / run_id(arm, seed)
+    run = out / config.stem / run_id(arm, seed)
     if run.exists():  # an interrupted run: start it again from nothing
         subprocess.run(["rm", "-rf", str(run)], check=True)
     run.mkdir(parents=True)
-    sets = {"launch.runs_dir": json.dumps(str(out)), "launch.report": "false"}
+    sets = {"launch.runs_dir": json.dumps(str(run.parent)), "launch.report": "false"}
     sets |= settings["sets"]
     cmd = [
         sys.executable,
@@ -295,10 +398,11 @@ def launch_one(
         raise SystemExit(
             f"gpo experiment ablation: run {run} failed (exit {rc}); see {run}/launch.log"
         )
-    SUMMARIES.mkdir(parents=True, exist_ok=True)
+    path = summary_path(config, arm, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     summary = {"arm": arm, "seed": seed, "settings": settings, "seconds": round(took, 1)}
     summary["curve"] = curve.to_json()
-    (SUMMARIES / f"{run_id(arm, seed)}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    path.write_text(json.dumps(summary, indent=1) + "\n")
     print(
         f"  {run_id(arm, seed)}: {curve.updates} updates, pass@1 {curve.pass_at_1[0]:.3f} -> "
         f"{curve.pass_at_1[-1]:.3f} ({took:.0f} s)",
@@ -314,6 +418,8 @@ def study_report(
 ) -> str:
     """The markdown section of one study, and its plot in docs/results/."""
     study = STUDIES[name]
+    if study.cells:
+        return map_report(name, curves, seeds, minutes)
     runs = {(a, s): curves[(a, s)] for a, _ in study.arms for s in seeds if (a, s) in curves}
     if not runs:
         return "(no runs found)"
@@ -396,6 +502,45 @@ def study_report(
     )
 
 
+def map_report(
+    name: str, curves: dict[tuple[str, int], Curve], seeds: list[int], minutes: float
+) -> str:
+    """A study over cells: its pairs in every cell, at equal time, updates and tokens."""
+    study = STUDIES[name]
+    labels = dict(study.arms)
+    rows, per_run = [], []
+    for cell in study.cells:
+        runs = {
+            (a, s): curves[(f"{a}@{cell}", s)]
+            for a, _ in study.arms
+            for s in seeds
+            if (f"{a}@{cell}", s) in curves
+        }
+        if not runs:
+            continue
+        t_end = min(c.duration for c in runs.values())
+        for a, b, what in study.pairs:
+            rows += [[cell, *r] for r in paired_rows(runs, seeds, t_end, a, b, what, labels)]
+        per_run += [
+            [cell, f"{labels[a]} s{s}", c.updates, f"{c.pass_at_1[0]:.3f} → {c.pass_at_1[-1]:.3f}"]
+            for (a, s), c in runs.items()
+        ]
+    if not rows:
+        return "(no runs found)"
+    head = ["cell", "difference", "isolates", "at", "mean ± std over seeds", "range"]
+    return "\n\n".join(
+        [
+            f"Study `{name}` ({study.title}); cells {', '.join(study.cells)} (L: steps per "
+            f"chain, d: digits of the pivot factor); seeds {seeds}, {minutes:g} minutes per "
+            f"run; machine: {machine_line()}.",
+            markdown_table(head, rows),
+            "<details><summary>per run</summary>\n\n"
+            + markdown_table(["cell", "run", "updates", "pass@1 first → last"], per_run)
+            + "\n\n</details>",
+        ]
+    )
+
+
 def comparisons(study: Study) -> list[tuple[str, list[tuple[str, str, str]]]]:
     """The paired tables of a study: its own pairs, against its first arm, against plain PPO."""
     first = study.arms[0][0]
@@ -422,17 +567,18 @@ def paired_rows(
     what: str,
     labels: dict[str, str],
 ) -> list[list[str]]:
-    """a − b at equal time (T) and at equal updates (U: the most both reached in every
-    seed), paired by seed."""
+    """a − b at equal time (T), at equal updates (U: the most both reached in every seed)
+    and, when the runs know them, at equal generated tokens (G, likewise), paired by seed."""
     pairs = [(runs[(a, s)], runs[(b, s)]) for s in seeds if (a, s) in runs and (b, s) in runs]
     if not pairs:
         return []
     u_end = min(min(x.steps[-1], y.steps[-1]) for x, y in pairs)
+    axes = [("equal time", "seconds", t_end), (f"equal updates (U = {u_end})", "steps", u_end)]
+    if all(x.tokens and y.tokens for x, y in pairs):
+        g_end = min(min(x.tokens[-1], y.tokens[-1]) for x, y in pairs)
+        axes.append((f"equal generated tokens (G = {g_end / 1e6:.2f} M)", "tokens", g_end))
     rows = []
-    for at, key, end in (
-        ("equal time", "seconds", t_end),
-        (f"equal updates (U = {u_end})", "steps", u_end),
-    ):
+    for at, key, end in axes:
         d = [
             window_mean(getattr(x, key), x.pass_at_1, end)
             - window_mean(getattr(y, key), y.pass_at_1, end)
@@ -487,51 +633,60 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="\n\n".join(doc[:3]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--study", choices=[*STUDIES, "all"], default="all")
+    p.add_argument("--study", choices=[*STUDIES, "all"], default="all", help="all: the demo's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per run")
     p.add_argument(
         "--eval-every", type=int, default=10, help="updates between evaluations, every arm"
     )
-    p.add_argument("--config", default=str(ROOT / "ops" / "configs" / "demo.toml"))
+    p.add_argument("--config", help="run config (default: the study's, under ops/configs/)")
     p.add_argument("--out", default="runs/ablation", help="directory of the runs")
     p.add_argument("--report-only", action="store_true", help="rebuild tables from the runs")
     p.add_argument("--write-results", action="store_true", help="write docs/RESULTS.md sections")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.eval_every < 1 or not args.seeds:
         p.error("--minutes must be > 0, --eval-every >= 1, and at least one seed given")
-    if not Path(args.config).is_file():
+    if args.config and not Path(args.config).is_file():
         p.error(f"--config {args.config}: no such file")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    studies = list(STUDIES) if args.study == "all" else [args.study]
-    arms = list(dict.fromkeys(a for s in studies for a, _ in STUDIES[s].arms))
+    if args.study == "all":  # the studies of the demo's configuration
+        studies = [n for n, st in STUDIES.items() if st.config == "demo.toml" and not st.cells]
+    else:
+        studies = [args.study]
     out = Path(args.out).resolve()
-    config = Path(args.config).resolve()
-    if not args.report_only:
-        total = len(arms) * len(args.seeds)
-        print(
-            f"ablation: {total} runs ({', '.join(arms)} x seeds {args.seeds}), {args.minutes:g} "
-            f"training minutes each (about {total * (args.minutes + 0.7):.0f} minutes); runs in {out}",
-            flush=True,
-        )
-        for seed in args.seeds:
-            for arm in arms:
-                launch_one(out, config, arm, seed, args.minutes, args.eval_every)
-    curves = {
-        (a, s): c
-        for a in arms
-        for s in args.seeds
-        if (c := load_summary(a, s, run_settings(a, s, args.minutes, args.eval_every, config)))
-        is not None
-    }
-    if not curves:
-        print(f"gpo experiment ablation: no finished runs in {SUMMARIES}", file=sys.stderr)
-        return 2
     for name in studies:
+        study = STUDIES[name]
+        config = Path(args.config or ROOT / "ops" / "configs" / study.config).resolve()
+        arms = study.run_arms()
+        if not args.report_only:
+            total = len(arms) * len(args.seeds)
+            print(
+                f"ablation {name}: {total} runs ({', '.join(arms)} x seeds {args.seeds}) of "
+                f"{config.name}, {args.minutes:g} training minutes each (about "
+                f"{total * (args.minutes + 0.3):.0f} minutes); runs in {out / config.stem}",
+                flush=True,
+            )
+            for seed in args.seeds:
+                for arm in arms:
+                    launch_one(out, config, arm, seed, args.minutes, args.eval_every)
+        curves = {
+            (a, s): c
+            for a in arms
+            for s in args.seeds
+            if (
+                c := load_summary(
+                    config, a, s, run_settings(a, s, args.minutes, args.eval_every, config)
+                )
+            )
+            is not None
+        }
+        if not curves:
+            print(f"gpo experiment ablation: no finished runs of {name}", file=sys.stderr)
+            return 2
         body = study_report(name, curves, args.seeds, args.minutes)
         print(f"\n## {name}\n\n{body}\n")
         if args.write_results:

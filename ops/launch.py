@@ -44,6 +44,9 @@ class LaunchConfig:
     model: str = ""
     """Base model directory for every process (overrides their own settings); `bootstrap`
     builds or reuses the tiny built-in policy of `gpo bootstrap`."""
+    bootstrap: dict = field(default_factory=dict)
+    """With `model = "bootstrap"`: fields of `gpo bootstrap`'s config, e.g.
+    `{ task = "pivot", max_steps = 12 }` (the defaults build the arithmetic policy)."""
     actors: int = 1
     """Rollout actor processes."""
     estimators: int = 1
@@ -70,6 +73,10 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         if self.actors < 1 or self.estimators < 0:
             raise ConfigError("launch.actors must be >= 1 and launch.estimators >= 0")
+        if self.bootstrap:  # a mistake here is refused before anything starts
+            from actors.bootstrap import BootstrapConfig
+
+            from_mapping(BootstrapConfig, dict(self.bootstrap), "launch.bootstrap")
 
 
 @dataclass
@@ -165,7 +172,7 @@ class Launcher:
             "MKL_NUM_THREADS": str(self.cfg.torch_threads),
             "PYTHONUNBUFFERED": "1",
         }
-        model = resolve_model(self.cfg.model)
+        model = resolve_model(self.cfg.model, self.cfg.bootstrap)
         overrides = {"learner": ["learner.checkpoint_dir", str(self.run_dir / "learner")]}
         args = {
             role: [*common, *_sets({f"{prefix}.model": model} if model else {})]
@@ -415,14 +422,15 @@ def _sets(fields: dict[str, str]) -> list[str]:
     return [a for k, v in fields.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
-def resolve_model(model: str) -> str:
-    """`bootstrap` -> the directory of the tiny built-in policy (built once, then cached)."""
+def resolve_model(model: str, fields: dict | None = None) -> str:
+    """`bootstrap` -> the directory of the tiny built-in policy that `fields` (BootstrapConfig
+    fields; none: the arithmetic one) describe, built once, then cached."""
     if model != "bootstrap":
         return model
     from actors.bootstrap import BootstrapConfig, bootstrap
 
     print("tiny base policy: building or reusing the cached one (gpo bootstrap) ...", flush=True)
-    path = bootstrap(BootstrapConfig())
+    path = bootstrap(from_mapping(BootstrapConfig, dict(fields or {}), "launch.bootstrap"))
     record = json.loads((path / "bootstrap.json").read_text())
     print(f"tiny base policy: {path} (held-out pass@1 {record.get('pass_at_1')})", flush=True)
     return str(path)

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from actors.actor import ActorConfig
+from actors.bootstrap import BootstrapConfig
 from actors.estimator import EstimatorConfig
 from actors.tasks.base import load_task
 from learner.config import LearnerConfig
@@ -50,7 +51,13 @@ def test_config_loads_through_the_typed_configs(path, monkeypatch):
         tasks[name] = (cfg.task, cfg.task_options)
     assert len(set(map(repr, tasks.values()))) == 1, f"processes disagree on the task: {tasks}"
     if "launch" in data:
-        from_mapping(LaunchConfig, data["launch"], "launch")
+        launch = from_mapping(LaunchConfig, data["launch"], "launch")
+        if launch.model == "bootstrap":  # the base policy is trained on the run's task
+            boot = from_mapping(BootstrapConfig, launch.bootstrap, "launch.bootstrap")
+            task, options = tasks["learner"]
+            assert load_task(task).name == load_task(boot.task_spec).name
+            trained = boot.task_options()
+            assert {k: trained[k] for k in options} == options, (options, trained)
 
 
 def test_gpu_example_is_a_gpu_run():

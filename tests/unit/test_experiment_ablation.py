@@ -92,11 +92,61 @@ def test_arms_differ_from_their_pair_in_the_fields_named():
 def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(ab, "SUMMARIES", tmp_path)
     curve = ab.Curve([0, 10], [0.0, 5.0], [0.3, 0.4], 6.0, 12, 100, 400)
-    settings = ab.run_settings("gpo", 1, 3.0, 10, tmp_path / "demo.toml")
-    (tmp_path / "gpo-s1.json").write_text(
+    demo = tmp_path / "demo.toml"
+    settings = ab.run_settings("gpo", 1, 3.0, 10, demo)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "gpo-s1.json").write_text(
         json.dumps({"settings": settings, "curve": curve.to_json()})
     )
-    assert ab.load_summary("gpo", 1, settings) == curve
-    other = ab.run_settings("gpo", 1, 5.0, 10, tmp_path / "demo.toml")
-    assert ab.load_summary("gpo", 1, other) is None
-    assert ab.load_summary("gpo", 2) is None
+    assert ab.load_summary(demo, "gpo", 1, settings) == curve
+    other = ab.run_settings("gpo", 1, 5.0, 10, demo)
+    assert ab.load_summary(demo, "gpo", 1, other) is None
+    assert ab.load_summary(demo, "gpo", 2) is None
+    assert ab.load_summary(tmp_path / "pivot.toml", "gpo", 1) is None  # each config its own
+
+
+def test_tokens_at_matches_evaluations_to_progress_by_update_count():
+    progress = [
+        {"t": 10, "processes": {"learner": {"gpo_learner_updates_total": 0}}},
+        {
+            "t": 20,
+            "processes": {
+                "learner": {"gpo_learner_updates_total": 10.0},
+                "actor-0": {"gpo_actor_generated_tokens_total": 1000.0},
+                "estimator-0": {"gpo_estimator_generated_tokens_total": 3000.0},
+            },
+        },
+        {
+            "t": 30,
+            "processes": {
+                "learner": {"gpo_learner_updates_total": 30.0},
+                "actor-0": {"gpo_actor_generated_tokens_total": 2000.0},
+                "estimator-0": {"gpo_estimator_generated_tokens_total": 10000.0},
+            },
+        },
+    ]
+    # step 0: nothing generated yet; 10: 4000; 20: halfway from 4000 to 12000
+    assert ab.tokens_at(progress, [0, 10, 20, 30]) == [0.0, 4000.0, 8000.0, 12000.0]
+    assert ab.tokens_at(progress[:1], [0, 10]) == []
+
+
+def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
+    study = ab.STUDIES["pivot-map"]
+    assert study.run_arms()[:2] == ["ppo@L8-d1", "gpo-group@L8-d1"]
+    assert len(study.run_arms()) == 2 * 4
+    sets = ab.arm_sets("gpo-group@L16-d2")
+    assert sets["learner.advantage"] == '"group"'
+    options = '{ min_steps = 16, max_steps = 16, pivot_digits = 2, pivot_position = "random" }'
+    assert sets["learner.task_options"] == sets["actor.task_options"] == options
+    assert sets["estimator.task_options"] == options
+    assert sets["launch.bootstrap"].startswith('{ task = "pivot", min_steps = 16')
+    assert sets["actor.rollout.max_new_tokens"] == str(12 * 16 + 8)
+    # every cell's fields parse as the processes read them
+    from protocol.config import parse_set_value
+
+    assert parse_set_value(options) == {
+        "min_steps": 16,
+        "max_steps": 16,
+        "pivot_digits": 2,
+        "pivot_position": "random",
+    }
