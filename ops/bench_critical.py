@@ -14,7 +14,9 @@ only (`targets = "failed"`: a successful trajectory gets no search, no step, no 
 Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task
 (`actors.bootstrap`, built once and cached, minutes on a CPU) in the transformers engine; on
 its failed trajectories, the chosen step against the ground-truth first wrong step and a
-random-step baseline. `--skip-b` runs part (a) only.
+random-step baseline. `--skip-b` leaves it out. Part (c), with `--pivot`: the same on the
+pivot task's policy, the truth being the pivot step (how often the search finds the one
+hard step of the chain).
 """
 
 from __future__ import annotations
@@ -285,13 +287,15 @@ def part_b_missing() -> list[str]:
     return [m for m in PART_B_MODULES if importlib.util.find_spec(m) is None]
 
 
-def part_b(args: argparse.Namespace) -> str | None:
-    """Tiny base policy on the synthetic arithmetic task (builds it once, cached; minutes).
+def part_b(args: argparse.Namespace, pivot: bool = False) -> str | None:
+    """A tiny base policy on its task (builds it once, cached; minutes): part (b) the
+    arithmetic task's, part (c) with `pivot` the pivot task's (`gpo bootstrap --task pivot`).
 
     One sampled trajectory per held-out prompt; the failed ones whose first wrong step is
-    known (`Arithmetic.first_wrong_step`) are the cases, that step the truth. Rows: the
-    random-step baseline (expected accuracy, mean 1/T) and the MC budgets. Returns None when
-    the modules are missing.
+    known (`first_wrong_step`) are the cases. The truth is that step (b), or the pivot step
+    (c): how often the search lands on the one hard step. Rows: the random-step baseline
+    (expected accuracy, mean 1/T) and the MC budgets. Returns None when the modules are
+    missing.
     """
     missing = part_b_missing()
     if missing:
@@ -301,12 +305,13 @@ def part_b(args: argparse.Namespace) -> str | None:
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
     from actors.steps import StepConfig, token_spans
 
-    boot = BootstrapConfig()
+    boot = BootstrapConfig(task="pivot") if pivot else BootstrapConfig()
     task = boot.load_task()
     engine = TransformersEngine(TransformersEngineConfig(model=str(bootstrap(boot))))
     tok = engine.tokenizer
     dec = functools.partial(tok.decode, skip_special_tokens=True)
-    sampling = SamplingSettings(temperature=1.0, max_new_tokens=args.b_max_new_tokens)
+    tokens = boot.max_new_tokens if pivot else args.b_max_new_tokens
+    sampling = SamplingSettings(temperature=1.0, max_new_tokens=tokens)
     prompts = task.heldout_prompts()[: args.b_prompts]
     # 1. One trajectory per prompt, in one batch.
     reqs = [
@@ -322,6 +327,10 @@ def part_b(args: argparse.Namespace) -> str | None:
         spans = token_spans(ids, tok, StepConfig(), task.split_steps)
         if task.score(prompt, text) > 0 or truth is None or truth >= len(spans):
             continue
+        if pivot:
+            truth = task.pivot_step(prompt)
+            if truth >= len(spans):  # stopped before the pivot
+                continue
         logprobs = res.completions[0].logprobs
         cases.append(
             (StepTrajectory(req.prompt_token_ids, ids, spans, 0.0, prompt, logprobs), truth)
@@ -330,9 +339,10 @@ def part_b(args: argparse.Namespace) -> str | None:
         print("part (b): no failed trajectory with a known first wrong step")
         return None
     head = (
-        f"Part (b): {len(cases)} failed trajectories of {len(prompts)} held-out prompts "
-        f"(tiny policy {boot.cache_key()}), mean {np.mean([t.num_steps for t, _ in cases]):.1f} "
-        "steps; truth = the first wrong step."
+        f"Part ({'c' if pivot else 'b'}): {len(cases)} failed trajectories of {len(prompts)} "
+        f"held-out prompts of the {boot.task} task (tiny policy {boot.cache_key()}), mean "
+        f"{np.mean([t.num_steps for t, _ in cases]):.1f} steps; truth = "
+        + ("the pivot step." if pivot else "the first wrong step.")
     )
     # 2. MC search with each budget; the random baseline is its expectation, 1/T.
     expected = np.asarray([1.0 / t.num_steps for t, _ in cases])
@@ -398,7 +408,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=McConfig().adaptive_budget,
         help="adaptive cap, continuations per step",
     )
-    p.add_argument("--skip-b", action="store_true", help="run part (a) only")
+    p.add_argument("--skip-b", action="store_true", help="skip part (b)")
+    p.add_argument(
+        "--pivot",
+        action="store_true",
+        help="part (c): the pivot task's tiny policy (gpo bootstrap --task pivot; minutes)",
+    )
     p.add_argument("--b-prompts", type=int, default=100, help="part (b): held-out prompts")
     p.add_argument("--b-ks", type=int, nargs="+", default=[4, 8], help="part (b): uniform Ks")
     p.add_argument("--b-max-new-tokens", type=int, default=48, help="part (b): token cap")
@@ -420,6 +435,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         text = part_b(args)
         parts += [text] if text else []
         print(f"part (b) took {time.perf_counter() - start:.1f} s")
+    if args.pivot:
+        start = time.perf_counter()
+        text = part_b(args, pivot=True)
+        parts += [text] if text else []
+        print(f"part (c) took {time.perf_counter() - start:.1f} s")
     if args.write_results:
         from ops.results import machine_line, write_section
 
