@@ -55,6 +55,19 @@ class CodecLimits:
     """Largest encoded message, checked before unpacking."""
     vocab_size: int | None = None
     """When known, every token id must lie in [0, vocab_size)."""
+    max_reset_n: int = 64
+    """Most rollouts one reset request may ask for."""
+    max_adapter_bytes: int = 4 * 1024**3
+    """Largest adapter a pointer may announce, in bytes."""
+
+
+LORA_FIELDS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type"})
+"""The LoraConfig fields an adapter pointer may carry: LoRA's own shape and nothing peft
+would act on beyond it (no `modules_to_save`, no layer patterns)."""
+MAX_LORA_RANK = 1024
+MAX_LORA_ALPHA = 1e4
+LOGPROB_SLACK = 1e-4
+"""A logprob above this is refused (a probability above 1); the slack covers rounding."""
 
 
 DEFAULT_LIMITS = CodecLimits()
@@ -147,6 +160,7 @@ def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
             raise ProtocolError(e.reason, f"{name}: {e.detail}") from None
     msg = cls(**values)
     _check_invariants(msg)
+    _check_ranges(msg, limits)
     return msg
 
 
@@ -396,6 +410,52 @@ def _check_invariants(msg: Message) -> None:
             len(msg.sha256) == 64 and all(c in "0123456789abcdef" for c in msg.sha256),
             "bad_value",
             "sha256 must be 64 lowercase hex digits",
+        )
+
+
+def _in(values: np.ndarray | float, lo: float, hi: float) -> bool:
+    a = np.asarray(values, dtype=np.float64)
+    return bool(((a >= lo) & (a <= hi)).all())
+
+
+def _check_ranges(msg: Message, limits: CodecLimits) -> None:
+    """Values that decode but are absurd: rewards, values and returns outside [0, 1],
+    advantages outside [-1, 1], logprobs above 0, oversized requests and adapters, and LoRA
+    configs with fields beyond LoRA's own shape (checked on decode only, where a message
+    comes from outside)."""
+    if isinstance(msg, Trajectory):
+        _require(bool((msg.logprobs <= LOGPROB_SLACK).all()), "bad_value", "logprob > 0")
+        if msg.reset_value is not None:
+            _require(_in(msg.reset_value, 0, 1), "bad_value", "reset_value outside [0, 1]")
+    elif isinstance(msg, ResetRequest):
+        _require(_in(msg.step_values, 0, 1), "bad_value", "step_values outside [0, 1]")
+        _require(_in(msg.value, 0, 1), "bad_value", "value outside [0, 1]")
+        _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
+        _require(msg.n <= limits.max_reset_n, "bad_value", f"n > {limits.max_reset_n}")
+    elif isinstance(msg, Sample):
+        _require(bool((msg.logprobs <= LOGPROB_SLACK).all()), "bad_value", "logprob > 0")
+        _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
+        _require(_in(msg.step_values, 0, 1), "bad_value", "step_values outside [0, 1]")
+        _require(_in(msg.returns, 0, 1), "bad_value", "returns outside [0, 1]")
+        _require(_in(msg.baseline_value, 0, 1), "bad_value", "baseline_value outside [0, 1]")
+    elif isinstance(msg, AdapterPointer):
+        extra = sorted(set(msg.lora_config) - LORA_FIELDS)
+        _require(not extra, "bad_value", f"lora_config fields beyond LoRA's: {extra[:5]}")
+        # peft's defaults stand in for an absent rank or alpha (r = 8, alpha = 8)
+        r, alpha = msg.lora_config.get("r", 8), msg.lora_config.get("lora_alpha", 8)
+        _require(
+            type(r) is int and 1 <= r <= MAX_LORA_RANK, "bad_value", "lora_config.r out of range"
+        )
+        _require(
+            type(alpha) in (int, float) and 0 < alpha <= MAX_LORA_ALPHA,
+            "bad_value",
+            "lora_config.lora_alpha out of range",
+        )
+        _require(len(msg.chunk_keys) <= msg.size, "bad_value", "more chunks than bytes")
+        _require(
+            msg.size <= limits.max_adapter_bytes,
+            "bad_value",
+            f"adapter size {msg.size} > cap {limits.max_adapter_bytes}",
         )
 
 

@@ -77,11 +77,27 @@ class Follower:
         return self.proc.wait(10)
 
 
-def publish(url: str, version: int, data: bytes, corrupt: bool = False) -> None:
+def publish(url: str, version: int, data: bytes, corrupt: bool = False, absurd: bool = False):
+    """Publish `data` as `version`; `corrupt`: one chunk flipped; `absurd`: a pointer whose
+    LoRA config asks peft for more than LoRA (`modules_to_save`), written raw."""
+
     async def go():
         cfg = RedisConfig(url=url, run_id="t", socket_timeout=3, block_ms=500)
         link = Link(cfg, TransportMetrics(Metrics("pub")))
-        if not corrupt:
+        if absurd:
+            ptr = AdapterPointer(
+                id=f"adapter:{version}",
+                run="t",
+                ts=time.time(),
+                version=version,
+                base_model="tiny",
+                lora_config={"r": 8, "modules_to_save": ["lm_head"]},
+                sha256=hashlib.sha256(data).hexdigest(),
+                size=len(data),
+                chunk_keys=[KEYS.adapter_chunk(version, 0)],
+            )
+            await link.client.xadd(KEYS.stream(WEIGHTS), {FIELD: encode(ptr)})
+        elif not corrupt:
             await publish_adapter(
                 link,
                 KEYS,
@@ -143,6 +159,13 @@ def test_16_broadcast_with_one_down_and_a_corrupted_chunk(redis_server):
         )
         assert r.exists(KEYS.adapter_chunk(3, 0)) == 1
         assert len(blob(1.0)) > 2 * CHUNK  # the adapter really spans several chunks
+        # a pointer that decodes but asks for more than LoRA is refused at decode: nobody
+        # fetches it, and it does not become the version anyone waits for
+        publish(redis_server.url, 4, blob(4.0), absurd=True)
+        publish(redis_server.url, 5, blob(5.0))
+        for f in followers:
+            assert f.expect("loaded") == f"loaded 5 {5 * expected_v1:.1f}"
+            assert not any(" 4" in line for line in f.seen), f.seen
     finally:
         for f in followers:
             assert f.stop() == 0

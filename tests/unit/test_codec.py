@@ -19,6 +19,8 @@ text = st.text(max_size=200)
 tok = st.integers(0, 50_000)
 f32 = st.floats(-1e6, 1e6, allow_nan=False, width=32)
 unit = st.floats(0, 1, allow_nan=False, width=32)
+logprob = st.floats(-1e6, 0, allow_nan=False, width=32)
+signed_unit = st.floats(-1, 1, allow_nan=False, width=32)
 ts = st.floats(0, 2e9, allow_nan=False)
 
 
@@ -61,7 +63,7 @@ def trajectories(draw):
         prompt_len=draw(st.integers(1, len(prefix))),
         prefix_token_ids=prefix,
         completion_token_ids=draw(st.lists(tok, min_size=n, max_size=n)),
-        logprobs=draw(st.lists(f32, min_size=n, max_size=n)),
+        logprobs=draw(st.lists(logprob, min_size=n, max_size=n)),
         step_spans=draw(spans_for(n)),
         reward=draw(unit),
         policy_version=draw(st.integers(0, 10**6)),
@@ -86,7 +88,7 @@ def resets(draw):
         prompt_len=draw(st.integers(1, len(prefix))),
         prefix_token_ids=prefix,
         step_values=draw(st.lists(unit, min_size=t + 1, max_size=t + 1)),
-        advantages=draw(st.lists(f32, min_size=t, max_size=t)),
+        advantages=draw(st.lists(signed_unit, min_size=t, max_size=t)),
         value=draw(unit),
         n=draw(st.integers(1, 64)),
         policy_version=draw(st.integers(0, 100)),
@@ -97,7 +99,6 @@ def resets(draw):
 @st.composite
 def samples(draw):
     n = draw(st.integers(1, 60))
-    arr = st.lists(f32, min_size=n, max_size=n)
     return Sample(
         id=draw(ids),
         run=draw(ids),
@@ -106,9 +107,9 @@ def samples(draw):
         kind=draw(st.sampled_from(["fresh", "reset"])),
         token_ids=draw(st.lists(tok, min_size=n, max_size=n)),
         loss_mask=draw(st.lists(st.integers(0, 1), min_size=n, max_size=n)),
-        logprobs=draw(arr),
-        advantages=draw(arr),
-        returns=draw(st.one_of(st.just([]), arr)),
+        logprobs=draw(st.lists(logprob, min_size=n, max_size=n)),
+        advantages=draw(st.lists(signed_unit, min_size=n, max_size=n)),
+        returns=draw(st.one_of(st.just([]), st.lists(unit, min_size=n, max_size=n))),
         step_values=draw(st.lists(unit, max_size=8)),
         reward=draw(unit),
         policy_version=draw(st.integers(0, 100)),
@@ -122,17 +123,17 @@ pointers = st.builds(
     ts=ts,
     version=st.integers(1, 10**6),
     base_model=text,
-    lora_config=st.dictionaries(
-        st.text(max_size=10),
-        st.one_of(
-            st.integers(-(2**63), 2**63 - 1),
-            st.text(max_size=10),
-            st.lists(st.text(max_size=10), max_size=4),
-        ),
-        max_size=5,
+    lora_config=st.fixed_dictionaries(
+        {"r": st.integers(1, 1024), "lora_alpha": st.floats(0.5, 1e4)},
+        optional={
+            "lora_dropout": unit,
+            "target_modules": st.lists(st.text(max_size=10), max_size=4),
+            "bias": st.text(max_size=10),
+            "task_type": st.text(max_size=10),
+        },
     ),
     sha256=st.text("0123456789abcdef", min_size=64, max_size=64),
-    size=st.integers(1, 10**9),
+    size=st.integers(5, 10**9),
     chunk_keys=st.lists(ids, min_size=1, max_size=5),
 )
 
@@ -260,3 +261,106 @@ def test_fuzz_mutated_messages_only_protocol_error(data):
     except ProtocolError:
         return
     assert isinstance(msg, Trajectory)  # a mutation may still be a valid message: then it is typed
+
+
+# --- values that decode but are absurd (RELIABILITY: refused at the protocol boundary) -----
+
+
+def good_reset(**kw) -> ResetRequest:
+    base = dict(
+        id="reset:p/0",
+        run="r",
+        ts=1.0,
+        trajectory_id="p/0",
+        prompt_id="p",
+        task="t",
+        answer="4",
+        critical_step=0,
+        prompt_len=2,
+        prefix_token_ids=[1, 2],
+        step_values=[0.5, 1.0],
+        advantages=[0.5],
+        value=0.5,
+        n=4,
+        policy_version=0,
+        selection="advantage",
+    )
+    return ResetRequest(**{**base, **kw})
+
+
+def good_sample(**kw) -> Sample:
+    base = dict(
+        id="p/0",
+        run="r",
+        ts=1.0,
+        prompt_id="p",
+        kind="fresh",
+        token_ids=[1, 2, 3],
+        loss_mask=[0, 1, 1],
+        logprobs=[0.0, -0.5, -1.0],
+        advantages=[0.0, 0.5, -0.5],
+        returns=[],
+        step_values=[0.5, 1.0],
+        reward=1.0,
+        policy_version=0,
+    )
+    return Sample(**{**base, **kw})
+
+
+def good_pointer(**kw) -> AdapterPointer:
+    lora = {"r": 8, "lora_alpha": 16.0, "lora_dropout": 0.0, "target_modules": ["q_proj"]}
+    base = dict(
+        id="adapter:1",
+        run="r",
+        ts=1.0,
+        version=1,
+        base_model="m",
+        lora_config={**lora, "bias": "none", "task_type": "CAUSAL_LM"},
+        sha256="0" * 64,
+        size=100,
+        chunk_keys=["k0", "k1"],
+    )
+    return AdapterPointer(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "msg, why",
+    [
+        (good_trajectory(logprobs=[-0.5, 0.3, -0.25]), "logprob > 0"),
+        (
+            good_trajectory(
+                kind="reset", parent_id="x", reset_step=0, reset_value=1.5, reset_value_count=4
+            ),
+            "reset_value outside",
+        ),
+        (good_reset(step_values=[1.5, 1.0]), "step_values outside"),
+        (good_reset(value=-0.1), "value outside"),
+        (good_reset(advantages=[2.0]), "advantages outside"),
+        (good_reset(n=10_000), "n > 64"),
+        (good_sample(advantages=[0.0, 3.0, 0.0]), "advantages outside"),
+        (good_sample(logprobs=[0.0, 0.5, -1.0]), "logprob > 0"),
+        (good_sample(returns=[0.0, 1.0, 7.0]), "returns outside"),
+        (good_sample(step_values=[2.0]), "step_values outside"),
+        (good_sample(kind="reset", baseline_value=1.5, baseline_count=4), "baseline_value"),
+        (
+            good_pointer(lora_config={"r": 8, "lora_alpha": 16, "modules_to_save": ["lm_head"]}),
+            "beyond LoRA",
+        ),
+        (good_pointer(lora_config={"r": 100_000, "lora_alpha": 16}), "lora_config.r"),
+        (good_pointer(lora_config={"r": 8, "lora_alpha": -1.0}), "lora_alpha"),
+        (good_pointer(size=1, chunk_keys=["a", "b"]), "more chunks than bytes"),
+        (good_pointer(size=2**40), "adapter size"),
+    ],
+)
+def test_absurd_values_are_refused_at_decode(msg, why):
+    with pytest.raises(ProtocolError) as e:
+        decode(encode(msg))
+    assert e.value.reason == "bad_value" and why in str(e.value)
+
+
+def test_the_good_versions_of_those_messages_decode():
+    for msg in (good_trajectory(), good_reset(), good_sample(), good_pointer()):
+        assert decode(encode(msg)) == msg
+    # caps are limits of the decoder: a larger reset passes where the limit allows it
+    big = good_reset(n=100)
+    assert decode(encode(big), CodecLimits(max_reset_n=128)) == big
