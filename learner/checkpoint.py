@@ -9,16 +9,23 @@ Layout under `checkpoint_dir`:
                                         param groups
     latest                              the name of the newest complete checkpoint
 
-A checkpoint is written into `step-<n>.tmp/` and renamed into place, then `latest` is
-replaced atomically (write + rename): a kill at any moment leaves either the old or the new
-checkpoint as `latest`, never a half-written one. It is the learner's commit point: what it
-holds is what the policy has trained on (see `loop.py` for the ordering with acks).
+A checkpoint is written into `step-<n>.tmp/`, its files and the directory fsynced, renamed
+into place (and the parent fsynced), then `latest` is replaced the same way (write, fsync,
+rename, fsync): a kill or a power loss at any moment leaves either the old or the new
+checkpoint as `latest`, never a half-written one, and `save_checkpoint` returns only once
+the new one is on disk. It is the learner's commit point: what it holds is what the policy
+has trained on (see `loop.py` for the ordering with acks). If the checkpoint `latest` names
+cannot be read (a disk that lied, a file damaged since), `load_latest` falls back to the
+newest older one that can, with a warning: the updates after it are lost, not repeated.
+Old checkpoints are pruned by step number.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 LATEST = "latest"
+_STEP_DIR = re.compile(r"step-(\d+)")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -87,21 +97,47 @@ def save_checkpoint(
         "optimizer_param_groups": groups,
     }
     (tmp / "state.json").write_text(json.dumps(meta))
+    for f in tmp.iterdir():
+        _fsync(f)
+    _fsync(tmp)
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync(root)
     _write_atomic(root / LATEST, name)
     _prune(root, keep)
     return final
 
 
 def load_latest(root: str | Path) -> Checkpoint | None:
-    """The checkpoint named by `latest`, or None when there is none."""
+    """The checkpoint named by `latest` or, if it cannot be read, the newest older one that
+    can (with a warning); None when there is none. Raises when none of them can be read."""
     root = Path(root)
     pointer = root / LATEST
     if not pointer.is_file():
         return None
-    path = root / pointer.read_text().strip()
+    named = pointer.read_text().strip()
+    candidates = [named] + [p.name for p in _steps(root)[::-1] if p.name != named]
+    errors = []
+    for name in candidates:
+        try:
+            checkpoint = _load(root / name)
+        except Exception as e:  # noqa: BLE001 - missing, torn or damaged files of any kind
+            errors.append(f"{name}: {e}")
+            continue
+        if name != named:
+            log.warning(
+                "checkpoint %s cannot be read (%s); resuming from %s instead: the updates "
+                "after it are lost",
+                named,
+                errors[0],
+                name,
+            )
+        return checkpoint
+    raise RuntimeError(f"no readable checkpoint in {root}: {'; '.join(errors)}")
+
+
+def _load(path: Path) -> Checkpoint:
     meta = json.loads((path / "state.json").read_text())
     state = LearnerState(
         step=int(meta["step"]),
@@ -149,10 +185,26 @@ def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
 def _write_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's contents (a rename is durable once its directory is)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _steps(root: Path) -> list[Path]:
+    """The complete checkpoints under `root`, oldest first by step number."""
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
 
 
 def _prune(root: Path, keep: int) -> None:
-    done = sorted(p for p in root.glob("step-*") if not p.name.endswith(".tmp"))
-    for old in done[:-keep]:
+    for old in _steps(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
