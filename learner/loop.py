@@ -262,7 +262,10 @@ async def keep_leases(p: Parts) -> None:
 
 
 async def publish(p: Parts, version: int) -> None:
-    """Export the adapter and broadcast it as `version`."""
+    """Export the adapter and broadcast it as `version` (never non-finite weights: the
+    process stops instead, before anything leaves it)."""
+    if not all(bool(torch.isfinite(q).all()) for q in p.policy.trainable()):
+        raise RuntimeError("the policy's weights are not finite: refusing to publish them")
     blob, lora = p.policy.export_adapter()
     pointer = await publish_adapter(
         p.rt.link,

@@ -28,6 +28,10 @@ class LearnerMetrics:
         self.stale = m.counter(
             "samples_dropped_stale_total", "Samples dropped for exceeding max_policy_lag."
         )
+        self.skipped = m.counter(
+            "nonfinite_steps_skipped_total",
+            "Optimizer steps skipped because the loss or the gradient was not finite.",
+        )
         self.surplus = m.counter(
             "samples_dropped_surplus_total",
             "Reset samples dropped because the buffer was full of resets while the batch "
@@ -84,6 +88,7 @@ class LearnerMetrics:
         shortfall: str | None = None,
     ):
         self.updates.inc()
+        self.skipped.inc(stats.get("skipped_steps", 0.0))
         self.reset_share.set(sum(k == "reset" for k in kinds) / max(len(kinds), 1))
         if shortfall:
             self.short.labels(shortfall).inc()

@@ -108,8 +108,10 @@ def ppo_update(
             steps += 1
     tokens = totals.pop("tokens")
     grad_norm = totals.pop("grad_norm")
+    skipped = totals.pop("skipped_steps")
     out = {k: float(v / tokens.clamp(min=1)) for k, v in totals.items()}
-    out["grad_norm"] = float(grad_norm) / steps
+    out["grad_norm"] = float(grad_norm) / max(steps - float(skipped), 1)
+    out["skipped_steps"] = float(skipped)
     out["tokens"] = float(tokens) / cfg.ppo_epochs
     return out
 
@@ -185,12 +187,21 @@ def optimizer_step(
         world.all_sum(flat)
         torch.nn.utils.vector_to_parameters(flat, [q.grad for q in params])
     norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-    optimizer.step()
+    # a non-finite loss or gradient never reaches the weights: the step is skipped (every
+    # rank sees the same all-reduced gradient, so every rank skips it)
+    finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(sums).all())
+    if finite:
+        optimizer.step()
+    else:
+        for q in params:
+            q.grad = None
+        sums = torch.zeros_like(sums)  # a skipped step reports nothing
     world.all_sum(sums)
     names = ("loss", "policy_loss", "kl", "value_loss", "clip_fraction", "entropy", "approx_kl")
     out = {k: sums[i] for i, k in enumerate(names)}
     out["tokens"] = torch.tensor(tokens, dtype=torch.float64)
-    out["grad_norm"] = norm.detach().double()
+    out["grad_norm"] = norm.detach().double() if finite else torch.zeros((), dtype=torch.float64)
+    out["skipped_steps"] = torch.tensor(0.0 if finite else 1.0, dtype=torch.float64)
     return out
 
 

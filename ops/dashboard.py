@@ -34,6 +34,11 @@ PANELS: list[tuple[str, list[str], str]] = [
     ("Entropy (nats / token)", ["gpo_learner_entropy_nats"], "none"),
     ("Gradient norm", ["gpo_learner_grad_norm"], "none"),
     (
+        "Optimizer steps skipped (non-finite loss or gradient) / s",
+        ["rate(gpo_learner_nonfinite_steps_skipped_total[5m])"],
+        "ops",
+    ),
+    (
         "Trained samples / s by kind",
         ["sum by (kind) (rate(gpo_learner_samples_trained_total[1m]))"],
         "ops",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from peft.utils import get_peft_model_state_dict
@@ -218,3 +220,22 @@ def test_the_clip_binds_only_with_several_optimizer_steps_per_batch(model_dir):
         stats[minibatches] = ppo_update(policy, make_optimizer(policy, cfg), batch(8), cfg, 0)
     assert stats[1]["clip_fraction"] == 0.0
     assert stats[4]["clip_fraction"] > 0.0
+
+
+def test_a_non_finite_loss_never_reaches_the_weights(model_dir):
+    """A NaN advantage (or any non-finite loss or gradient) skips the optimizer step and is
+    counted; the weights and the optimizer state stay finite and unchanged."""
+    cfg = tiny_config(model_dir, advantage="mc", whiten_advantages=False)
+    policy = build_policy(cfg)
+    opt = make_optimizer(policy, cfg)
+    before = [q.detach().clone() for q in policy.trainable()]
+    poisoned = batch()
+    poisoned[0] = replace(poisoned[0], advantages=np.full(len(poisoned[0].token_ids), np.nan))
+    stats = ppo_update(policy, opt, poisoned, cfg, 0)
+    assert stats["skipped_steps"] == 1.0 and stats["grad_norm"] == 0.0
+    assert all(np.isfinite(v) for v in stats.values())
+    for a, b in zip(before, policy.trainable(), strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    assert not opt.state  # no moment was ever written
+    clean = ppo_update(policy, opt, batch(), cfg, 1)  # the next batch trains as usual
+    assert clean["skipped_steps"] == 0.0 and clean["grad_norm"] > 0
