@@ -57,4 +57,4 @@ clean:
 # The system end to end on the embedded default: tiny policy, synthetic task, 2 CPU cores.
 demo: $(STAMP)
 	./ops/scripts/system-deps.sh --run
-	$(PY) -m ops.launch --config ops/configs/demo.toml
+	$(PY) -m ops.launch --config ops/configs/demo.toml --fresh

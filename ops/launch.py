@@ -2,6 +2,12 @@
 
     gpo launch --config ops/configs/demo.toml [--redis-url URL] [--run-id ID] [--actors N]
                [--estimators M] [--max-minutes T] [--max-updates U] [--set SECTION.KEY=V ...]
+               [--resume | --fresh]
+
+A run id whose directory already holds a run's state (a learner checkpoint, a Redis AOF) is
+continued only with `--resume`, which says from which step and adapter version; `--fresh`
+moves that directory aside (`<id>.<date>-<time>`) and starts over; with neither, the launch
+is refused with a line that names both.
 
 Starts a private redis-server when no `--redis-url` is given (AOF on, data in the run
 directory), then the learner, N actors and M estimators as separate OS processes, each with
@@ -402,6 +408,45 @@ def _die_with_parent() -> None:
         pass
 
 
+def prior_state(run_dir: Path) -> str | None:
+    """What an earlier run left in `run_dir` that a new one would continue from, in words;
+    None when there is nothing."""
+    latest = run_dir / "learner" / "latest"
+    if latest.is_file():
+        try:
+            meta = json.loads(
+                (run_dir / "learner" / latest.read_text().strip() / "state.json").read_text()
+            )
+            return f"a checkpoint at step {meta['step']}, adapter version {meta['version']}"
+        except (OSError, ValueError, KeyError):
+            return "a checkpoint"
+    redis = run_dir / "redis"
+    if redis.is_dir() and any(redis.iterdir()):
+        return "a Redis AOF (its streams and counters)"
+    return None
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, fresh: bool) -> str:
+    """Decide what a launch does with the state an earlier run of the same id left, and say
+    it: resume it (`resume`), move it aside and start over (`fresh`), or refuse (ConfigError
+    naming both)."""
+    name, state = run_dir.name, prior_state(run_dir)
+    if state is None:
+        if resume:
+            raise ConfigError(f"--resume: run {name} has no earlier state in {run_dir}")
+        return f"run {name}: a new run in {run_dir}"
+    if resume:
+        return f"run {name}: resuming from {state} ({run_dir})"
+    if fresh:
+        archive = run_dir.with_name(f"{name}.{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.rename(archive)
+        return f"run {name}: the earlier run ({state}) moved to {archive}; starting over"
+    raise ConfigError(
+        f"run {name} already has {state} in {run_dir}: pass --resume to continue it, or "
+        "--fresh to move it aside and start over"
+    )
+
+
 def split_sets(items: list[str]) -> tuple[dict, list[str]]:
     """`--set SECTION.KEY=VALUE` flags: the `launch.*` ones as {key: value} for the launcher,
     the others unchanged for every worker."""
@@ -502,6 +547,15 @@ def main(argv: list[str] | None = None) -> int:
         help="override one config value (TOML syntax), e.g. --set estimator.mc.selection=random; "
         "launch.* keys apply here, the others go to every worker; repeatable",
     )
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run id's earlier state (checkpoint, AOF)",
+    )
+    again.add_argument(
+        "--fresh", action="store_true", help="move the run id's earlier state aside, start over"
+    )
     args = p.parse_args(argv)
     try:
         data = load_toml(args.config)
@@ -516,6 +570,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpo launch: error: {e}", file=sys.stderr)
         return 2
     run_id = args.run_id or data.get("run", {}).get("id") or time.strftime("%Y%m%d-%H%M%S")
+    try:
+        print(prepare_run_dir(Path(cfg.runs_dir).resolve() / run_id, args.resume, args.fresh))
+    except ConfigError as e:
+        print(f"gpo launch: error: {e}", file=sys.stderr)
+        return 2
     launcher = Launcher(cfg, Path(args.config).resolve(), run_id, args.redis_url, worker_sets)
     try:
         launcher.start()
