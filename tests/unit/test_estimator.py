@@ -60,12 +60,14 @@ def traj(**kw) -> Trajectory:
 
 def test_make_sample_masks_prefix_and_aligns_arrays():
     s = make_sample(
-        traj(prefix_token_ids=[0, 7, 8], prompt_len=3), np.arange(6, dtype=np.float32), np.zeros(0)
+        traj(prefix_token_ids=[0, 7, 8], prompt_len=3),
+        np.arange(6, dtype=np.float32) / 8,
+        np.zeros(0),
     )
     assert s.token_ids.tolist() == [0, 7, 8, 5, 3, 2, 6, 3, 2]
     assert s.loss_mask.tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 1]
     assert s.logprobs.tolist() == pytest.approx([0, 0, 0, -0.1, -0.2, -0.3, -0.4, -0.5, -0.6])
-    assert s.advantages.tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5]
+    assert s.advantages.tolist() == [0, 0, 0, 0, 0.125, 0.25, 0.375, 0.5, 0.625]
     assert s.id == "train:0:1/0" and s.policy_version == 3
     assert decode(encode(s)) == s  # a valid wire message
 
