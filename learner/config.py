@@ -76,6 +76,10 @@ class LearnerConfig:
     """Sampling temperature of the actors; logprobs are recomputed under the same one."""
     token_budget: int = 4096
     """Most tokens (rows x padded length) in one micro-batch; gradients accumulate across them."""
+    max_sample_tokens: int = 0
+    """Longest sample (prompt and completion, in tokens) the learner trains; a longer one is
+    dead-lettered alone at admission (reason `too_long`). 0: the model's context
+    (`max_position_embeddings`)."""
     batch_size: int = 64
     """`share` mode: samples per update; `fresh` mode: fresh samples per update."""
     batch_mode: BatchMode = "share"
@@ -167,8 +171,8 @@ class LearnerConfig:
             raise ConfigError("learner.reset_fraction must lie in [0, 1]")
         if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ConfigError("learner.gamma must lie in (0, 1] and learner.lam in [0, 1]")
-        if self.max_policy_lag < 0:
-            raise ConfigError("learner.max_policy_lag must be >= 0")
+        if self.max_policy_lag < 0 or self.max_sample_tokens < 0:
+            raise ConfigError("learner.max_policy_lag and learner.max_sample_tokens must be >= 0")
         if not 1 <= self.feeder_backlog_target <= self.feeder_backlog_bound:
             raise ConfigError(
                 "need 1 <= learner.feeder_backlog_target <= learner.feeder_backlog_bound"

@@ -1,4 +1,5 @@
-"""Which incoming samples may be trained: duplicates and stale samples are dropped.
+"""Which incoming samples may be trained: duplicates and stale samples are dropped, and a
+sample longer than the learner can train is refused (the loop dead-letters it alone).
 
 Delivery is at-least-once, so the same sample id can arrive twice (a redelivery after a
 crash, an estimator that redid a trajectory, a zombie's late output). `TrainedIds` keeps
@@ -46,7 +47,9 @@ class Admission:
     """Trained already, or offered earlier (in the buffer, or earlier in this same list)."""
     stale: list[int]
     """Generated more than `max_lag` versions before `version`."""
-    lags: list[int]
+    too_long: list[int] = field(default_factory=list)
+    """More tokens than `max_tokens`: no update could hold it."""
+    lags: list[int] = field(default_factory=list)
     """Policy lag (version - sample version, >= 0) of each kept sample."""
 
 
@@ -56,9 +59,11 @@ def admit(
     buffered: set[str],
     version: int,
     max_lag: int,
+    max_tokens: int = 0,
 ) -> Admission:
-    """Sort offered samples into keep / duplicate / stale (duplicate wins over stale)."""
-    keep, dup, stale, lags = [], [], [], []
+    """Sort offered samples into keep / duplicate / stale / too long (in that precedence);
+    `max_tokens` 0 sets no length cap."""
+    keep, dup, stale, long, lags = [], [], [], [], []
     seen = set(buffered)
     for i, s in enumerate(samples):
         lag = max(0, version - s.policy_version)
@@ -66,8 +71,10 @@ def admit(
             dup.append(i)
         elif lag > max_lag:
             stale.append(i)
+        elif max_tokens and len(s.token_ids) > max_tokens:
+            long.append(i)
         else:
             keep.append(i)
             lags.append(lag)
             seen.add(s.id)
-    return Admission(keep, dup, stale, lags)
+    return Admission(keep, dup, stale, long, lags)

@@ -47,6 +47,7 @@ from learner.policy import Policy
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
 from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
+from protocol.codec import encode
 from protocol.consumer import Consumer, Delivery, end, repeat
 from protocol.messages import Sample
 from protocol.process import Runtime
@@ -86,6 +87,8 @@ class Parts:
     """Monotonic time since which the buffer has held `batch_size` samples (None: not yet)."""
     unacked: list[Delivery] = field(default_factory=list)
     """Trained deliveries whose checkpoint is not written yet (pending in Redis)."""
+    max_tokens: int = 0
+    """Longest sample admitted, in tokens (`max_sample_tokens`, or the model's context)."""
     shortfall_logged: bool = False
     """A batch short of one kind was logged once (the metric counts every one)."""
 
@@ -239,8 +242,17 @@ async def take_samples(p: Parts) -> None:
     # duplicate would ack an uncommitted sample, so it is simply ignored.
     pool = p.buffer + [d for d in read if d.entry_id not in held]
     verdict = admit(
-        [d.message for d in pool], p.trained, set(), p.state.version, p.cfg.max_policy_lag
+        [d.message for d in pool],
+        p.trained,
+        set(),
+        p.state.version,
+        p.cfg.max_policy_lag,
+        p.max_tokens,
     )
+    for i in verdict.too_long:  # one bad sample costs one sample: it goes to the dead stream
+        d = pool[i]
+        reason = f"too_long: {len(d.message.token_ids)} tokens > {p.max_tokens}"
+        await p.consumer.dead_letter(d.entry_id, encode(d.message), reason)
     p.buffer = [pool[i] for i in verdict.keep]
     p.metrics.duplicates.inc(len(verdict.duplicate))
     p.metrics.stale.inc(len(verdict.stale))

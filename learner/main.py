@@ -103,8 +103,14 @@ async def learner(
             runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl"),
             committed_step=state.step,
             world=world,
+            max_tokens=cfg.max_sample_tokens or context_length(policy),
         )
         return await run(parts)
+
+
+def context_length(policy) -> int:
+    """The longest sequence the base model takes (0: unknown, no cap)."""
+    return int(getattr(policy.model.config, "max_position_embeddings", 0) or 0)
 
 
 def follow(cfg: LearnerConfig, world: World) -> int:

@@ -327,3 +327,25 @@ def test_learner_trains_the_configured_composition(
     assert sorted(dropped + [i for i in trained if i.startswith("r")]) == sorted(
         s.id for s in resets
     )
+
+
+def test_a_sample_too_long_to_train_is_dead_lettered_alone(redis_server, tmp_path, model_dir):
+    r = redis_server.client()
+    config = write_config(tmp_path, model_dir, eval_every=0, max_sample_tokens=12)
+    ok = [make_sample(f"s{i}", seed=i, prompt_id=f"p{i // 2}") for i in range(4)]  # 10 tokens
+    long = make_sample("long", seed=9, prompt_len=4, completion_len=20)  # 24 tokens
+    inject(r, ok[:2] + [long] + ok[2:])
+    runlog = tmp_path / "ckpt" / "run_log.jsonl"
+    learner = Learner(redis_server.url, config, tmp_path / "learner.log")
+    try:
+        assert wait_until(lambda: runlog.exists() and len(updates_of(runlog)) >= 1, 60), (
+            tmp_path / "learner.log"
+        ).read_text()[-3000:]
+        assert learner.stop() == 0
+    finally:
+        if learner.proc.poll() is None:
+            learner.proc.kill()
+    dead = r.xrange(KEYS.dead(SAMPLES))
+    assert len(dead) == 1 and dead[0][1][b"reason"].startswith(b"too_long: 24 tokens > 12")
+    assert decode(dead[0][1][b"raw"]).id == "long"
+    assert sorted(i for u in updates_of(runlog) for i in u["sample_ids"]) == [s.id for s in ok]

@@ -172,3 +172,14 @@ def test_unsearched_fresh_rows_get_their_group_advantage_in_mc_mode():
     ]
     got = [a[-1] for a in token_advantages(rows, "mc")]
     assert got == pytest.approx([0.3, -0.2, 0.25, 0.25])  # mean reward 0.75
+
+
+def test_admit_refuses_samples_longer_than_the_cap_alone():
+    offered = [
+        make_sample("ok", prompt_len=4, completion_len=6),  # 10 tokens
+        make_sample("long", prompt_len=4, completion_len=7),  # 11 > 10
+        make_sample("old", prompt_len=4, completion_len=9, version=0),  # stale wins
+    ]
+    v = admit(offered, TrainedIds(), set(), version=5, max_lag=3, max_tokens=10)
+    assert (v.keep, v.stale, v.too_long) == ([0], [2], [1])
+    assert admit(offered, TrainedIds(), set(), version=5, max_lag=3).too_long == []  # no cap
