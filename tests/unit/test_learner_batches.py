@@ -176,8 +176,8 @@ def test_unsearched_fresh_rows_get_their_group_advantage_in_mc_mode():
 
 def test_admit_refuses_samples_longer_than_the_cap_alone():
     offered = [
-        make_sample("ok", prompt_len=4, completion_len=6),  # 10 tokens
-        make_sample("long", prompt_len=4, completion_len=7),  # 11 > 10
+        make_sample("ok", prompt_len=4, completion_len=6, version=5),  # 10 tokens
+        make_sample("long", prompt_len=4, completion_len=7, version=5),  # 11 > 10
         make_sample("old", prompt_len=4, completion_len=9, version=0),  # stale wins
     ]
     v = admit(offered, TrainedIds(), set(), version=5, max_lag=3, max_tokens=10)
