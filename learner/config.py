@@ -101,6 +101,9 @@ class LearnerConfig:
     samples; then the other kind fills the batch (counted and logged)."""
     max_policy_lag: int = 4
     """Samples generated more than this many versions behind the current one are dropped."""
+    lease_seconds: float = 6.0
+    """TTL of the run's learner lease (renewed every third of it): a second learner of the
+    run is refused, and a learner restarted after a crash waits at most this long."""
     checkpoint_dir: str = "checkpoints/learner"
     """Directory of checkpoints (`step-<n>/`, `latest`) and of the run log."""
     checkpoint_every: int = 1
@@ -154,7 +157,7 @@ class LearnerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip_eps", "tis_cap", "temperature", "lora_alpha"):
+        for name in ("lr", "clip_eps", "tis_cap", "temperature", "lora_alpha", "lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"learner.{name} must be > 0")
         for name in (

@@ -43,6 +43,7 @@ from learner.dedup import TrainedIds, admit
 from learner.distributed import broadcast_samples
 from learner.evaluate import heldout_pass_at_1
 from learner.feeder import Feeder
+from learner.lease import LearnerLease
 from learner.policy import Policy
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
@@ -78,6 +79,8 @@ class Parts:
     metrics: LearnerMetrics
     adapter_metrics: AdapterMetrics
     runlog: RunLog
+    lease: LearnerLease
+    """The run's learner key, held (acquired by `main`) and renewed while the loop runs."""
     committed_step: int = 0
     """Step of the newest checkpoint on disk."""
     world: World = field(default_factory=World)
@@ -104,9 +107,13 @@ async def run(p: Parts) -> int:
         repeat(p.consumer.lease_interval, lambda: keep_leases(p), stop_leases),
         name="learner-leases",
     )
+    lease = asyncio.create_task(
+        repeat(p.lease.interval, p.lease.renew, stop_leases), name="learner-lease"
+    )
     while not p.rt.stop.is_set():
-        if leases.done():
-            leases.result()  # a failed lease keeper takes the process down
+        for keeper in (leases, lease):
+            if keeper.done():
+                keeper.result()  # a failed keeper (or a lost lease) takes the process down
         # 1. keep the prompts backlog at its target
         await p.feeder.top_up()
         # 2. read ahead; drop duplicates and stale ones
@@ -143,6 +150,8 @@ async def run(p: Parts) -> int:
     # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
     await commit(p)
     await end(leases, stop_leases)
+    await end(lease, stop_leases)
+    await p.lease.release()
     broadcast_samples(p.world, None)
     return 0
 

@@ -24,6 +24,7 @@ from learner.config import LearnerConfig
 from learner.dedup import TrainedIds
 from learner.distributed import broadcast_samples, init_world, rank_device
 from learner.feeder import Feeder
+from learner.lease import LearnerLease
 from learner.loop import Parts, run
 from learner.policy import Policy, build_policy, load_tokenizer
 from learner.telemetry import LearnerMetrics, RunLog
@@ -67,6 +68,9 @@ async def learner(
     async with Runtime(
         "learner", redis_cfg, args.name or "learner", args.metrics_port, args.metrics_host
     ) as rt:
+        # one learner per run: before anything is read or published
+        lease = LearnerLease(rt.link, rt.keys, rt.name, cfg.lease_seconds)
+        await lease.acquire()
         limits = CodecLimits(
             max_bytes=redis_cfg.max_message_bytes, vocab_size=policy.model.config.vocab_size
         )
@@ -101,6 +105,7 @@ async def learner(
             metrics=LearnerMetrics(rt.metrics),
             adapter_metrics=AdapterMetrics(rt.metrics),
             runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl"),
+            lease=lease,
             committed_step=state.step,
             world=world,
             max_tokens=cfg.max_sample_tokens or context_length(policy),

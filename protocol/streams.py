@@ -73,6 +73,10 @@ class Keys:
     def adapter_chunk(self, version: int, index: int) -> str:
         return f"{self.prefix}adapter:{version}:{index}"
 
+    def learner_lease(self) -> str:
+        """The key the run's one learner holds (`learner.lease`)."""
+        return f"{self.prefix}learner"
+
     def adapter_index(self) -> str:
         """Sorted set of every published chunk key, scored by version: old versions are
         deleted from it, never found by SCAN (SCAN sees one node of a cluster only)."""

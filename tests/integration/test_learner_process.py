@@ -349,3 +349,36 @@ def test_a_sample_too_long_to_train_is_dead_lettered_alone(redis_server, tmp_pat
     assert len(dead) == 1 and dead[0][1][b"reason"].startswith(b"too_long: 24 tokens > 12")
     assert decode(dead[0][1][b"raw"]).id == "long"
     assert sorted(i for u in updates_of(runlog) for i in u["sample_ids"]) == [s.id for s in ok]
+
+
+def test_one_learner_per_run_a_second_is_refused_and_a_crash_is_taken_over(
+    redis_server, tmp_path, model_dir
+):
+    r = redis_server.client()
+    config = write_config(tmp_path, model_dir, eval_every=0, lease_seconds=3.0)
+    first = Learner(redis_server.url, config, tmp_path / "first.log")
+    second = third = None
+    try:
+        assert wait_until(lambda: r.get(KEYS.learner_lease()) is not None, 60), (
+            tmp_path / "first.log"
+        ).read_text()[-3000:]
+        holder = r.get(KEYS.learner_lease()).decode()
+        # a second learner of the run waits one TTL for the holder, then refuses: one line
+        second = Learner(redis_server.url, config, tmp_path / "second.log")
+        assert second.proc.wait(60) == 2
+        said = (tmp_path / "second.log").read_text()
+        assert "another learner is running this run" in said and "Traceback" not in said
+        assert r.get(KEYS.learner_lease()).decode() == holder  # still the first's
+        # the holder dies without releasing: the next learner takes over within a TTL
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(10)
+        third = Learner(redis_server.url, config, tmp_path / "third.log")
+        assert wait_until(
+            lambda: (r.get(KEYS.learner_lease()) or b"").decode() not in ("", holder), 60
+        ), (tmp_path / "third.log").read_text()[-3000:]
+        assert third.stop() == 0
+        assert r.get(KEYS.learner_lease()) is None  # a clean exit releases it
+    finally:
+        for proc in (first, second, third):
+            if proc is not None and proc.proc.poll() is None:
+                proc.proc.kill()
