@@ -67,6 +67,8 @@ class LaunchConfig:
     """Seconds between progress lines (and progress.jsonl records)."""
     restart_backoff_max: float = 30.0
     """Longest wait before restarting a crashed worker, in seconds."""
+    max_restarts: int = 10
+    """A worker that crashes this many times more stops the run with its last log lines."""
     torch_threads: int = 1
     """CPU threads per worker process (OMP_NUM_THREADS); more only helps on large machines."""
     stop_timeout: float = 60.0
@@ -263,6 +265,12 @@ class Launcher:
                 if code == 2 and w.restarts == 0:
                     self.failed = True
                     return f"{w.name} refused to start (exit 2):\n{_tail(w.log)}"
+                if w.restarts >= self.cfg.max_restarts:
+                    self.failed = True
+                    return (
+                        f"{w.name} exited with code {code} after {w.restarts} restarts; giving "
+                        f"up (launch.max_restarts):\n{_tail(w.log)}"
+                    )
                 delay = min(self.cfg.restart_backoff_max, 2.0 ** min(w.restarts, 10))
                 w.next_start = now + delay
                 print(

@@ -176,21 +176,30 @@ class RedisServer:
         return args + list(self.extra)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
+        """Start redis-server in its own session (a Ctrl-C at the terminal reaches the
+        launcher and its workers, which drain into a Redis that is still up) and wait for
+        its PING; a server that does not answer in time is killed, never left behind."""
         self.proc = subprocess.Popen(
-            self.args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            self.args(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                log = self.dir / "redis.log"
                 raise RuntimeError(
-                    f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}"
+                    "redis-server exited: " + (log.read_text()[-2000:] if log.is_file() else "")
                 )
             try:
                 if self.client().ping():
                     return self
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError, OSError):
                 time.sleep(0.05)
-        raise RuntimeError("redis-server did not answer PING in time")
+        self.proc.kill()
+        self.proc.wait(10)
+        raise RuntimeError(f"redis-server did not answer PING within {timeout:g} s")
 
     def client(self, **kw) -> redis.Redis:
         """A synchronous client for test assertions (short timeouts, RESP2)."""

@@ -44,3 +44,13 @@ def test_exit_2_on_a_restart_is_restarted_with_backoff(tmp_path):
 def test_a_killed_worker_is_restarted(tmp_path):
     launcher = launcher_with(tmp_path, "learner", code=-9, restarts=0)
     assert launcher.supervise_once() is None and launcher.workers[0].next_start > 0
+
+
+def test_restarts_stop_at_the_cap_with_a_clear_final_error(tmp_path):
+    launcher = launcher_with(tmp_path, "estimator-0", code=1, restarts=10)
+    (tmp_path / "estimator-0.log").write_text("RuntimeError: boom\n")
+    said = launcher.supervise_once()
+    assert "estimator-0 exited with code 1 after 10 restarts; giving up" in said
+    assert "boom" in said and launcher.failed
+    below = launcher_with(tmp_path, "estimator-0", code=1, restarts=9)
+    assert below.supervise_once() is None and not below.failed
