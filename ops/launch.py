@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -160,44 +161,15 @@ class Launcher:
             self.redis = RedisServer(
                 self.run_dir / "redis",
                 aof=True,
+                password=secrets.token_urlsafe(24),  # loopback only, but not open to every user
                 extra=("--maxmemory", self.cfg.redis_maxmemory, "--maxmemory-policy", "noeviction"),
             ).start()
             self.redis_url = self.redis.url
             print(
                 f"private redis-server on 127.0.0.1:{self.redis.port} (AOF in {self.run_dir / 'redis'})"
             )
-        common = [
-            "--config",
-            str(self.config_path),
-            "--redis-url",
-            self.redis_url,
-            "--run-id",
-            self.run_id,
-            *(a for item in self.sets for a in ("--set", item)),
-        ]
-        env = {
-            "OMP_NUM_THREADS": str(self.cfg.torch_threads),
-            "MKL_NUM_THREADS": str(self.cfg.torch_threads),
-            "PYTHONUNBUFFERED": "1",
-        }
         model = resolve_model(self.cfg.model, self.cfg.bootstrap)
-        overrides = {"learner": ["learner.checkpoint_dir", str(self.run_dir / "learner")]}
-        args = {
-            role: [*common, *_sets({f"{prefix}.model": model} if model else {})]
-            for role, prefix in (
-                ("learner", "learner"),
-                ("actor", "actor.engine"),
-                ("estimator", "estimator.engine"),
-            )
-        }
-        args["learner"] += _sets({overrides["learner"][0]: overrides["learner"][1]})
-        specs = [("learner", "learner.main", args["learner"])]
-        specs += [(f"actor-{i}", "actors.actor", args["actor"]) for i in range(self.cfg.actors)]
-        specs += [
-            (f"estimator-{i}", "actors.estimator", args["estimator"])
-            for i in range(self.cfg.estimators)
-        ]
-        for name, module, args in specs:
+        for name, module, args, env in self.worker_specs(model):
             w = Worker(name, module, args, self.run_dir / "logs" / f"{name}.log", free_port(), env)
             w.start()
             self.workers.append(w)
@@ -219,6 +191,41 @@ class Launcher:
             f"run {self.run_id}: learner, {self.cfg.actors} actor(s), {self.cfg.estimators} estimator(s); "
             f"logs in {self.run_dir / 'logs'}"
         )
+
+    def worker_specs(self, model: str) -> list[tuple[str, str, list[str], dict]]:
+        """(name, module, arguments, environment) of every worker. The Redis URL, which may
+        carry a password, goes in the environment (GPO_REDIS_URL), never on a command line."""
+        common = [
+            "--config",
+            str(self.config_path),
+            "--run-id",
+            self.run_id,
+            *(a for item in self.sets for a in ("--set", item)),
+        ]
+        env = {
+            "GPO_REDIS_URL": self.redis_url,
+            "OMP_NUM_THREADS": str(self.cfg.torch_threads),
+            "MKL_NUM_THREADS": str(self.cfg.torch_threads),
+            "PYTHONUNBUFFERED": "1",
+        }
+        args = {
+            role: [*common, *_sets({f"{prefix}.model": model} if model else {})]
+            for role, prefix in (
+                ("learner", "learner"),
+                ("actor", "actor.engine"),
+                ("estimator", "estimator.engine"),
+            )
+        }
+        args["learner"] += _sets({"learner.checkpoint_dir": str(self.run_dir / "learner")})
+        specs = [("learner", "learner.main", args["learner"], env)]
+        specs += [
+            (f"actor-{i}", "actors.actor", args["actor"], env) for i in range(self.cfg.actors)
+        ]
+        specs += [
+            (f"estimator-{i}", "actors.estimator", args["estimator"], env)
+            for i in range(self.cfg.estimators)
+        ]
+        return specs
 
     @property
     def sd_file(self) -> Path:

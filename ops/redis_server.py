@@ -129,8 +129,15 @@ class RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
             raise RuntimeError("redis-server is not on PATH (Debian: apt-get install redis-server)")
+        # secrets go in files only readable by us, never on the command line (ps shows it)
+        secret_conf = []
+        if self.password and not self.username and not self.aclfile:
+            conf = self.dir / "auth.conf"
+            _write_private(conf, f"requirepass {self.password}\n")
+            secret_conf = [str(conf)]  # a config file must be redis-server's first argument
         args = [
             exe,
+            *secret_conf,
             "--bind",
             "127.0.0.1",
             "--dir",
@@ -167,12 +174,10 @@ class RedisServer:
             args += ["--aclfile", str(self.aclfile)]
         elif self.username:  # an ACL user with every right on the run's keys; the default user off
             acl = self.dir / "users.acl"
-            acl.write_text(
-                f"user default off\nuser {self.username} on >{self.password} ~gpo:* &* +@all\n"
+            _write_private(
+                acl, f"user default off\nuser {self.username} on >{self.password} ~gpo:* &* +@all\n"
             )
             args += ["--aclfile", str(acl)]
-        elif self.password:
-            args += ["--requirepass", self.password]
         return args + list(self.extra)
 
     def start(self, timeout: float = 10.0) -> RedisServer:
@@ -200,6 +205,11 @@ class RedisServer:
         self.proc.kill()
         self.proc.wait(10)
         raise RuntimeError(f"redis-server did not answer PING within {timeout:g} s")
+
+    def cmdline(self) -> list[str]:
+        """The running server's command line, as every user of the machine sees it."""
+        assert self.proc is not None
+        return Path(f"/proc/{self.proc.pid}/cmdline").read_bytes().decode().split("\0")
 
     def client(self, **kw) -> redis.Redis:
         """A synchronous client for test assertions (short timeouts, RESP2)."""
@@ -237,3 +247,11 @@ class RedisServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write `text` to a file only the owner can read."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)

@@ -49,7 +49,11 @@ def common_parser(prog: str, description: str | None) -> argparse.ArgumentParser
         prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", help="TOML file: one section per process plus [run] and [redis]")
-    p.add_argument("--redis-url", help="redis:// or rediss:// URL (overrides [redis] url)")
+    p.add_argument(
+        "--redis-url",
+        help="redis:// or rediss:// URL (overrides GPO_REDIS_URL and [redis] url); give a URL "
+        "with a password through GPO_REDIS_URL instead: command lines are visible to all users",
+    )
     p.add_argument(
         "--run-id", help="run namespace shared by every process of a run (overrides [run] id)"
     )
@@ -89,11 +93,14 @@ def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T
     run = data.get("run", {})
     if "id" in run:
         redis_data.setdefault("run_id", run["id"])
-    if args.redis_url:
-        redis_data["url"] = args.redis_url
+    # --redis-url, then GPO_REDIS_URL (where a password belongs: a command line is visible
+    # to every user of the machine), then [redis] url, then the local default
+    env_url = os.environ.get("GPO_REDIS_URL")
+    if args.redis_url or env_url:
+        redis_data["url"] = args.redis_url or env_url
     if args.run_id:
         redis_data["run_id"] = args.run_id
-    redis_data.setdefault("url", os.environ.get("GPO_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    redis_data.setdefault("url", "redis://127.0.0.1:6379/0")
     redis_cfg = from_mapping(RedisConfig, redis_data, "redis")
     cfg = from_mapping(cls, data.get(section, {}), section)
     return cfg, redis_cfg

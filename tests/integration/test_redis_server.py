@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import redis
 
 from ops.redis_server import RedisServer
 
@@ -24,3 +25,16 @@ def test_a_server_that_does_not_answer_in_time_is_killed_not_orphaned(tmp_path):
     with pytest.raises(RuntimeError, match="did not answer PING"):
         server.start(timeout=0.0)
     assert server.proc.poll() is not None
+
+
+def test_a_password_never_appears_on_the_command_line(tmp_path):
+    server = RedisServer(tmp_path / "r", password="s3cret-pw").start()
+    try:
+        assert not any("s3cret-pw" in part for part in server.cmdline())
+        assert server.client().ping()  # the password is in force, from a private file
+        conf = tmp_path / "r" / "auth.conf"
+        assert conf.stat().st_mode & 0o077 == 0
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, socket_timeout=3).ping()
+    finally:
+        server.stop()
