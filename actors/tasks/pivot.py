@@ -24,14 +24,15 @@ membership is a function of the problem text alone (a hash), as in the arithmeti
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 from actors.steps import Span, regex_splitter
-from actors.tasks.base import TaskPrompt, steps_of
+from actors.tasks import chains
+from actors.tasks.base import TaskPrompt
+from actors.tasks.chains import answer_line_score, first_wrong_line, generate_splits
 
 ALPHABET = "0123456789+-*=:AQ \n"
 """Every character that prompts and canonical solutions of this task use."""
@@ -93,10 +94,7 @@ class Pivot:
 
     def score(self, prompt: TaskPrompt, completion: str) -> float:
         """1.0 if the first `A:` line of the completion states the reference answer, else 0.0."""
-        for line in completion.split("\n"):
-            if line.startswith("A:"):
-                return float(line[2:].strip() == prompt.answer)
-        return 0.0
+        return answer_line_score(prompt, completion)
 
     def split_steps(self, text: str) -> list[Span]:
         """One step per line; the newline stays with its line."""
@@ -106,14 +104,7 @@ class Pivot:
         """Index of the first line that differs from the canonical solution (spaces ignored);
         a completion that stops early with every line right is wrong at its last step, and a
         canonical one has none (None). Indices are those of `steps_of(self, completion)`."""
-        expected = solution(prompt.text).split("\n")
-        got = [completion[a:b].rstrip("\n") for a, b in steps_of(self, completion)]
-        for k, want in enumerate(expected):
-            if k == len(got):
-                return k - 1 if got else None
-            if got[k].replace(" ", "") != want.replace(" ", ""):
-                return k
-        return None
+        return first_wrong_line(self, solution(prompt.text), completion)
 
     def pivot_step(self, prompt: TaskPrompt) -> int:
         """Index of the pivot line in the canonical solution (and so in the steps of any
@@ -153,22 +144,15 @@ class Pivot:
             f"pivot:{self.seed}:{self.min_steps}:{self.max_steps}:{self.pivot_digits}:"
             f"{self.pivot_position}"
         )
-        wanted = {"train": self.n_train, "heldout": self.n_heldout}
-        out: dict[str, list[TaskPrompt]] = {"train": [], "heldout": []}
-        seen: set[str] = set()
-        misses = 0
-        while any(len(out[s]) < wanted[s] for s in out):
-            text = self.sample_problem(rng)
-            split = "heldout" if is_heldout(text, self.heldout_percent) else "train"
-            if text in seen or len(out[split]) >= wanted[split]:
-                misses += 1
-                if misses > 100 * (self.n_train + self.n_heldout) + 10_000:
-                    raise ValueError("problem space too small for n_train + n_heldout")
-                continue
-            seen.add(text)
-            key = hashlib.sha256(text.encode()).hexdigest()[:12]
-            out[split].append(TaskPrompt(f"{self.name}:{split}:{key}", text, answer(text)))
-        return out
+        return generate_splits(
+            self.sample_problem,
+            rng,
+            self.name,
+            self.n_train,
+            self.n_heldout,
+            lambda text: is_heldout(text, self.heldout_percent),
+            answer,
+        )
 
 
 def pivot_slot(n: int, position: Position, rng: random.Random) -> int:
@@ -187,8 +171,7 @@ def pivot_factor(digits: int, rng: random.Random) -> int:
 
 def is_heldout(prompt_text: str, percent: int) -> bool:
     """Whether a problem belongs to the held-out share (a property of its text only)."""
-    digest = hashlib.sha256(b"pivot-heldout:" + prompt_text.encode()).digest()
-    return int.from_bytes(digest[:8], "big") % 100 < percent
+    return chains.is_heldout(prompt_text, percent, b"pivot-heldout:")
 
 
 def parse_problem(prompt_text: str) -> tuple[int, list[tuple[str, int]]]:
