@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from ops import ablation_report as rep
 from ops import experiment_ablation as ab
 
 
@@ -18,17 +19,17 @@ def write_log(run_dir, evals, updates):
 
 def test_window_mean_takes_the_last_third_or_the_last_value_before():
     xs, ys = [0, 20, 40, 60, 80], [0.3, 0.32, 0.34, 0.4, 0.5]
-    assert ab.window_mean(xs, ys, 60) == pytest.approx(0.4)  # (40, 60]
-    assert ab.window_mean(xs, ys, 80) == pytest.approx(0.45)  # (53.3, 80]: 60 and 80
-    assert ab.window_mean(xs, ys, 10) == pytest.approx(0.3)  # nothing in (6.7, 10]: last <= 10
-    assert math.isnan(ab.window_mean([5], [0.1], 1))
+    assert rep.window_mean(xs, ys, 60) == pytest.approx(0.4)  # (40, 60]
+    assert rep.window_mean(xs, ys, 80) == pytest.approx(0.45)  # (53.3, 80]: 60 and 80
+    assert rep.window_mean(xs, ys, 10) == pytest.approx(0.3)  # nothing in (6.7, 10]: last <= 10
+    assert math.isnan(rep.window_mean([5], [0.1], 1))
 
 
 def test_spread_is_mean_sample_std_min_max():
-    m, s, lo, hi = ab.spread([0.2, 0.4, 0.6])
+    m, s, lo, hi = rep.spread([0.2, 0.4, 0.6])
     assert (m, lo, hi) == pytest.approx((0.4, 0.2, 0.6))
     assert s == pytest.approx(0.2)  # sample std
-    assert ab.spread([0.5])[1] == 0.0
+    assert rep.spread([0.5])[1] == 0.0
 
 
 def test_read_curve_subtracts_evaluation_time(tmp_path):
@@ -39,7 +40,7 @@ def test_read_curve_subtracts_evaluation_time(tmp_path):
     ]
     updates = [{"t": 20.0 + i, "step": i, "samples": 64, "resets": 32} for i in range(1, 41)]
     write_log(tmp_path, evals, updates)
-    c = ab.read_curve(tmp_path)
+    c = rep.read_curve(tmp_path)
     # training time: t less evaluation time so far, from the first evaluation's end
     assert c.seconds == pytest.approx([0.0, 16.0, 30.0])
     assert c.duration == pytest.approx(60.0 - 14.0 - 6.0)  # last update at t = 60
@@ -48,13 +49,13 @@ def test_read_curve_subtracts_evaluation_time(tmp_path):
 
 
 def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
-    monkeypatch.setattr(ab, "PLOTS", tmp_path / "plots")
-    monkeypatch.setattr(ab, "machine_line", lambda: "test machine")
+    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
     curves = {}
     for arm, gain in (("gpo", 0.1), ("none", 0.0), ("random", 0.05)):
         for seed in (0, 1):
             steps = [0, 20, 40, 60]
-            curves[(arm, seed)] = ab.Curve(
+            curves[(arm, seed)] = rep.Curve(
                 steps=steps,
                 seconds=[0.0, 30.0, 60.0, 90.0],
                 pass_at_1=[0.3 + gain * s / 60 for s in steps],
@@ -63,7 +64,7 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
                 resets=10,
                 samples=100,
             )
-    text = ab.study_report("selection", curves, [0, 1], 3.0)
+    text = rep.study_report("selection", ab.STUDIES["selection"], curves, [0, 1], 3.0)
     # equal time: window (60, 90] s holds only the evaluation at 90 s (step 60) -> 0.3 + gain
     assert "| GPO (mc) | 2 | 0.300 | 0.400 ± 0.000" in text
     assert "| PPO (mc: no resets) | 2 | 0.300 | 0.300 ± 0.000" in text
@@ -91,7 +92,7 @@ def test_arms_differ_from_their_pair_in_the_fields_named():
 
 def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch):
     monkeypatch.setattr(ab, "SUMMARIES", tmp_path)
-    curve = ab.Curve([0, 10], [0.0, 5.0], [0.3, 0.4], 6.0, 12, 100, 400)
+    curve = rep.Curve([0, 10], [0.0, 5.0], [0.3, 0.4], 6.0, 12, 100, 400)
     demo = tmp_path / "demo.toml"
     settings = ab.run_settings("gpo", 1, 3.0, 10, demo)
     (tmp_path / "demo").mkdir()
@@ -126,8 +127,8 @@ def test_tokens_at_matches_evaluations_to_progress_by_update_count():
         },
     ]
     # step 0: nothing generated yet; 10: 4000; 20: halfway from 4000 to 12000
-    assert ab.tokens_at(progress, [0, 10, 20, 30]) == [0.0, 4000.0, 8000.0, 12000.0]
-    assert ab.tokens_at(progress[:1], [0, 10]) == []
+    assert rep.tokens_at(progress, [0, 10, 20, 30]) == [0.0, 4000.0, 8000.0, 12000.0]
+    assert rep.tokens_at(progress[:1], [0, 10]) == []
 
 
 def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
