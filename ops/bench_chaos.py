@@ -46,7 +46,7 @@ from pathlib import Path
 import msgpack
 
 from actors.rollout import RolloutConfig
-from ops.launch import LaunchConfig, Launcher, split_sets
+from ops.launch import LaunchConfig, Launcher
 from ops.ledger import (
     Ledger,
     accuracy,
@@ -57,6 +57,7 @@ from ops.ledger import (
     read_runlog,
 )
 from ops.results import machine_line, markdown_table, write_section
+from ops.run_setup import split_sets
 from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
 from protocol.streams import SAMPLES, WORK_STREAMS, Keys

@@ -36,8 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.launch import LaunchConfig, Worker, resolve_model
+from ops.launch import LaunchConfig, Worker
 from ops.redis_server import RedisServer, free_port
+from ops.run_setup import resolve_model
 from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ops.launch import main, prepare_run_dir, prior_state
+from ops.launch import main
+from ops.run_setup import prepare_run_dir, prior_state
 from protocol.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
