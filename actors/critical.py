@@ -38,12 +38,10 @@ def step_values(rewards: Sequence[Sequence[float]], final_reward: float) -> np.n
     final_reward: the trajectory's own reward, which is V(s_T).
     Returns float64 array of shape (T + 1,): means of rewards[i], then final_reward.
     """
-    means = []
     for i, r in enumerate(rewards):
         if len(r) == 0:
             raise ValueError(f"boundary {i} has no MC rewards")
-        means.append(float(np.mean(np.asarray(r, dtype=np.float64))))
-    return np.asarray([*means, float(final_reward)], dtype=np.float64)
+    return filled_step_values(rewards, final_reward)
 
 
 def step_advantages(values: np.ndarray) -> np.ndarray:

@@ -179,7 +179,7 @@ async def estimate_batch(
     for i, traj in enumerate(trajs):
         if traj.kind == "reset":
             out[i] = reset_sample(traj), None
-        elif not wants_mc or not is_target(traj, cfg.mc, cfg.rollout.seed):
+        elif not wants_mc or not is_target(traj.id, traj.reward, cfg.mc, cfg.rollout.seed):
             out[i] = unsearched_sample(traj), None
             counts.unsearched += wants_mc
         else:

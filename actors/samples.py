@@ -166,15 +166,11 @@ def searched_outputs(
     return sample, make_reset(traj, result, n_reset, selection, version)
 
 
-def target_draw(trajectory_id: str, seed: int) -> float:
-    """The uniform draw in [0, 1) that decides whether a successful trajectory is searched
-    (`failed_sampled`): fixed by the id, so a redelivery decides the same."""
-    return seed_for(f"target:{trajectory_id}", seed) / 2**31
-
-
-def is_target(traj: Trajectory, mc: McConfig, seed: int) -> bool:
-    """Whether the MC search takes this fresh trajectory (`mc.targets`)."""
-    return searched(traj.reward, mc.targets, mc.success_share, target_draw(traj.id, seed))
+def is_target(trajectory_id: str, reward: float, mc: McConfig, seed: int) -> bool:
+    """Whether the MC search takes this fresh trajectory (`mc.targets`). The draw that
+    decides for a sampled success is fixed by the id, so a redelivery decides the same."""
+    draw = seed_for(f"target:{trajectory_id}", seed) / 2**31
+    return searched(reward, mc.targets, mc.success_share, draw)
 
 
 def search_input(

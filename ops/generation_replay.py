@@ -21,11 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from actors.critical import searched
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
-from actors.samples import answerable, target_draw
+from actors.samples import answerable, is_target
 from learner.composition import batch_targets
 from learner.config import LearnerConfig
 from protocol.config import from_mapping, load_toml
@@ -186,10 +185,7 @@ async def estimator_pass(
     meter, resets, answered, reused = Metered(engine), [], 0, 0
     # an empty completion has no step to search; `mc.targets` may leave successes out
     searchable = [
-        r
-        for r in rollouts
-        if r.spans
-        and searched(r.reward, mc.targets, mc.success_share, target_draw(r.id, shape.rollout.seed))
+        r for r in rollouts if r.spans and is_target(r.id, r.reward, mc, shape.rollout.seed)
     ]
     for group in _chunks(searchable, batch or shape.estimator_batch):
         subjects, configs = [], []
