@@ -413,9 +413,9 @@ def _check_invariants(msg: Message) -> None:
         )
 
 
-def _in(values: np.ndarray | float, lo: float, hi: float) -> bool:
-    a = np.asarray(values, dtype=np.float64)
-    return bool(((a >= lo) & (a <= hi)).all())
+def _in(values: np.ndarray, lo: float, hi: float) -> bool:
+    """Every entry of a per-token or per-step array in [lo, hi] (NaN is not)."""
+    return bool(((values >= lo) & (values <= hi)).all())
 
 
 def _check_ranges(msg: Message, limits: CodecLimits) -> None:
@@ -426,10 +426,10 @@ def _check_ranges(msg: Message, limits: CodecLimits) -> None:
     if isinstance(msg, Trajectory):
         _require(bool((msg.logprobs <= LOGPROB_SLACK).all()), "bad_value", "logprob > 0")
         if msg.reset_value is not None:
-            _require(_in(msg.reset_value, 0, 1), "bad_value", "reset_value outside [0, 1]")
+            _require(0.0 <= msg.reset_value <= 1.0, "bad_value", "reset_value outside [0, 1]")
     elif isinstance(msg, ResetRequest):
         _require(_in(msg.step_values, 0, 1), "bad_value", "step_values outside [0, 1]")
-        _require(_in(msg.value, 0, 1), "bad_value", "value outside [0, 1]")
+        _require(0.0 <= msg.value <= 1.0, "bad_value", "value outside [0, 1]")
         _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
         _require(msg.n <= limits.max_reset_n, "bad_value", f"n > {limits.max_reset_n}")
     elif isinstance(msg, Sample):
@@ -437,7 +437,7 @@ def _check_ranges(msg: Message, limits: CodecLimits) -> None:
         _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
         _require(_in(msg.step_values, 0, 1), "bad_value", "step_values outside [0, 1]")
         _require(_in(msg.returns, 0, 1), "bad_value", "returns outside [0, 1]")
-        _require(_in(msg.baseline_value, 0, 1), "bad_value", "baseline_value outside [0, 1]")
+        _require(0.0 <= msg.baseline_value <= 1.0, "bad_value", "baseline_value outside [0, 1]")
     elif isinstance(msg, AdapterPointer):
         extra = sorted(set(msg.lora_config) - LORA_FIELDS)
         _require(not extra, "bad_value", f"lora_config fields beyond LoRA's: {extra[:5]}")
