@@ -62,8 +62,23 @@ class CodecLimits:
 
 
 LORA_FIELDS = frozenset({"r", "lora_alpha", "lora_dropout", "target_modules", "bias", "task_type"})
-"""The LoraConfig fields an adapter pointer may carry: LoRA's own shape and nothing peft
-would act on beyond it (no `modules_to_save`, no layer patterns)."""
+"""The LoraConfig fields an adapter pointer may set: LoRA's own shape."""
+LORA_INERT_FIELDS = frozenset(
+    {
+        "peft_type",
+        "peft_version",
+        "base_model_name_or_path",
+        "revision",
+        "inference_mode",
+        "init_lora_weights",
+        "megatron_core",
+        "qalora_group_size",
+    }
+)
+"""Fields of peft's `LoraConfig.to_dict()` that carry a value by default but change nothing
+when given weights are loaded (provenance, the initialiser, settings of features that stay
+off). Every other field must be unset (None, False or empty): a pointer may not ask peft for
+more than LoRA (`modules_to_save`, layer patterns, DoRA, ...)."""
 MAX_LORA_RANK = 1024
 MAX_LORA_ALPHA = 1e4
 LOGPROB_SLACK = 1e-4
@@ -413,6 +428,14 @@ def _check_invariants(msg: Message) -> None:
         )
 
 
+def _unset(value: object) -> bool:
+    """A LoraConfig field that asks peft for nothing: None, False or empty. By identity and
+    type, so that 0 (equal to False, but `layers_to_transform = 0` means layer 0) is set."""
+    if value is None or value is False:
+        return True
+    return isinstance(value, (str, list, tuple, dict)) and len(value) == 0
+
+
 def _in(values: np.ndarray, lo: float, hi: float) -> bool:
     """Every entry of a per-token or per-step array in [lo, hi] (NaN is not)."""
     return bool(((values >= lo) & (values <= hi)).all())
@@ -439,8 +462,14 @@ def _check_ranges(msg: Message, limits: CodecLimits) -> None:
         _require(_in(msg.returns, 0, 1), "bad_value", "returns outside [0, 1]")
         _require(0.0 <= msg.baseline_value <= 1.0, "bad_value", "baseline_value outside [0, 1]")
     elif isinstance(msg, AdapterPointer):
-        extra = sorted(set(msg.lora_config) - LORA_FIELDS)
-        _require(not extra, "bad_value", f"lora_config fields beyond LoRA's: {extra[:5]}")
+        extra = sorted(
+            k
+            for k, v in msg.lora_config.items()
+            if k not in LORA_FIELDS and k not in LORA_INERT_FIELDS and not _unset(v)
+        )
+        _require(not extra, "bad_value", f"lora_config sets fields beyond LoRA's: {extra[:5]}")
+        peft_type = msg.lora_config.get("peft_type", "LORA")
+        _require(peft_type == "LORA", "bad_value", f"lora_config.peft_type {peft_type!r}")
         # peft's defaults stand in for an absent rank or alpha (r = 8, alpha = 8)
         r, alpha = msg.lora_config.get("r", 8), msg.lora_config.get("lora_alpha", 8)
         _require(

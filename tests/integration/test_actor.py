@@ -186,7 +186,7 @@ def test_adapter_loaded_changes_version_metric_and_trajectories(
     deadline = time.monotonic() + 30
     while actor.metric(port, "gpo_actor_policy_version") != 1 and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert actor.metric(port, "gpo_actor_policy_version") == 1
+    assert actor.metric(port, "gpo_actor_policy_version") == 1, "\n".join(actor.lines[-30:])
     import hashlib
     import urllib.request
 

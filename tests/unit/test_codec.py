@@ -346,6 +346,10 @@ def good_pointer(**kw) -> AdapterPointer:
             good_pointer(lora_config={"r": 8, "lora_alpha": 16, "modules_to_save": ["lm_head"]}),
             "beyond LoRA",
         ),
+        # 0 equals False but is a setting: layer 0 only
+        (good_pointer(lora_config={"r": 8, "layers_to_transform": 0}), "['layers_to_transform']"),
+        (good_pointer(lora_config={"r": 8, "use_dora": True}), "['use_dora']"),
+        (good_pointer(lora_config={"r": 8, "peft_type": "IA3"}), "peft_type"),
         (good_pointer(lora_config={"r": 100_000, "lora_alpha": 16}), "lora_config.r"),
         (good_pointer(lora_config={"r": 8, "lora_alpha": -1.0}), "lora_alpha"),
         (good_pointer(size=1, chunk_keys=["a", "b"]), "more chunks than bytes"),
@@ -356,6 +360,28 @@ def test_absurd_values_are_refused_at_decode(msg, why):
     with pytest.raises(ProtocolError) as e:
         decode(encode(msg))
     assert e.value.reason == "bad_value" and why in str(e.value)
+
+
+def test_pointer_with_peft_to_dict_form_decodes():
+    """peft's `LoraConfig.to_dict()` lists every field, most unset and a few inert ones set by
+    default (the form `lora_config_from_dict` documents and adapter_config.json holds)."""
+    lora = {
+        **good_pointer().lora_config,
+        "peft_type": "LORA",
+        "peft_version": "0.21.2",
+        "base_model_name_or_path": "/models/base",
+        "inference_mode": False,
+        "init_lora_weights": True,
+        "megatron_core": "megatron.core",
+        "qalora_group_size": 16,
+        "modules_to_save": None,
+        "layers_to_transform": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "use_dora": False,
+        "exclude_modules": None,
+    }
+    assert decode(encode(good_pointer(lora_config=lora))).lora_config == lora
 
 
 def test_the_good_versions_of_those_messages_decode():
