@@ -25,7 +25,7 @@ from actors.inference_process import inference_main
 from actors.rollout import RolloutConfig, request_for, total_tokens, trajectories_for
 from actors.tasks.base import Task
 from actors.weights import WeightsSync
-from protocol.codec import CodecLimits, encode
+from protocol.codec import DEFAULT_LIMITS, CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import Prompt, ResetRequest
 from protocol.metrics import Metrics
@@ -56,10 +56,16 @@ class ActorConfig:
     """While lagging, seconds between retries to catch up."""
     fetch_concurrency: int = 4
     """Adapter chunks fetched at once."""
+    max_reset_n: int = DEFAULT_LIMITS.max_reset_n
+    """Most rollouts one reset request may ask for; a request for more is dead-lettered
+    (`bad_value`). Keep it at least `estimator.n_reset`."""
 
     def __post_init__(self) -> None:
-        if self.batch_messages < 1 or self.max_policy_lag < 0:
-            raise ValueError("actor.batch_messages must be >= 1 and actor.max_policy_lag >= 0")
+        if self.batch_messages < 1 or self.max_policy_lag < 0 or self.max_reset_n < 1:
+            raise ValueError(
+                "actor.batch_messages and actor.max_reset_n must be >= 1 "
+                "and actor.max_policy_lag >= 0"
+            )
 
 
 class ActorMetrics:
@@ -121,7 +127,11 @@ async def rollout(
 
 async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokenizer) -> int:
     """The actor loop: sync weights, check lag, take work, generate, publish, ack."""
-    limits = CodecLimits(max_bytes=rt.redis_cfg.max_message_bytes, vocab_size=len(tokenizer))
+    limits = CodecLimits(
+        max_bytes=rt.redis_cfg.max_message_bytes,
+        vocab_size=len(tokenizer),
+        max_reset_n=cfg.max_reset_n,
+    )
     prompts = Consumer(
         rt.link, rt.keys, PROMPTS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
     )

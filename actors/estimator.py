@@ -70,7 +70,8 @@ class EstimatorConfig:
     task_options: dict = field(default_factory=dict)
     """Keyword options of the task class."""
     n_reset: int = 4
-    """Rollouts asked for from each critical step (GPO.md: the per-prompt group size)."""
+    """Rollouts asked for from each critical step (GPO.md: the per-prompt group size); at most
+    the actors' `actor.max_reset_n`."""
     batch_messages: int = 8
     """Most trajectories read and estimated together: the MC searches of the fresh ones send
     each round's requests as one `generate` call (8: two prompts' groups of 4 rollouts)."""

@@ -373,8 +373,9 @@ def test_09_redis_down_30s_processes_stay_up_memory_bounded_work_resumes(redis_a
 
 
 def poison_reset(tokenizer, n: int) -> ResetRequest:
-    """A well-formed reset request asking for `n` rollouts: expensive enough that the actor
-    holding it is killed every time (an OOM killer, played here by the test)."""
+    """A well-formed reset request asking for `n` rollouts (within the actors' raised
+    `max_reset_n`): slow enough that the actor holding it is killed every time (an OOM
+    killer, played here by the test)."""
     prompt = "Q: 12+30-7\n"
     prefix = tokenizer(prompt + "12+30=42\n")["input_ids"]
     return ResetRequest(
@@ -414,6 +415,7 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
         {
             "redis.max_deliveries": max_deliveries,
             "redis.claim_idle": 600.0,
+            "actor.max_reset_n": 2048,
             # prompts always waiting: the poison's first batch is full of other work
             "learner.feeder_backlog_target": 12,
             "learner.feeder_backlog_bound": 24,
