@@ -107,6 +107,20 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """TOML section `[metrics]`, read by every process (`--metrics-host` overrides `host`)."""
+
+    host: str = "127.0.0.1"
+    """Address the /metrics and /healthz server binds: loopback by default, so a process
+    exposes nothing beyond its machine unless asked; a Prometheus on another host (a pod
+    scraped by its IP) needs "0.0.0.0" or the interface's own address."""
+
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ConfigError("metrics.host must name an address, e.g. 127.0.0.1 or 0.0.0.0")
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     """How a process talks to Redis. Shared by every process (TOML section `[redis]`)."""
 

@@ -50,7 +50,7 @@ class Metrics:
         return generate_latest(self.registry)
 
     def serve(
-        self, port: int, host: str = "0.0.0.0", healthy: Callable[[], bool] = lambda: True
+        self, port: int, host: str = "127.0.0.1", healthy: Callable[[], bool] = lambda: True
     ) -> int:
         """Serve `/metrics` and `/healthz` from a daemon thread; returns the bound port."""
         metrics = self

@@ -28,7 +28,14 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from protocol.config import ConfigError, RedisConfig, from_mapping, load_toml, parse_set_value
+from protocol.config import (
+    ConfigError,
+    MetricsConfig,
+    RedisConfig,
+    from_mapping,
+    load_toml,
+    parse_set_value,
+)
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import Keys, Link, LinkClosed, RedisFatalError, run_async
 
@@ -61,7 +68,10 @@ def common_parser(prog: str, description: str | None) -> argparse.ArgumentParser
     p.add_argument(
         "--metrics-port", type=int, help="port of /metrics and /healthz (0 = any free port)"
     )
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server binds")
+    p.add_argument(
+        "--metrics-host",
+        help="address the metrics server binds (overrides [metrics] host; default 127.0.0.1)",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -74,7 +84,8 @@ def common_parser(prog: str, description: str | None) -> argparse.ArgumentParser
 
 
 def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T, RedisConfig]:
-    """The process's typed config and the Redis config, from file, then --set, then flags."""
+    """The process's typed config and the Redis config, from file, then --set, then flags.
+    Also settles `args.metrics_host`: the flag, else [metrics] host, else loopback."""
     data: dict[str, Any] = load_toml(args.config) if args.config else {}
     for item in args.set:
         key, sep, raw = item.partition("=")
@@ -102,6 +113,10 @@ def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T
         redis_data["run_id"] = args.run_id
     redis_data.setdefault("url", "redis://127.0.0.1:6379/0")
     redis_cfg = from_mapping(RedisConfig, redis_data, "redis")
+    metrics = dict(data.get("metrics", {}))
+    if args.metrics_host is not None:
+        metrics["host"] = args.metrics_host
+    args.metrics_host = from_mapping(MetricsConfig, metrics, "metrics").host
     cfg = from_mapping(cls, data.get(section, {}), section)
     return cfg, redis_cfg
 
@@ -118,7 +133,7 @@ class Runtime:
     redis_cfg: RedisConfig
     name: str = ""
     metrics_port: int | None = None
-    metrics_host: str = "0.0.0.0"
+    metrics_host: str = MetricsConfig().host
 
     async def __aenter__(self) -> Runtime:
         self.name = self.name or default_name(self.process)

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "ops" / "deploy"
 CONFIGS = sorted([*(ROOT / "ops" / "configs").glob("*.toml"), *(DEPLOY / "configs").glob("*.toml")])
 PROCESSES = {"learner": LearnerConfig, "actor": ActorConfig, "estimator": EstimatorConfig}
-SECTIONS = {"run", "redis", "launch", *PROCESSES}
+SECTIONS = {"run", "redis", "metrics", "launch", *PROCESSES}
 
 
 def test_there_are_configs_to_check():
