@@ -48,8 +48,9 @@ class LearnerState:
     """Updates done."""
     version: int = 0
     """Adapter version of the policy after `step` updates (0 = base model)."""
-    trained_ids: set[str] = field(default_factory=set)
-    """Every sample id trained on up to `step`."""
+    trained_ids: dict[str, int] = field(default_factory=dict)
+    """The sample ids trained on up to `step` that can still arrive unstale, each with its
+    sample's policy version (`learner.dedup`: older ones are pruned)."""
     feeder_epoch: int = 0
     """Feeder cursor: pass over the training split..."""
     feeder_index: int = 0
@@ -91,7 +92,7 @@ def save_checkpoint(
     meta = {
         "step": state.step,
         "version": state.version,
-        "trained_ids": sorted(state.trained_ids),
+        "trained_ids": dict(sorted(state.trained_ids.items())),
         "feeder_epoch": state.feeder_epoch,
         "feeder_index": state.feeder_index,
         "optimizer_param_groups": groups,
@@ -137,12 +138,20 @@ def load_latest(root: str | Path) -> Checkpoint | None:
     raise RuntimeError(f"no readable checkpoint in {root}: {'; '.join(errors)}")
 
 
+def _trained_ids(saved: dict | list, version: int) -> dict[str, int]:
+    """{id: policy version}; a checkpoint from before versions were kept holds a plain list,
+    whose ids count as of the checkpoint's own version (kept until they age out)."""
+    if isinstance(saved, list):
+        return dict.fromkeys(saved, version)
+    return {i: int(v) for i, v in saved.items()}
+
+
 def _load(path: Path) -> Checkpoint:
     meta = json.loads((path / "state.json").read_text())
     state = LearnerState(
         step=int(meta["step"]),
         version=int(meta["version"]),
-        trained_ids=set(meta["trained_ids"]),
+        trained_ids=_trained_ids(meta["trained_ids"], int(meta["version"])),
         feeder_epoch=int(meta["feeder_epoch"]),
         feeder_index=int(meta["feeder_index"]),
     )

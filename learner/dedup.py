@@ -7,8 +7,12 @@ every id the policy has trained on, split into `committed` (inside the latest ch
 and `uncommitted` (trained since): only the committed part is saved, because a crash rolls
 the policy back to the checkpoint and those uncommitted samples must then be trained again.
 
-A set, not a watermark: sample ids are deterministic strings, not ordered counters. Cost:
-about 100 bytes per trained sample in memory and in `state.json`.
+Bounded by the staleness rule: a sample of policy version v is only admitted while the
+policy's version is at most v + max_policy_lag, so once it is past that, no sample of v can
+be trained again whether or not its id is remembered (it is dropped as stale). Each id keeps
+its sample's policy version and `prune(floor)` forgets those below the floor at every
+commit; the set then holds about (max_policy_lag + 2) versions' samples, however long the
+run. Ids are strings, not ordered counters, so a per-producer watermark would not do.
 """
 
 from __future__ import annotations
@@ -21,21 +25,40 @@ from protocol.messages import Sample
 
 @dataclass
 class TrainedIds:
-    """Ids trained on, committed (checkpointed) or not."""
+    """Ids trained on, committed (checkpointed) or not, each with its sample's policy version."""
 
-    committed: set[str] = field(default_factory=set)
-    uncommitted: set[str] = field(default_factory=set)
+    committed: dict[str, int] = field(default_factory=dict)
+    uncommitted: dict[str, int] = field(default_factory=dict)
 
     def __contains__(self, sample_id: str) -> bool:
         return sample_id in self.committed or sample_id in self.uncommitted
 
-    def add(self, ids: Iterable[str]) -> None:
-        self.uncommitted.update(ids)
+    def add(self, samples: Iterable[Sample]) -> None:
+        self.uncommitted.update((s.id, s.policy_version) for s in samples)
 
     def commit(self) -> None:
         """The checkpoint that holds the uncommitted ids was written."""
-        self.committed |= self.uncommitted
-        self.uncommitted = set()
+        self.committed.update(self.uncommitted)
+        self.uncommitted = {}
+
+    def prune(self, floor: int) -> int:
+        """Forget ids of samples older than policy version `floor` (see `dedup_floor`);
+        returns how many were forgotten."""
+        old = [i for i, v in self.committed.items() if v < floor]
+        for i in old:
+            del self.committed[i]
+        return len(old)
+
+    def all(self) -> dict[str, int]:
+        """Every id held, committed or not: what a checkpoint written now must contain."""
+        return {**self.committed, **self.uncommitted}
+
+
+def dedup_floor(version: int, max_lag: int) -> int:
+    """Oldest policy version whose samples `admit` can still keep at policy `version`, less
+    one: the newest update's samples (admitted at version - 1) all stay in the set, so a
+    checkpoint always holds its last update's ids."""
+    return version - max_lag - 1
 
 
 @dataclass(frozen=True, slots=True)

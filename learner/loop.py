@@ -39,7 +39,7 @@ from actors.tasks.base import Task, TaskPrompt
 from learner.checkpoint import LearnerState, save_checkpoint
 from learner.composition import BatchPlan, plan_batch
 from learner.config import LearnerConfig
-from learner.dedup import TrainedIds, admit
+from learner.dedup import TrainedIds, admit, dedup_floor
 from learner.distributed import broadcast_samples
 from learner.evaluate import heldout_pass_at_1
 from learner.feeder import Feeder
@@ -133,7 +133,7 @@ async def run(p: Parts) -> int:
         secs = time.perf_counter() - start
         lags = [max(0, st.version - s.policy_version) for s in samples]
         st.step += 1
-        p.trained.add(s.id for s in samples)
+        p.trained.add(samples)
         p.unacked += batch
         fault("after_step", st.step)
         # 5. publish the new adapter version
@@ -319,7 +319,8 @@ async def commit(p: Parts) -> None:
     if p.state.step == p.committed_step:
         return
     st = p.state
-    st.trained_ids = p.trained.committed | p.trained.uncommitted
+    p.trained.prune(dedup_floor(st.version, p.cfg.max_policy_lag))
+    st.trained_ids = p.trained.all()
     st.feeder_epoch, st.feeder_index = p.feeder.epoch, p.feeder.index
     start = time.perf_counter()
     head = p.policy.value_head.state_dict() if p.policy.value_head is not None else None

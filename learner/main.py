@@ -101,7 +101,7 @@ async def learner(
             tokenizer=tokenizer,
             heldout=list(task.heldout_prompts()[: cfg.eval_count]),
             state=state,
-            trained=TrainedIds(committed=set(state.trained_ids)),
+            trained=TrainedIds(committed=dict(state.trained_ids)),
             metrics=LearnerMetrics(rt.metrics),
             adapter_metrics=AdapterMetrics(rt.metrics),
             runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl"),

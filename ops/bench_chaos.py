@@ -24,8 +24,9 @@ The ledger (ops/ledger.py has the definitions) follows every message id hop by h
 on (samples: trained, in the final weights), in flight at the stop, dead-lettered, dropped
 stale by the learner's `max_policy_lag` rule (by design), or else **lost**. Exit code 1 when
 anything is lost or trained twice, when a dead-letter entry is not injected poison, when
-injected poison is neither dead nor in flight, when the run log's trained ids differ from the
-final checkpoint's, or when training did not resume after the faults.
+injected poison is neither dead nor in flight, when the final checkpoint's trained ids
+disagree with the run log's (`ops.ledger.checkpoint_agrees`), or when training did not resume
+after the faults.
 """
 
 from __future__ import annotations
@@ -386,7 +387,10 @@ def ledger_tables(led: Ledger) -> str:
                 f"{led.poison_injected}: {led.dead_poison} / {led.poison_in_flight} / "
                 f"{len(led.poison_missing)}",
             ],
-            ["run log's trained ids = final checkpoint's", yes_no(led.checkpoint_agrees)],
+            [
+                "final checkpoint's trained ids agree with the run log",
+                yes_no(led.checkpoint_agrees),
+            ],
         ],
     )
     header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ops.bench_chaos import KINDS, POISON_RE, plan_faults, poison_payload
-from ops.ledger import StreamDump, accuracy, make_ledger, trained_history
+from ops.ledger import StreamDump, accuracy, checkpoint_agrees, make_ledger, trained_history
 from protocol.codec import ProtocolError, decode, encode
 from protocol.messages import Trajectory
 from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES
@@ -135,3 +135,14 @@ def test_accuracy_is_base_against_the_last_evaluations():
     records += [{"event": "eval", "step": s, "pass_at_1": 0.4} for s in (20, 30, 40)]
     assert accuracy(records) == (0.3, pytest.approx(0.4), 3)
     assert accuracy([]) == (None, None, 0)
+
+
+def test_checkpoint_agrees_when_old_ids_aged_out_but_not_otherwise():
+    records = [
+        {"event": "update", "step": 1, "sample_ids": ["a", "b"]},
+        {"event": "update", "step": 2, "sample_ids": ["c"]},
+    ]
+    assert checkpoint_agrees(records, (2, {"a", "b", "c"}))
+    assert checkpoint_agrees(records, (2, {"c"}))  # a and b aged out of the dedup set
+    assert not checkpoint_agrees(records, (2, {"a", "b"}))  # the last update's id is missing
+    assert not checkpoint_agrees(records, (2, {"c", "zz"}))  # an id the log never trained

@@ -16,7 +16,7 @@ from learner.checkpoint import LearnerState, load_latest, save_checkpoint
 def write(root, step: int, keep: int = 5):
     adapter = {"a.lora_A.weight": torch.full((2, 2), float(step))}
     optimizer = {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]}
-    state = LearnerState(step=step, version=step, trained_ids={f"s{step}"})
+    state = LearnerState(step=step, version=step, trained_ids={f"s{step}": step})
     return save_checkpoint(root, state, adapter, None, optimizer, keep=keep)
 
 

@@ -13,7 +13,7 @@ from learner.batches import (
     reset_baselines,
     token_advantages,
 )
-from learner.dedup import TrainedIds, admit
+from learner.dedup import TrainedIds, admit, dedup_floor
 from learner.feeder import epoch_order
 from tests.unit.learner_fixtures import make_sample
 
@@ -124,7 +124,7 @@ def test_collate_is_target_aligned_and_masks_prefix_and_padding():
 
 
 def test_admit_drops_duplicates_and_stale_samples():
-    trained = TrainedIds(committed={"c"}, uncommitted={"u"})
+    trained = TrainedIds(committed={"c": 4}, uncommitted={"u": 4})
     offered = [
         make_sample("c"),
         make_sample("u"),
@@ -142,10 +142,44 @@ def test_admit_drops_duplicates_and_stale_samples():
 
 def test_trained_ids_commit_moves_uncommitted():
     t = TrainedIds()
-    t.add(["a", "b"])
-    assert "a" in t and t.committed == set()
+    t.add([make_sample("a", version=1), make_sample("b", version=2)])
+    assert "a" in t and t.committed == {}
     t.commit()
-    assert t.committed == {"a", "b"} and t.uncommitted == set() and "b" in t
+    assert t.committed == {"a": 1, "b": 2} and t.uncommitted == {} and "b" in t
+
+
+def test_dedup_set_stays_bounded_and_forgets_only_what_would_be_stale():
+    """A long run at max_lag 2 with 8 samples per update: the set holds at most
+    (max_lag + 2) versions' samples, and a sample it forgot is still refused (as stale)."""
+    t, max_lag, most = TrainedIds(), 2, 0
+    for version in range(1000):  # one update per version, samples up to max_lag old
+        batch = [
+            make_sample(f"v{version}/{j}", version=version - j % (max_lag + 1)) for j in range(8)
+        ]
+        assert admit(batch, t, set(), version, max_lag).keep == list(range(8))
+        t.add(batch)
+        t.commit()
+        t.prune(dedup_floor(version + 1, max_lag))
+        most = max(most, len(t.all()))
+    assert most <= 8 * (max_lag + 2)
+    # every sample of the last update is remembered: a redelivery is a duplicate
+    again = [make_sample(f"v999/{j}", version=999 - j % 3) for j in range(8)]
+    assert admit(again, t, set(), 1000, max_lag).duplicate == list(range(8))
+    # a forgotten one comes back: refused all the same, as stale
+    old = [make_sample("v500/0", version=500)]
+    assert "v500/0" not in t and admit(old, t, set(), 1000, max_lag).stale == [0]
+
+
+def test_dedup_floor_keeps_what_admit_can_still_keep():
+    """Every policy version admit keeps at `version` is >= the floor."""
+    for version in range(0, 20):
+        for max_lag in range(0, 5):
+            kept = [
+                v
+                for v in range(-5, version + 1)
+                if admit([make_sample("x", version=v)], TrainedIds(), set(), version, max_lag).keep
+            ]
+            assert min(kept) >= dedup_floor(version, max_lag)
 
 
 def test_feeder_order_is_a_seeded_permutation_per_epoch():

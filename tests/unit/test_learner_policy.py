@@ -130,7 +130,9 @@ def test_one_step_update_without_the_pi_old_pass_is_the_same_update(model_dir, k
 def test_checkpoint_round_trip_resumes_the_same_training(model_dir, tmp_path):
     cfg = tiny_config(model_dir, advantage="gae", kl_coef=0.05)
     policy, opt = trained(cfg, updates=2)
-    state = LearnerState(step=2, version=2, trained_ids={"a", "b"}, feeder_epoch=1, feeder_index=7)
+    state = LearnerState(
+        step=2, version=2, trained_ids={"b": 2, "a": 1}, feeder_epoch=1, feeder_index=7
+    )
     head = policy.value_head.state_dict()
     for step in (1, 2):  # two checkpoints; keep=1 prunes the first
         state.step = step
@@ -143,7 +145,7 @@ def test_checkpoint_round_trip_resumes_the_same_training(model_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-000002", "step-000009.tmp"]
     assert ckpt.state == state
     meta = json.loads((ckpt.path / "state.json").read_text())
-    assert meta["trained_ids"] == ["a", "b"]
+    assert meta["trained_ids"] == {"a": 1, "b": 2}
 
     fresh = build_policy(cfg)
     fresh.load_adapter_state(ckpt.adapter)

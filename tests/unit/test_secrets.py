@@ -62,7 +62,7 @@ def test_metrics_bind_address_from_flag_else_config_else_loopback(tmp_path):
     with pytest.raises(ConfigError, match="metrics.host"):
         host("[metrics]\nhost = 9400\n")
     with pytest.raises(ConfigError, match="metrics"):
-        host('[metrics]\nport = 9400\n')  # unknown keys are refused, as in every section
+        host("[metrics]\nport = 9400\n")  # unknown keys are refused, as in every section
 
 
 def test_metrics_server_answers_only_on_its_bind_address():
