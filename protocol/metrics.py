@@ -49,10 +49,9 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(
-        self, port: int, host: str = "127.0.0.1", healthy: Callable[[], bool] = lambda: True
-    ) -> int:
-        """Serve `/metrics` and `/healthz` from a daemon thread; returns the bound port."""
+    def serve(self, port: int, host: str, healthy: Callable[[], bool] = lambda: True) -> int:
+        """Serve `/metrics` and `/healthz` on `host` (`[metrics] host`) from a daemon thread;
+        returns the bound port."""
         metrics = self
 
         class Handler(BaseHTTPRequestHandler):
