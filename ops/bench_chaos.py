@@ -48,6 +48,7 @@ import msgpack
 
 from actors.rollout import RolloutConfig
 from ops.launch import LaunchConfig, Launcher
+from ops.launch_progress import progress_line
 from ops.ledger import (
     Ledger,
     accuracy,
@@ -175,7 +176,7 @@ class Soak:
                 next_check = time.monotonic() + 2.0
             if progress and time.monotonic() >= self._next_progress:
                 rec = self.launcher.snapshot()
-                print(self.launcher.progress_line(rec), flush=True)
+                print(progress_line(rec, self.launcher.cfg), flush=True)
                 self._next_progress = time.monotonic() + self.cfg.progress_seconds
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         return done is not None and done()

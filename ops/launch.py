@@ -31,16 +31,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
+from ops.launch_progress import backlogs, done, progress_line, scrape
 from ops.redis_server import RedisServer, free_port
 from ops.run_setup import prepare_run_dir, resolve_model, set_flags, split_sets
 from protocol.config import ConfigError, from_mapping, load_toml
-from protocol.streams import WORK_STREAMS, Keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -324,57 +321,8 @@ class Launcher:
         rec: dict = {"t": round(time.monotonic() - self.start_time, 1), "processes": {}}
         for w in self.workers:
             rec["processes"][w.name] = scrape(w.port) if w.alive() else None
-        rec["backlog"] = self.backlogs()
+        rec["backlog"] = backlogs(self.redis_url, self.run_id)
         return rec
-
-    def backlogs(self) -> dict[str, int]:
-        import redis
-
-        keys = Keys(self.run_id)
-        try:
-            r = redis.Redis.from_url(self.redis_url, socket_timeout=2, protocol=2)
-            out = {}
-            for s in WORK_STREAMS:
-                produced, acked = r.mget(keys.produced(s), keys.acked(s))
-                out[s] = int(produced or 0) - int(acked or 0)
-            r.close()
-            return out
-        except (redis.RedisError, OSError):
-            return {}
-
-    def progress_line(self, rec: dict) -> str:
-        procs = rec["processes"]
-        learner = procs.get("learner") or {}
-        updates = int(learner.get("gpo_learner_updates_total", 0))
-        reward = learner.get("gpo_learner_reward_mean")
-        heldout = learner.get("gpo_learner_heldout_pass_at_1_ratio")
-        versions = " ".join(
-            f"{name}:v{_version(name, p)}" for name, p in procs.items() if name != "learner"
-        )
-        backlog = " ".join(f"{s[:4]}={v}" for s, v in rec["backlog"].items())
-        elapsed = rec["t"] / 60
-        left = ""
-        if self.cfg.max_updates and updates:
-            per = rec["t"] / updates
-            left = f" | ~{(self.cfg.max_updates - updates) * per / 60:.1f} min left"
-        elif self.cfg.max_minutes:
-            left = f" | {self.cfg.max_minutes - elapsed:.1f} min left"
-        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-        return (
-            f"[{elapsed:5.1f} min] updates {updates} | reward {fmt(reward)} | held-out pass@1 {fmt(heldout)}"
-            f" | policy {versions} | backlog {backlog}{left}"
-        )
-
-    def done(self, rec: dict) -> str | None:
-        learner = rec["processes"].get("learner") or {}
-        if (
-            self.cfg.max_updates
-            and learner.get("gpo_learner_updates_total", 0) >= self.cfg.max_updates
-        ):
-            return f"reached {self.cfg.max_updates} updates"
-        if self.cfg.max_minutes and rec["t"] >= self.cfg.max_minutes * 60:
-            return f"reached {self.cfg.max_minutes:g} minutes"
-        return None
 
     def run(self) -> int:
         interrupted = {"sig": None}
@@ -396,8 +344,8 @@ class Launcher:
                     rec = self.snapshot()
                     progress.write(json.dumps(rec) + "\n")
                     progress.flush()
-                    print(self.progress_line(rec), flush=True)
-                    reason = reason or self.done(rec)
+                    print(progress_line(rec, self.cfg), flush=True)
+                    reason = reason or done(rec, self.cfg)
                     next_progress = time.monotonic() + self.cfg.progress_seconds
                 time.sleep(0.2)
             rec = self.snapshot()
@@ -422,33 +370,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except OSError:
         pass
-
-
-def scrape(port: int) -> dict[str, float]:
-    """One process's metrics as {name: value}: samples summed over labels; histograms as
-    `<name>_sum`/`_count` and `<name>_bucket:<le>` entries."""
-    try:
-        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-    except OSError:
-        return {}
-    out: dict[str, float] = {}
-    for fam in text_string_to_metric_families(body):
-        for s in fam.samples:
-            if s.name.endswith("_created"):
-                continue
-            key = s.name
-            if s.name.endswith("_bucket"):
-                key = f"{s.name}:{s.labels.get('le')}"
-            elif s.name.endswith("_info"):
-                key = f"{s.name}:" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-            out[key] = out.get(key, 0.0) + s.value
-    return out
-
-
-def _version(name: str, metrics: dict | None) -> str:
-    role = name.split("-")[0]
-    value = (metrics or {}).get(f"gpo_{role}_policy_version")
-    return "?" if value is None else str(int(value))
 
 
 def _tail(path: Path, lines: int = 5) -> str:
