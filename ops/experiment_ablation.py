@@ -60,8 +60,10 @@ import sys
 import time
 from pathlib import Path
 
+from actors.estimator import EstimatorConfig
 from ops.ablation_report import Curve, Study, read_curve, study_report
 from ops.results import PLOTS, write_section
+from protocol.config import apply_sets, from_mapping, load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARIES = PLOTS / "ablation"
@@ -204,7 +206,9 @@ def run_id(arm: str, seed: int) -> str:
 
 
 def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: Path) -> dict:
-    """What makes a run: the config, its length and the `--set` fields of its arm and seed."""
+    """What makes a run: the config, its length, the `--set` fields of its arm and seed and,
+    where the run searches, the MC search the estimator resolves them to (`search`), so a
+    summary made under other search defaults is not taken for this run."""
     sets = {
         "learner.seed": str(seed),
         "actor.rollout.seed": str(seed),
@@ -212,7 +216,30 @@ def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: P
         "learner.eval_every": str(eval_every),
         **arm_sets(arm),
     }
-    return {"config": config.name, "minutes": minutes, "sets": sets}
+    settings: dict = {"config": config.name, "minutes": minutes, "sets": sets}
+    if (search := resolved_search(config, sets)) is not None:
+        settings["search"] = search
+    return settings
+
+
+def resolved_search(config: Path, sets: dict[str, str]) -> dict | None:
+    """The estimator's search fields (budget, K, targets, chooser, screening, shared states,
+    reused continuations) as config and sets resolve them; None when the run has no MC
+    search (selection `none` without MC values)."""
+    data = apply_sets(load_toml(config), [f"{k}={v}" for k, v in sets.items()])
+    est = from_mapping(EstimatorConfig, data.get("estimator", {}), "estimator")
+    if est.mc.selection == "none" and not est.mc_values:
+        return None
+    mc = est.mc
+    return {
+        "budget": mc.budget,
+        "k": mc.k,
+        "targets": mc.targets,
+        "chooser": mc.chooser,
+        "screen": mc.screen,
+        "share_states": mc.share_states,
+        "reuse_mc_rollouts": est.reuse_mc_rollouts,
+    }
 
 
 def summary_path(config: Path, arm: str, seed: int) -> Path:

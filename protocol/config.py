@@ -43,6 +43,24 @@ def parse_set_value(raw: str) -> Any:
         return raw
 
 
+def apply_sets(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Apply `--set SECTION.KEY=VALUE` items onto a loaded TOML mapping, in place (nested
+    tables are made as needed); returns `data`."""
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
+        value = parse_set_value(raw)
+        *path, leaf = key.split(".")
+        table = data
+        for part in path:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a table")
+        table[leaf] = value
+    return data
+
+
 def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass `cls` from a mapping, checking keys and types; nested dataclasses recurse."""
     data = dict(data or {})

@@ -26,15 +26,15 @@ import sys
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from protocol.config import (
     ConfigError,
     MetricsConfig,
     RedisConfig,
+    apply_sets,
     from_mapping,
     load_toml,
-    parse_set_value,
 )
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import Keys, Link, LinkClosed, RedisFatalError, run_async
@@ -86,19 +86,7 @@ def common_parser(prog: str, description: str | None) -> argparse.ArgumentParser
 def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T, RedisConfig]:
     """The process's typed config and the Redis config, from file, then --set, then flags.
     Also settles `args.metrics_host`: the flag, else [metrics] host, else loopback."""
-    data: dict[str, Any] = load_toml(args.config) if args.config else {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or "." not in key:
-            raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        value = parse_set_value(raw)
-        *path, leaf = key.split(".")
-        table = data
-        for part in path:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a table")
-        table[leaf] = value
+    data = apply_sets(load_toml(args.config) if args.config else {}, args.set)
     # Other processes' sections may share the file; only this one, [run] and [redis] matter.
     redis_data = dict(data.get("redis", {}))
     run = data.get("run", {})

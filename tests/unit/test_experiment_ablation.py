@@ -94,6 +94,7 @@ def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch
     monkeypatch.setattr(ab, "SUMMARIES", tmp_path)
     curve = rep.Curve([0, 10], [0.0, 5.0], [0.3, 0.4], 6.0, 12, 100, 400)
     demo = tmp_path / "demo.toml"
+    demo.write_text((ab.ROOT / "ops" / "configs" / "demo.toml").read_text())
     settings = ab.run_settings("gpo", 1, 3.0, 10, demo)
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "gpo-s1.json").write_text(
@@ -104,6 +105,12 @@ def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch
     assert ab.load_summary(demo, "gpo", 1, other) is None
     assert ab.load_summary(demo, "gpo", 2) is None
     assert ab.load_summary(tmp_path / "pivot.toml", "gpo", 1) is None  # each config its own
+    # the same arm under other search defaults (here: a config that sets them) is another run
+    demo.write_text(demo.read_text().replace("[estimator.mc]", "[estimator.mc]\nbudget = 'bisect'"))
+    assert ab.run_settings("gpo", 1, 3.0, 10, demo)["search"]["budget"] == "bisect"
+    assert ab.load_summary(demo, "gpo", 1, ab.run_settings("gpo", 1, 3.0, 10, demo)) is None
+    # a run without MC search (plain PPO) does not depend on them
+    assert "search" not in ab.run_settings("ppo", 1, 3.0, 10, demo)
 
 
 def test_tokens_at_matches_evaluations_to_progress_by_update_count():
