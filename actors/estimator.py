@@ -77,14 +77,15 @@ class EstimatorConfig:
     each round's requests as one `generate` call (8: two prompts' groups of 4 rollouts)."""
     mc_values: bool = True
     """Run the MC search even when selection is `none` (the learner's `mc` advantages need it)."""
-    reuse_mc_rollouts: bool = False
+    reuse_mc_rollouts: bool = True
     """GPO.md step 5: the continuations the search drew from the critical state s_m become
     its reset rollouts (the first `n_reset` of them; fewer when fewer were drawn), published
     here as reset samples instead of a reset request: no generation pass on the actors. Their
     advantage reward - V(s_m) then uses a V(s_m) estimated from these same rollouts (a group
     baseline). With `mc.share_states` a state's continuations answer one reset per batch;
-    another trajectory of the batch with the same s_m gets a reset request. Off by default so
-    the baseline comparison is clean."""
+    another trajectory of the batch with the same s_m gets a reset request. On by default (it
+    saves the reset rollouts' generation, `gpo bench gpo-overhead`); off, the actors draw
+    fresh reset rollouts from s_m (the paper)."""
     fetch_concurrency: int = 4
     """Adapter chunks fetched at once."""
 

@@ -123,23 +123,26 @@ class McConfig:
     and the adaptive posterior draws use it too. Give each trajectory its own (e.g. from its
     id): one seed for all would feed the same random streams to every trajectory's
     continuations. None: the engine's own randomness, not reproducible."""
-    budget: Literal["uniform", "adaptive", "bisect"] = "uniform"
-    """`uniform`: K at every boundary; `adaptive`: spend where the chosen step may change;
+    budget: Literal["uniform", "adaptive", "bisect"] = "bisect"
+    """`uniform`: K at every boundary (the paper; `paper_search()`); `adaptive`: spend where the chosen step may change;
     `bisect`: K at s_0 and at midpoints only, descending into the half whose ends differ
     more, until one step is left (ELPO's search for the largest drop: K (1 + ceil(log2 T))
     continuations, ceil(log2 T) rounds). It finds the argmax |A| when V changes once; with
-    several changes it can land on a smaller one."""
+    several changes it can land on a smaller one. The default: with `targets = "failed"` it
+    finds the first wrong step within 2 points of uniform K = 4 (scripted families and the
+    tiny policy) at about half its continuations (`gpo bench critical-step`, RESULTS.md)."""
     screen: Literal["none", "logprob"] = "none"
     """`logprob`: estimate only the boundaries around the `screen_cap` steps whose least
     likely token had the lowest behaviour logprob (and s_0), in one round of K each; the
     critical step is the argmax |A| among those steps (uniform budget only)."""
     screen_cap: int = 4
     """`screen`: most candidate steps estimated per trajectory."""
-    targets: Literal["all", "failed", "failed_sampled"] = "all"
+    targets: Literal["all", "failed", "failed_sampled"] = "failed"
     """Which fresh trajectories are searched: `all`; `failed` (reward below 1); or
     `failed_sampled`: failures and a `success_share` of the successes (drawn per trajectory
     from its seed). The others get no reset and no step values: the learner gives them their
-    group's advantage (reward - mean reward of the prompt's fresh rollouts in the batch)."""
+    group's advantage (reward - mean reward of the prompt's fresh rollouts in the batch).
+    Default `failed`: a success has nothing to repair (SRPO, ELPO search failures only)."""
     success_share: float = 0.25
     """`targets = "failed_sampled"`: share of successful trajectories searched anyway."""
     chooser: Literal["argmax", "posterior"] = "argmax"
@@ -169,13 +172,14 @@ class McConfig:
     """Adaptive: the trajectory's own reward counts as this many continuations from s_T."""
     adaptive_draws: int = 512
     """Adaptive: posterior samples per round (Monte Carlo error about 1/sqrt(draws))."""
-    share_states: bool = False
+    share_states: bool = True
     """Searches run together (`find_critical_steps`, an estimator batch) estimate a state
     they share once: requests for the same token prefix with the same count and sampling
     settings in one round become one request whose continuations every such search uses
     (s_0, the bare prompt, is shared by all of a prompt's rollouts). Fewer continuations;
     the shared values are no longer independent between those trajectories, and a search's
-    result then depends on its batch. False: every search draws its own (the paper)."""
+    result then depends on its batch. False: every search draws its own (the paper). On by
+    default: it saves about 39% of the continuations (`gpo bench gpo-overhead`)."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -210,6 +214,14 @@ class McConfig:
                 raise ValueError("need adaptive_budget >= initial_k and adaptive_step_k >= 1")
             if not 0 < self.adaptive_confidence <= 1 or self.adaptive_max_rounds < 1:
                 raise ValueError("need adaptive_confidence in (0, 1] and max_rounds >= 1")
+
+
+def paper_search(**fields) -> McConfig:
+    """The paper's search (GPO.md): K continuations from every boundary of every trajectory,
+    argmax |A|, each search its own continuations; `fields` override (e.g. `k=8`). The
+    reference the cheaper default search is measured against."""
+    paper = {"budget": "uniform", "targets": "all", "share_states": False}
+    return McConfig(**(paper | fields))
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Sequence
 
 from actors.engines.base import SamplingSettings
-from actors.mc_search import McConfig
+from actors.mc_search import paper_search
 from learner.offline_pairs import (
     PairConfig,
     PreferencePair,
@@ -79,7 +79,7 @@ async def make_pairs(args: argparse.Namespace) -> list[PreferencePair]:
         branch_n=args.branch_n,
         branch_rounds=args.branch_rounds,
         sampling=sampling,
-        mc=McConfig(k=args.k),
+        mc=paper_search(k=args.k),
         seed=args.seed,
     )
     engine = TransformersEngine(TransformersEngineConfig(model=args.model))

@@ -27,7 +27,14 @@ from pathlib import Path
 
 from actors.critical import derive_seed
 from actors.engines.base import Completion, Engine, GenerationRequest, SamplingSettings
-from actors.mc_search import Decode, McConfig, ScoringTask, StepTrajectory, find_critical_step
+from actors.mc_search import (
+    Decode,
+    McConfig,
+    ScoringTask,
+    StepTrajectory,
+    find_critical_step,
+    paper_search,
+)
 
 Split = Callable[[Sequence[int]], list[tuple[int, int]]]
 """Completion token ids -> step spans [start, end) (see `StepTrajectory.step_spans`)."""
@@ -45,8 +52,9 @@ class PairConfig:
     """Extra rounds at most after the MC continuations; then the trajectory gives no pair."""
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     """Sampling of trajectories and continuations (the policy's own settings)."""
-    mc: McConfig = field(default_factory=McConfig)
-    """Critical-step search; its `sampling` and `seed` are replaced per trajectory."""
+    mc: McConfig = field(default_factory=paper_search)
+    """Critical-step search (the paper's: uniform K at every boundary); its `sampling` and
+    `seed` are replaced per trajectory."""
     seed: int = 0
     """Base seed; every request's seed derives from it, the prompt index and the sample."""
 

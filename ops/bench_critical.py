@@ -36,7 +36,7 @@ import numpy as np
 
 from actors.critical import choose_critical_step, derive_seed, searched
 from actors.engines.base import GenerationRequest, SamplingSettings
-from actors.mc_search import McConfig, StepTrajectory, find_critical_step
+from actors.mc_search import McConfig, StepTrajectory, find_critical_step, paper_search
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 
 PART_B_MODULES = (
@@ -242,12 +242,12 @@ def part_a(args: argparse.Namespace, family: str) -> str:
     )
     rows = [random_row(cases)]
     for k in args.ks:
-        rows.append(run_budget(cases, McConfig(k=k), f"uniform K={k}"))
+        rows.append(run_budget(cases, paper_search(k=k), f"uniform K={k}"))
     for k in (4, 8):
         rows.append(
-            run_budget(cases, McConfig(k=k, chooser="posterior"), f"uniform K={k}, posterior")
+            run_budget(cases, paper_search(k=k, chooser="posterior"), f"uniform K={k}, posterior")
         )
-    adaptive = McConfig(budget="adaptive", adaptive_budget=args.adaptive_budget)
+    adaptive = paper_search(budget="adaptive", adaptive_budget=args.adaptive_budget)
     rows.append(run_budget(cases, adaptive, f"adaptive (cap {args.adaptive_budget}/step)"))
     for name, config in strategies():
         rows.append(run_budget(cases, config, name))
@@ -269,7 +269,7 @@ def part_a(args: argparse.Namespace, family: str) -> str:
 def strategies(sampling: SamplingSettings | None = None) -> list[tuple[str, McConfig]]:
     """The cheaper searches and their combinations, as rows: bisection, screening, failed
     trajectories only (GPO.md, "Where this project should go beyond the paper")."""
-    base = McConfig() if sampling is None else McConfig(sampling=sampling)
+    base = paper_search() if sampling is None else paper_search(sampling=sampling)
     out = []
     for k in (4, 8):
         out.append((f"bisect K={k}", replace(base, k=k, budget="bisect")))
@@ -353,14 +353,14 @@ def part_b(args: argparse.Namespace, pivot: bool = False) -> str | None:
     # 2. MC search with each budget; the random baseline is its expectation, 1/T.
     expected = np.asarray([1.0 / t.num_steps for t, _ in cases])
     rows = [Row("random step (expected)", float(expected.mean()), 0.0, 0.0, 0.0, expected)]
-    budgets = [(f"uniform K={k}", McConfig(k=k, sampling=sampling)) for k in args.b_ks]
+    budgets = [(f"uniform K={k}", paper_search(k=k, sampling=sampling)) for k in args.b_ks]
     budgets.append(
         (
             f"uniform K={max(args.b_ks)}, posterior",
-            McConfig(k=max(args.b_ks), sampling=sampling, chooser="posterior"),
+            paper_search(k=max(args.b_ks), sampling=sampling, chooser="posterior"),
         )
     )
-    budgets.append(("adaptive", McConfig(budget="adaptive", sampling=sampling)))
+    budgets.append(("adaptive", paper_search(budget="adaptive", sampling=sampling)))
     # failed trajectories only: every case here failed, so `targets` changes nothing
     budgets += [(n, c) for n, c in strategies(sampling) if c.targets == "all"]
     for name, cfg in budgets:

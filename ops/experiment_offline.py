@@ -313,7 +313,7 @@ async def collect_pairs(
 
     from actors.engines.base import SamplingSettings
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-    from actors.mc_search import McConfig
+    from actors.mc_search import paper_search
     from actors.steps import StepConfig, token_spans
     from actors.tasks.base import StepSplitter
     from learner.offline_pairs import PairConfig, critical_step_pairs, whole_trajectory_pairs
@@ -330,7 +330,7 @@ async def collect_pairs(
         branch_n=settings.branch_n,
         branch_rounds=settings.branch_rounds,
         sampling=SamplingSettings(temperature=1.0, max_new_tokens=settings.max_new_tokens),
-        mc=McConfig(k=settings.k),
+        mc=paper_search(k=settings.k),
         seed=seed,
     )
     engine = TransformersEngine(TransformersEngineConfig(model=str(model_dir)))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
+from actors.estimator import EstimatorConfig
 from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from actors.samples import answerable, is_target
@@ -61,6 +62,8 @@ class Shape:
     resets_per_fresh: float = math.inf
     """Most reset samples the learner's batches train per fresh sample (`[learner]`
     batch_mode and reset_fraction: 1 for a share of 0.5); the rest are dropped as surplus."""
+    reuse: bool = False
+    """`[estimator] reuse_mc_rollouts`: resets answered from the continuations at s_m."""
 
 
 @dataclass(slots=True)
@@ -249,13 +252,15 @@ def shape_from_config(path: str | Path) -> Shape:
     data = load_toml(path)
     actor, estimator = data.get("actor", {}), data.get("estimator", {})
     learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
+    est = from_mapping(EstimatorConfig, estimator, "estimator")
     fresh, resets = batch_targets(learner.batch_mode, learner.batch_size, learner.reset_fraction)
     return Shape(
         rollout=from_mapping(RolloutConfig, actor.get("rollout", {}), "actor.rollout"),
         batch_messages=int(actor.get("batch_messages", 8)),
-        mc=from_mapping(McConfig, estimator.get("mc", {}), "estimator.mc"),
-        n_reset=int(estimator.get("n_reset", 4)),
-        estimator_batch=int(estimator.get("batch_messages", 8)),
+        mc=est.mc,
+        n_reset=est.n_reset,
+        reuse=est.reuse_mc_rollouts,
+        estimator_batch=est.batch_messages,
         resets_per_fresh=resets / fresh if fresh else math.inf,
     )
 

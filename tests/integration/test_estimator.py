@@ -3,10 +3,13 @@
 Prompts go in; the actor's fresh trajectories are estimated (selection `random`, so every
 trajectory gets a reset even when the tiny policy never succeeds); the estimator's reset
 requests are served by the actor; the reset rollouts come back to the estimator and leave as
-reset samples with advantage reward - V(s_m)."""
+reset samples with advantage reward - V(s_m). The first two tests run the paper's search
+(uniform K at every boundary, each search its own continuations), the last the defaults
+(failed trajectories only, bisection, shared states, reused continuations)."""
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -23,7 +26,11 @@ KEYS = Keys(RUN)
 K, N, N_RESET = 2, 2, 2
 
 
-def config(tmp_path, model_dir, estimator_extra: str = "") -> str:
+PAPER = 'budget = "uniform"\ntargets = "all"\nshare_states = false'
+"""The `[estimator.mc]` lines of the paper's search."""
+
+
+def config(tmp_path, model_dir, estimator_extra: str = "", search: str = PAPER) -> str:
     path = tmp_path / "run.toml"
     shared = f"""
 task = "arithmetic"
@@ -51,6 +58,7 @@ n_reset = {N_RESET}
 [estimator.mc]
 k = {K}
 selection = "random"
+{search}
 """
     )
     return str(path)
@@ -64,13 +72,19 @@ PROMPTS = 3
 
 
 def run_pipeline(
-    redis_server, model_dir, tmp_path, metric: str, estimator_extra: str = "", ready: str = ""
+    redis_server,
+    model_dir,
+    tmp_path,
+    metric: str,
+    estimator_extra: str = "",
+    ready: str = "",
+    search: str = PAPER,
 ):
     """An actor and an estimator (`estimator_extra` in its section; its start-up line must
     contain `ready`) on PROMPTS prompts until every fresh rollout and its N_RESET reset
     rollouts left as samples (or 120 s); both stopped cleanly. Returns a client and the
     estimator's `metric` read before the stop."""
-    cfg = config(tmp_path, model_dir, estimator_extra)
+    cfg = config(tmp_path, model_dir, estimator_extra, search)
     common = ["--config", cfg, "--redis-url", redis_server.url, "--metrics-host", "127.0.0.1"]
     eport = free_port()
     actor = GpoProcess("actors.actor", *common, "--name", "actor-0")
@@ -91,7 +105,11 @@ def run_pipeline(
 
 def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
     r, rollouts = run_pipeline(
-        redis_server, tiny_model_dir, tmp_path, "gpo_estimator_mc_rollouts_total"
+        redis_server,
+        tiny_model_dir,
+        tmp_path,
+        "gpo_estimator_mc_rollouts_total",
+        "reuse_mc_rollouts = false",
     )
     n_fresh = PROMPTS * N
     want = n_fresh + n_fresh * N_RESET
@@ -159,4 +177,41 @@ def test_reused_mc_rollouts_leave_as_reset_samples_without_requests(
             assert np.allclose(s.advantages[p:], s.reward - values[m])
         # V(s_m) is the mean reward of these same K = N_RESET continuations
         assert np.isclose(np.mean([s.reward for s in kids]), values[m])
+    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
+
+
+def test_default_search_bisects_and_every_sample_still_reaches_the_samples_stream(
+    redis_server, tiny_model_dir, tmp_path
+):
+    """The defaults: the tiny random model fails every prompt, so every fresh rollout is
+    searched, by bisection, with the states its prompt's rollouts share estimated once; each
+    gets its N_RESET reset rollouts, from its own continuations at s_m where the search drew
+    some (random selection may pick a step it did not estimate: then by a reset request)."""
+    r, rollouts = run_pipeline(
+        redis_server,
+        tiny_model_dir,
+        tmp_path,
+        "gpo_estimator_mc_rollouts_total",
+        ready="MC rollouts reused",
+        search="",
+    )
+    n_fresh = PROMPTS * N
+    trajs = {t.id: t for t in read(r, TRAJECTORIES)}
+    samples = {s.id: s for s in read(r, SAMPLES)}
+    fresh = [t for t in trajs.values() if t.kind == "fresh"]
+    assert len(fresh) == n_fresh and all(t.reward == 0.0 for t in fresh)
+    assert len(samples) == n_fresh * (1 + N_RESET)
+    requested = {q.id for q in read(r, RESETS)}
+    for t in fresh:
+        assert len(samples[t.id].step_values) == len(t.step_spans) + 1  # searched
+        kids = [
+            s for s in samples.values() if s.kind == "reset" and s.id.startswith(f"reset:{t.id}/")
+        ]
+        assert len(kids) == N_RESET
+    # bisection spends K at s_0 and at the midpoints only (a state the rollouts of a prompt
+    # share, once); the search never draws more than that
+    bisect = sum(K * (1 + math.ceil(math.log2(len(t.step_spans)))) for t in fresh)
+    assert 0 < rollouts <= bisect
+    # a reset from the search's own continuations makes no request: some resets were reused
+    assert len(requested) < n_fresh
     assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0

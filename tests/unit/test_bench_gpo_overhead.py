@@ -30,7 +30,7 @@ def table():
     )
     shape = Shape(RolloutConfig(n=N, max_new_tokens=64), BATCH, McConfig(k=K), N_RESET, EST_BATCH)
     engines = {"shared": ScriptedEngine(problem), "off": ScriptedEngine(problem)}
-    cases = variants(shape.mc)
+    cases = variants(shape.mc, shape.reuse)
     return cases, asyncio.run(run_repeats(work, engines, shape, cases, repeats=2))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ import pytest
 
 from actors import scripted
 from actors.estimator import EstimatorConfig, EstimatorMetrics, estimate, estimate_batch
-from actors.mc_search import McConfig, find_critical_step
+from actors.mc_search import find_critical_step, paper_search
 from actors.rollout import RolloutConfig
 from actors.samples import BatchCounts, make_sample, search_input, token_advantages
 from protocol.codec import decode, encode
@@ -97,7 +98,13 @@ class NoEngine:
 
 
 def cfg(**mc) -> EstimatorConfig:
-    return EstimatorConfig(rollout=RolloutConfig(max_new_tokens=64), mc=McConfig(**mc), n_reset=3)
+    """The paper's search and reset requests (no reused continuations); `mc` overrides."""
+    return EstimatorConfig(
+        rollout=RolloutConfig(max_new_tokens=64),
+        mc=paper_search(**mc),
+        n_reset=3,
+        reuse_mc_rollouts=False,
+    )
 
 
 def test_reset_rollout_advantage_is_reward_minus_reset_value():
@@ -311,6 +318,31 @@ def test_failed_only_targets_search_failures_and_pass_successes_on_unsearched():
             assert len(sample.step_values) == len(t.step_spans) + 1
     assert m.unsearched._value.get() == 1 and m.estimated._value.get() == 1
     assert m.rollouts._value.get() == 6 * len(next(t for t in batch if t.reward == 0).step_spans)
+
+
+def test_default_search_bisects_failures_and_trains_its_own_continuations_as_resets():
+    # The defaults (failed only, bisection, shared states, reused continuations) on the won
+    # and the lost rollout: the success goes on unsearched with no reset; the failure is
+    # bisected (K at s_0 and at midpoints only) and its reset rollouts are the continuations
+    # drawn at s_m, published as reset samples: no reset request reaches the actors.
+    defaults = EstimatorConfig()
+    assert (defaults.mc.targets, defaults.mc.budget) == ("failed", "bisect")
+    assert defaults.mc.share_states and defaults.reuse_mc_rollouts
+    config = replace(
+        defaults, rollout=RolloutConfig(max_new_tokens=64), n_reset=3, mc=replace(defaults.mc, k=6)
+    )
+    batch = two_rollouts()
+    got, m = run_batch(batch, scripted.ScriptedEngine(PROBLEM), TaskOver(PROBLEM), config)
+    (won, won_reset), (lost, lost_reset), *resets = got
+    assert won.id == batch[0].id and won_reset is None and len(won.step_values) == 0
+    assert lost.id == batch[1].id and lost_reset is None  # answered here, not requested
+    assert len(lost.step_values) == len(batch[1].step_spans) + 1
+    steps = len(batch[1].step_spans)
+    assert m.rollouts._value.get() == 6 * (1 + math.ceil(math.log2(steps)))
+    assert m.rollouts._value.get() < 6 * steps  # fewer than the uniform search's
+    assert [s.id for s, _ in resets] == [f"reset:{lost.id}/{j}" for j in range(3)]
+    assert all(s.kind == "reset" and r is None for s, r in resets)
+    assert m.unsearched._value.get() == 1 and m.estimated._value.get() == 1
 
 
 def test_batch_messages_must_be_positive():

@@ -106,8 +106,10 @@ def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch
     assert ab.load_summary(demo, "gpo", 2) is None
     assert ab.load_summary(tmp_path / "pivot.toml", "gpo", 1) is None  # each config its own
     # the same arm under other search defaults (here: a config that sets them) is another run
-    demo.write_text(demo.read_text().replace("[estimator.mc]", "[estimator.mc]\nbudget = 'bisect'"))
-    assert ab.run_settings("gpo", 1, 3.0, 10, demo)["search"]["budget"] == "bisect"
+    demo.write_text(
+        demo.read_text().replace("[estimator.mc]", "[estimator.mc]\nbudget = 'uniform'")
+    )
+    assert ab.run_settings("gpo", 1, 3.0, 10, demo)["search"]["budget"] == "uniform"
     assert ab.load_summary(demo, "gpo", 1, ab.run_settings("gpo", 1, 3.0, 10, demo)) is None
     # a run without MC search (plain PPO) does not depend on them
     assert "search" not in ab.run_settings("ppo", 1, 3.0, 10, demo)

@@ -20,11 +20,11 @@ from actors.engines.base import (
 )
 from actors.mc_search import (
     CriticalStepResult,
-    McConfig,
     StepTrajectory,
     find_critical_step,
     find_critical_steps,
     merge_shared,
+    paper_search,
 )
 from actors.scripted import (
     BAD,
@@ -93,7 +93,7 @@ def test_uniform_search_on_hand_numbers():
     table = {fake_decode(kept[b] + [100 + j]): r[j] for b, r in rewards.items() for j in range(4)}
     traj = StepTrajectory([9], [1, 2, 3, 4], [(0, 2), (2, 3), (3, 4)], 0.0, prompt="P")
     engine, task = FakeEngine(), TableTask(table)
-    res = search(engine, task, traj, McConfig(k=4, seed=3), fake_decode)
+    res = search(engine, task, traj, paper_search(k=4, seed=3), fake_decode)
     np.testing.assert_allclose(res.values, [0.75, 0.5, 0.0, 0.0])
     np.testing.assert_allclose(res.advantages, [-0.25, -0.5, 0.0])
     assert res.critical_step == 1
@@ -113,10 +113,12 @@ def test_no_seed_keeps_the_engines_randomness_and_none_selection_never_resets():
     traj = StepTrajectory([9], [1, 2], [(0, 1), (1, 2)], 1.0, prompt=None)
     table = {fake_decode(p + [100 + j]): 1.0 for p in ([], [1]) for j in range(2)}
     engine = FakeEngine()
-    res = search(engine, TableTask(table), traj, McConfig(k=2, seed=None), fake_decode)
+    res = search(engine, TableTask(table), traj, paper_search(k=2, seed=None), fake_decode)
     assert all(r.sampling.seed is None for r in engine.batches[0])
     assert res.critical_step is None  # values 1, 1, 1: flat
-    res = search(FakeEngine(), TableTask(table), traj, McConfig(k=2, selection="none"), fake_decode)
+    res = search(
+        FakeEngine(), TableTask(table), traj, paper_search(k=2, selection="none"), fake_decode
+    )
     assert res.critical_step is None
 
 
@@ -127,7 +129,7 @@ def test_batched_search_sends_every_trajectorys_requests_in_one_call():
     b = StepTrajectory([9], [3], [(0, 1)], 0.0, prompt="B")
     table = {fake_decode(p + [100 + j]): 1.0 for p in ([], [1]) for j in range(2)}
     engine, task = FakeEngine(), TableTask(table)
-    configs = [McConfig(k=2, seed=1), McConfig(k=2, seed=2)]
+    configs = [paper_search(k=2, seed=1), paper_search(k=2, seed=2)]
     ra, rb = asyncio.run(find_critical_steps(engine, task, [a, b], configs, decode=fake_decode))
     assert len(engine.batches) == 1
     assert [list(r.prompt_token_ids) for r in engine.batches[0]] == [[9], [9, 1], [9]]
@@ -149,8 +151,8 @@ def test_shared_states_are_generated_once_and_scored_by_every_search_that_needs_
     table = {fake_decode([1, 100][i:]): 1.0 for i in (0, 1)}
     table |= {fake_decode([1, 101][i:]): 0.0 for i in (0, 1)}
     engine, task = FakeEngine(), TableTask(table)
-    share = McConfig(k=2, seed=1, share_states=True)
-    configs = [share, replace(share, seed=2), McConfig(k=2, seed=3)]
+    share = paper_search(k=2, seed=1, share_states=True)
+    configs = [share, replace(share, seed=2), paper_search(k=2, seed=3)]
     ra, rb, rc = asyncio.run(
         find_critical_steps(engine, task, [a, b, c], configs, decode=fake_decode)
     )
@@ -189,11 +191,11 @@ def test_merge_shared_keeps_count_and_sampling_apart():
 def test_bad_spans_and_configs_fail_loudly():
     traj = StepTrajectory([9], [1, 2], [(0, 2), (1, 2)], 0.0, prompt=None)
     with pytest.raises(ValueError, match="spans"):
-        search(FakeEngine(), TableTask({}), traj, McConfig(), fake_decode)
+        search(FakeEngine(), TableTask({}), traj, paper_search(), fake_decode)
     with pytest.raises(ValueError):
-        McConfig(k=0)
+        paper_search(k=0)
     with pytest.raises(ValueError):
-        McConfig(budget="adaptive", selection="random")
+        paper_search(budget="adaptive", selection="random")
 
 
 # --- the scripted policy ------------------------------------------------------------------
@@ -278,7 +280,7 @@ def test_empirical_values_match_exact_values():
         traj = StepTrajectory(
             [BOS], c.token_ids, spans, ScriptedTask().score(problem, c.text), problem
         )
-        res = search(ScriptedEngine(problem), ScriptedTask(), traj, McConfig(k=400, seed=1))
+        res = search(ScriptedEngine(problem), ScriptedTask(), traj, paper_search(k=400, seed=1))
         np.testing.assert_allclose(res.values, problem.exact_values(c.token_ids), atol=0.08)
 
 
@@ -295,7 +297,7 @@ def scripted_trajectory(problem: ScriptedProblem, verdicts: Sequence[int]) -> St
 
 
 @pytest.mark.parametrize(
-    "config", [McConfig(k=16), McConfig(budget="adaptive")], ids=["uniform-k16", "adaptive"]
+    "config", [paper_search(k=16), paper_search(budget="adaptive")], ids=["uniform-k16", "adaptive"]
 )
 def test_search_finds_the_known_pivotal_step(config):
     # Step 3 is right 35% of the time, the others 98%. A trajectory that fails at step 3 and
@@ -320,7 +322,7 @@ def test_adaptive_search_on_a_flat_prompt_finds_nothing_within_its_cap():
     problem = ScriptedProblem((0.0, 1.0, 1.0, 1.0), recover=0.0)  # step 0 always fails
     traj = scripted_trajectory(problem, [BAD, BAD, BAD, BAD])  # V = 0 everywhere
     engine = ScriptedEngine(problem)
-    res = search(engine, ScriptedTask(), traj, McConfig(budget="adaptive", seed=0))
+    res = search(engine, ScriptedTask(), traj, paper_search(budget="adaptive", seed=0))
     assert res.critical_step is None
     assert res.rollouts <= 4.5 * 4 and engine.calls == res.rounds
     assert res.step_probabilities[-1] == res.step_probabilities.max()
@@ -338,7 +340,7 @@ def test_adaptive_rounds_use_fresh_seeds_and_respect_the_cap():
         return await real_generate(requests)
 
     engine.generate = spy
-    cfg = McConfig(budget="adaptive", seed=4, adaptive_budget=3.0, adaptive_max_rounds=5)
+    cfg = paper_search(budget="adaptive", seed=4, adaptive_budget=3.0, adaptive_max_rounds=5)
     res = search(engine, ScriptedTask(), traj, cfg)
     assert 1 < res.rounds <= 5 and res.rollouts <= 24
     assert len(set(seeds)) == len(seeds)  # no (boundary, seed) repeats across rounds
@@ -349,12 +351,12 @@ def test_adaptive_rounds_use_fresh_seeds_and_respect_the_cap():
 def test_adaptive_matches_uniform_k8_with_at_most_60_percent_of_the_rollouts():
     # The benchmark's protocol on a fixed seeded set (python -m ops.bench_critical runs more).
     cases = make_cases(seed=100, count=200, min_margin=0.1) + make_cases(101, 200, 0.1)
-    uniform = run_budget(cases, McConfig(k=8), "K=8")
-    adaptive = run_budget(cases, McConfig(budget="adaptive"), "adaptive")
+    uniform = run_budget(cases, paper_search(k=8), "K=8")
+    adaptive = run_budget(cases, paper_search(budget="adaptive"), "adaptive")
     assert adaptive.rollouts <= 0.6 * uniform.rollouts
     assert adaptive.accuracy >= uniform.accuracy - 0.02
     # And the measurement can tell budgets apart: K = 2 is far worse than K = 8.
-    k2 = run_budget(cases[:200], replace(McConfig(), k=2), "K=2")
+    k2 = run_budget(cases[:200], replace(paper_search(), k=2), "K=2")
     assert k2.accuracy < uniform.accuracy - 0.15
 
 
@@ -363,8 +365,8 @@ def test_k8_finds_pronounced_pivots_and_the_posterior_chooser_helps():
     # 90% of the time with the change-point posterior choosing, and the posterior does not
     # lose to the paper's argmax on the same continuations (common random numbers).
     cases = make_cases(seed=200, count=150, min_margin=0.5) + make_cases(201, 150, 0.5)
-    argmax = run_budget(cases, McConfig(k=8), "K=8")
-    posterior = run_budget(cases, McConfig(k=8, chooser="posterior"), "K=8 posterior")
+    argmax = run_budget(cases, paper_search(k=8), "K=8")
+    posterior = run_budget(cases, paper_search(k=8, chooser="posterior"), "K=8 posterior")
     assert (
         posterior.rollouts
         == argmax.rollouts
@@ -376,9 +378,9 @@ def test_k8_finds_pronounced_pivots_and_the_posterior_chooser_helps():
 
 def test_posterior_chooser_needs_advantage_selection():
     with pytest.raises(ValueError, match="posterior"):
-        McConfig(chooser="posterior", selection="random")
+        paper_search(chooser="posterior", selection="random")
     with pytest.raises(ValueError, match="chooser"):
-        McConfig(chooser="median")
+        paper_search(chooser="median")
 
 
 # --- batched searches equal searches alone ------------------------------------------------
@@ -407,11 +409,15 @@ def assert_same_result(a: CriticalStepResult, b: CriticalStepResult) -> None:
 
 
 BATCHED = {
-    "uniform": [McConfig(k=4)],
-    "uniform-random": [McConfig(k=3, selection="random")],
-    "uniform-posterior": [McConfig(k=4, chooser="posterior")],
-    "adaptive": [McConfig(budget="adaptive")],
-    "mixed": [McConfig(k=4), McConfig(budget="adaptive"), McConfig(k=2, selection="random")],
+    "uniform": [paper_search(k=4)],
+    "uniform-random": [paper_search(k=3, selection="random")],
+    "uniform-posterior": [paper_search(k=4, chooser="posterior")],
+    "adaptive": [paper_search(budget="adaptive")],
+    "mixed": [
+        paper_search(k=4),
+        paper_search(budget="adaptive"),
+        paper_search(k=2, selection="random"),
+    ],
 }
 
 
@@ -469,7 +475,7 @@ def test_bisection_probes_midpoints_and_finds_a_single_drop_by_hand():
         engine,
         TableTask(value_table(values, 8, 4)),
         hand_trajectory(8),
-        McConfig(k=4, seed=0, budget="bisect"),
+        paper_search(k=4, seed=0, budget="bisect"),
         fake_decode,
     )
     probed = [[len(r.prompt_token_ids) - 1 for r in batch] for batch in engine.batches]
@@ -487,7 +493,7 @@ def test_bisection_on_one_step_and_on_flat_values():
         FakeEngine(),
         TableTask(value_table([1.0], 1, 2)),
         hand_trajectory(1),
-        McConfig(k=2, seed=0, budget="bisect"),
+        paper_search(k=2, seed=0, budget="bisect"),
         fake_decode,
     )
     assert res.critical_step == 0 and res.rollouts == 2 and res.rounds == 1
@@ -495,7 +501,7 @@ def test_bisection_on_one_step_and_on_flat_values():
         FakeEngine(),
         TableTask(value_table([0.0] * 5, 5, 2)),
         hand_trajectory(5),
-        McConfig(k=2, seed=0, budget="bisect"),
+        paper_search(k=2, seed=0, budget="bisect"),
         fake_decode,
     )
     assert flat.critical_step is None  # all-wrong: nothing to reset to
@@ -508,8 +514,8 @@ def test_bisection_finds_the_scripted_pivot_about_as_often_as_uniform_at_half_th
     hits, cost = {"bisect": 0, "uniform": 0}, {"bisect": 0, "uniform": 0}
     for seed in range(30):
         for name, config in (
-            ("bisect", McConfig(k=16, budget="bisect")),
-            ("uniform", McConfig(k=16)),
+            ("bisect", paper_search(k=16, budget="bisect")),
+            ("uniform", paper_search(k=16)),
         ):
             res = search(ScriptedEngine(problem), ScriptedTask(), fail, replace(config, seed=seed))
             hits[name] += res.critical_step == 3
@@ -528,7 +534,7 @@ def test_screening_estimates_the_uncertain_steps_only():
         engine,
         TableTask(value_table(values, 6, 2)),
         traj,
-        McConfig(k=2, seed=0, screen="logprob", screen_cap=2),
+        paper_search(k=2, seed=0, screen="logprob", screen_cap=2),
         fake_decode,
     )
     assert [len(r.prompt_token_ids) - 1 for r in engine.batches[0]] == [0, 1, 2, 4, 5]
@@ -536,9 +542,9 @@ def test_screening_estimates_the_uncertain_steps_only():
     np.testing.assert_allclose(res.values, [1.0, 1.0, 0.5, 0.5, 0.5, 0.0, 0.0])
     assert res.critical_step == 1  # |A_1| = |A_4| = 0.5: the earlier
     with pytest.raises(ValueError):  # screening needs the behaviour logprobs
-        search(FakeEngine(), TableTask({}), hand_trajectory(3), McConfig(screen="logprob"))
+        search(FakeEngine(), TableTask({}), hand_trajectory(3), paper_search(screen="logprob"))
     with pytest.raises(ValueError):
-        McConfig(screen="logprob", budget="adaptive")
+        paper_search(screen="logprob", budget="adaptive")
 
 
 def test_search_targets():
@@ -562,7 +568,7 @@ def test_search_counts_the_tokens_it_generated():
         FakeEngine(),
         TableTask(value_table([1, 1, 0], 3, 2)),
         traj,
-        McConfig(k=2, seed=0),
+        paper_search(k=2, seed=0),
         fake_decode,
     )
     assert res.tokens == 2 * 3 == res.rollouts
