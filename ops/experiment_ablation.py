@@ -27,11 +27,12 @@ by switching one field; `all` runs the demo's):
   bootstrapped on each cell's task;
 - `advantage`: under GPO, the learner's advantages `mc` (VinePPO-style), `group`
   (GRPO-style), `gae` (value head, the paper's);
-- `budget`: under GPO, uniform K = 4 (the default) and the adaptive budget, which spends
-  about as much (about 4.2 continuations per step) and finds the critical step about as well
-  as uniform K = 8 (`gpo bench critical-step`); and uniform K = 4 with `share_states` and
-  `reuse_mc_rollouts` (`gpo-lean`: less generation per trained sample, `gpo bench
-  gpo-overhead`).
+- `budget`: the MC search under GPO: the default (failed trajectories only, bisection with
+  K = 4, shared states, the continuations at s_m trained as the resets), the paper's
+  (`gpo-paper`: uniform K = 4 at every boundary of every rollout, resets drawn by the
+  actors) and the paper's with the two savings alone (`gpo-lean`: shared states and reused
+  continuations); does the cheaper search cost learning (`gpo bench gpo-overhead`: what it
+  saves)?
 
 An arm shared by several studies of one config runs once. Runs go seed-major, arms
 interleaved, so a slow patch of a shared machine falls on every arm alike. A finished run
@@ -54,7 +55,9 @@ over seeds, and paired differences.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -77,9 +80,14 @@ NO_RESETS = {"learner.reset_fraction": "0.0"}
 NO_MC = {"estimator.mc.selection": '"none"', "estimator.mc_values": "false", **NO_RESETS}
 """No MC search at all (plain PPO): the estimator only turns trajectories into samples."""
 
+PAPER_SEARCH = {"estimator.mc.budget": '"uniform"', "estimator.mc.targets": '"all"'}
+"""The paper's search where the default differs: uniform K at every boundary of every rollout
+(with `share_states` and `reuse_mc_rollouts` off too, `gpo-paper`)."""
+
 ARMS: dict[str, dict[str, str]] = {
-    # the defaults: selection advantage, advantage mc, uniform K = 4, batches of 64 with
-    # exactly 32 resets, reset rollouts baselined leave-one-out
+    # the defaults: selection advantage, advantage mc, the failed rollouts bisected with
+    # K = 4 (shared states, continuations at s_m as the resets), batches of 64 with exactly
+    # 32 resets, reset rollouts baselined leave-one-out
     "gpo": {},
     "none": {"estimator.mc.selection": '"none"', **NO_RESETS},  # PPO with MC advantages
     "random": {"estimator.mc.selection": '"random"'},
@@ -95,9 +103,20 @@ ARMS: dict[str, dict[str, str]] = {
     "ppo-clip": {**NO_MC, "learner.advantage": '"group"', "learner.minibatches": "4"},
     "gpo-clip": {"learner.advantage": '"group"', "learner.minibatches": "4"},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
-    # GPO with the MC search's two savings: a state shared in a batch estimated once, and the
-    # continuations drawn from s_m trained as the reset rollouts
-    "gpo-lean": {"estimator.mc.share_states": "true", "estimator.reuse_mc_rollouts": "true"},
+    # the paper's search: every rollout, uniform K, each search its own continuations, the
+    # resets drawn by the actors
+    "gpo-paper": {
+        **PAPER_SEARCH,
+        "estimator.mc.share_states": "false",
+        "estimator.reuse_mc_rollouts": "false",
+    },
+    # the paper's search with the two savings: a state shared in a batch estimated once, and
+    # the continuations drawn from s_m trained as the reset rollouts
+    "gpo-lean": {
+        **PAPER_SEARCH,
+        "estimator.mc.share_states": "true",
+        "estimator.reuse_mc_rollouts": "true",
+    },
 }
 """Arm name -> the `--set` fields that make it (TOML values)."""
 
@@ -188,11 +207,16 @@ STUDIES: dict[str, Study] = {
         (("gpo", "mc"), ("gpo-group", "group"), ("gpo-gae", "gae")),
     ),
     "budget": Study(
-        "MC budget under GPO",
+        "the MC search under GPO: the default against the paper's",
         (
-            ("gpo", "uniform K=4"),
-            ("gpo-adaptive", "adaptive (cap 4.5 per step)"),
+            ("gpo-paper", "the paper's: uniform K=4, every rollout"),
             ("gpo-lean", "uniform K=4, share_states + reuse_mc_rollouts"),
+            ("gpo", "default: failed only, bisect K=4, shared, reused"),
+        ),
+        (
+            ("gpo", "gpo-paper", "the default search against the paper's"),
+            ("gpo-lean", "gpo-paper", "share_states + reuse_mc_rollouts"),
+            ("gpo", "gpo-lean", "failed only + bisection"),
         ),
     ),
 }
@@ -219,6 +243,11 @@ def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: P
     settings: dict = {"config": config.name, "minutes": minutes, "sets": sets}
     if (search := resolved_search(config, sets)) is not None:
         settings["search"] = search
+    policy = pinned_policy(config, sets)
+    if policy is not None:  # a run of a pinned config is that policy's
+        settings["policy"] = (
+            policy_sha(policy) if (policy / "model.safetensors").is_file() else None
+        )
     return settings
 
 
@@ -240,6 +269,48 @@ def resolved_search(config: Path, sets: dict[str, str]) -> dict | None:
         "share_states": mc.share_states,
         "reuse_mc_rollouts": est.reuse_mc_rollouts,
     }
+
+
+PINNED = ("pivot.toml",)
+"""Configs whose studies outlast a session: every run of such a study uses one committed base
+policy per task setting (`pinned_policy`), not the bootstrap cache of the machine it runs on:
+the bootstrap's SFT is not bit-identical across CPUs, and its stopping rule (the first
+evaluation inside the per-step bands) then stops at another step with another policy."""
+
+POLICY_FILES = (
+    "model.safetensors",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "bootstrap.json",
+)
+
+
+def pinned_policy(config: Path, sets: dict[str, str], build: bool = False) -> Path | None:
+    """The committed base policy of a pinned config's runs with `sets` (one per bootstrap
+    setting, under `SUMMARIES/<config>/policies/<cache key>/`); None for other configs. With
+    `build`, a missing one is built (`gpo bootstrap`) and copied there, to be committed."""
+    if config.name not in PINNED:
+        return None
+    from actors.bootstrap import BootstrapConfig, bootstrap
+
+    data = apply_sets(load_toml(config), [f"{k}={v}" for k, v in sets.items()])
+    fields = data.get("launch", {}).get("bootstrap", {})
+    boot = from_mapping(BootstrapConfig, fields, "launch.bootstrap")
+    where = SUMMARIES / config.stem / "policies" / boot.cache_key()
+    if not (where / "model.safetensors").is_file() and build:
+        built = bootstrap(boot)
+        where.mkdir(parents=True, exist_ok=True)
+        for name in POLICY_FILES:
+            shutil.copy2(built / name, where / name)
+        print(f"  base policy {boot.cache_key()} pinned in {where} (commit it)", flush=True)
+    return where
+
+
+def policy_sha(path: Path) -> str:
+    """The first 16 hex digits of the sha256 of a policy's weights."""
+    return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
 def summary_path(config: Path, arm: str, seed: int) -> Path:
@@ -264,6 +335,9 @@ def launch_one(
 ) -> None:
     """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
     summary to `SUMMARIES`."""
+    policy = pinned_policy(
+        config, run_settings(arm, seed, minutes, eval_every, config)["sets"], build=True
+    )
     settings = run_settings(arm, seed, minutes, eval_every, config)
     if load_summary(config, arm, seed, settings) is not None:
         print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
@@ -274,6 +348,8 @@ def launch_one(
     run.mkdir(parents=True)
     sets = {"launch.runs_dir": json.dumps(str(run.parent)), "launch.report": "false"}
     sets |= settings["sets"]
+    if policy is not None:
+        sets["launch.model"] = json.dumps(str(policy))
     cmd = [
         sys.executable,
         "-m",

@@ -1,5 +1,6 @@
 """The ablation's read-out: windows, spread, training time, and the report built from logs."""
 
+import hashlib
 import json
 import math
 
@@ -160,3 +161,32 @@ def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
         "pivot_digits": 2,
         "pivot_position": "random",
     }
+
+
+def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_path, monkeypatch):
+    # pivot.toml's studies outlast a session: their runs name the committed base policy's
+    # weights, so a run made on another machine's bootstrap is never mixed in
+    monkeypatch.setattr(ab, "SUMMARIES", tmp_path)
+    pivot = ab.ROOT / "ops" / "configs" / "pivot.toml"
+    sets = ab.run_settings("ppo", 0, 15.0, 10, pivot)["sets"]
+    where = ab.pinned_policy(pivot, sets)
+    assert where is not None and where.parent == tmp_path / "pivot" / "policies"
+    assert ab.run_settings("ppo", 0, 15.0, 10, pivot)["policy"] is None  # not pinned yet
+    where.mkdir(parents=True)
+    (where / "model.safetensors").write_bytes(b"weights A")
+    settings = ab.run_settings("ppo", 0, 15.0, 10, pivot)
+    assert settings["policy"] == hashlib.sha256(b"weights A").hexdigest()[:16]
+    (tmp_path / "pivot" / "ppo-s0.json").write_text(
+        json.dumps(
+            {"settings": settings, "curve": rep.Curve([0], [0.0], [0.1], 1.0, 1, 0, 1).to_json()}
+        )
+    )
+    assert ab.load_summary(pivot, "ppo", 0, settings) is not None
+    (where / "model.safetensors").write_bytes(b"weights B")  # another machine's bootstrap
+    assert ab.load_summary(pivot, "ppo", 0, ab.run_settings("ppo", 0, 15.0, 10, pivot)) is None
+    # each pivot-map cell has its own bootstrap, so its own policy; the demo is not pinned
+    cell = ab.run_settings("ppo@L16-d2", 0, 15.0, 10, pivot)["sets"]
+    assert ab.pinned_policy(pivot, cell) != where
+    demo = ab.ROOT / "ops" / "configs" / "demo.toml"
+    assert ab.pinned_policy(demo, {}) is None
+    assert "policy" not in ab.run_settings("ppo", 0, 3.0, 10, demo)
