@@ -38,6 +38,7 @@ from actors.critical import choose_critical_step, derive_seed, searched
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.mc_search import McConfig, StepTrajectory, find_critical_step, paper_search
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
+from ops.results import PLOTS
 
 PART_B_MODULES = (
     "actors.tasks.arithmetic",
@@ -313,12 +314,16 @@ def part_b(args: argparse.Namespace, pivot: bool = False) -> str | None:
 
     boot = BootstrapConfig(task="pivot") if pivot else BootstrapConfig()
     task = boot.load_task()
-    engine = TransformersEngine(TransformersEngineConfig(model=str(bootstrap(boot))))
+    # the pivot policy the pivot studies run on, where it is committed (the bootstrap of
+    # another machine is another policy: RESULTS.md 1c)
+    pinned = PLOTS / "ablation" / "pivot" / "policies" / boot.cache_key()
+    model = pinned if pivot and (pinned / "model.safetensors").is_file() else bootstrap(boot)
+    engine = TransformersEngine(TransformersEngineConfig(model=str(model)))
     tok = engine.tokenizer
     dec = functools.partial(tok.decode, skip_special_tokens=True)
     tokens = boot.max_new_tokens if pivot else args.b_max_new_tokens
     sampling = SamplingSettings(temperature=1.0, max_new_tokens=tokens)
-    prompts = task.heldout_prompts()[: args.b_prompts]
+    prompts = task.heldout_prompts()[: args.c_prompts if pivot else args.b_prompts]
     # 1. One trajectory per prompt, in one batch.
     reqs = [
         GenerationRequest(tok(p.text)["input_ids"], 1, replace(sampling, seed=i))
@@ -364,7 +369,9 @@ def part_b(args: argparse.Namespace, pivot: bool = False) -> str | None:
     # failed trajectories only: every case here failed, so `targets` changes nothing
     budgets += [(n, c) for n, c in strategies(sampling) if c.targets == "all"]
     for name, cfg in budgets:
+        began = time.perf_counter()
         rows.append(asyncio.run(_run_b(engine, task, cases, cfg, name, dec)))
+        print(f"  {name}: {time.perf_counter() - began:.0f} s", flush=True)  # progress
     asyncio.run(engine.close())
     reference = next((r for r in rows if r.name == REFERENCE), rows[-1])
     text = head + "\n\n" + format_table(rows, reference)
@@ -421,6 +428,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="part (c): the pivot task's tiny policy (gpo bootstrap --task pivot; minutes)",
     )
     p.add_argument("--b-prompts", type=int, default=100, help="part (b): held-out prompts")
+    p.add_argument(
+        "--c-prompts",
+        type=int,
+        default=100,
+        help="part (c): held-out prompts (its chains are 2-3x part (b)'s: searches cost more)",
+    )
     p.add_argument("--b-ks", type=int, nargs="+", default=[4, 8], help="part (b): uniform Ks")
     p.add_argument("--b-max-new-tokens", type=int, default=48, help="part (b): token cap")
     p.add_argument(

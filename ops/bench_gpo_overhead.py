@@ -1,7 +1,7 @@
 """Benchmark: GPO's generation cost per trained sample against plain PPO.
 
-    gpo bench gpo-overhead [--config ops/configs/demo.toml] [--prompts 32] [--repeats 3]
-                           [--threads 1] [--write-results]
+    gpo bench gpo-overhead [--config ops/configs/demo.toml] [--set SECTION.KEY=VALUE ...]
+                           [--prompts 32] [--repeats 3] [--threads 1] [--write-results]
 
 One process, no Redis: the generation work that actors and estimators do for a set of
 prompts, replayed in the order the system does it (`ops.generation_replay`), on the tiny base
@@ -311,6 +311,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--config", default=str(ROOT / "ops" / "configs" / "demo.toml"), help="run config"
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override a field of the config (e.g. learner.reset_fraction=0.75)",
+    )
     p.add_argument("--prompts", type=int, default=32, help="prompts per repeat")
     p.add_argument("--repeats", type=int, default=3, help="repeats (new rollouts each)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (gpo launch: 1)")
@@ -328,7 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 
     torch.set_num_threads(args.threads)
-    shape = shape_from_config(args.config)
+    shape = shape_from_config(args.config, args.set)
     boot = BootstrapConfig()
     model = str(bootstrap(boot))
     engines = {

@@ -28,7 +28,7 @@ from actors.rollout import RolloutConfig, seed_for
 from actors.samples import answerable, is_target
 from learner.composition import batch_targets
 from learner.config import LearnerConfig
-from protocol.config import from_mapping, load_toml
+from protocol.config import apply_sets, from_mapping, load_toml
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,9 +247,10 @@ async def reset_rollouts(engine: Engine, resets: list[tuple[str, list[int]]], sh
     return meter.cost
 
 
-def shape_from_config(path: str | Path) -> Shape:
-    """The generation shape of a run config (the sections actors and estimators read)."""
-    data = load_toml(path)
+def shape_from_config(path: str | Path, sets: Sequence[str] = ()) -> Shape:
+    """The generation shape of a run config (the sections actors and estimators read), with
+    `--set SECTION.KEY=VALUE` overrides."""
+    data = apply_sets(load_toml(path), list(sets))
     actor, estimator = data.get("actor", {}), data.get("estimator", {})
     learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
     est = from_mapping(EstimatorConfig, estimator, "estimator")
