@@ -42,6 +42,7 @@ import yaml
 from ops.redis_server import free_port
 from protocol.streams import WORK_STREAMS, Keys
 from tests.support.ledger import ROOT
+from tests.support.waits import wait_until
 
 RUN = "prom"
 ACTORS, ESTIMATORS = 2, 1
@@ -180,16 +181,6 @@ class Prometheus:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
-
-
-def wait_until(pred, timeout: float, what: str, step: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def ledger(r: redis.Redis) -> dict[str, tuple[int, int]]:

@@ -25,6 +25,7 @@ from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, SAMPLES, WEIGHTS, Keys
 from tests.support.ledger import ROOT
+from tests.support.waits import poll
 from tests.unit.learner_fixtures import make_sample, tiny_model
 
 KEYS = Keys("t")
@@ -34,15 +35,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_until(pred, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 class Learner:
@@ -154,23 +146,21 @@ def test_learner_trains_publishes_dedups_drops_stale_and_resumes(redis_server, t
             for i in range(8)
         ]
         inject(r, first[:4] + [first[0]] + first[4:])  # s0 twice
-        assert wait_until(lambda: newest_version(r) >= 2, 60), (
-            tmp_path / "learner.log"
-        ).read_text()[-3000:]
+        assert poll(lambda: newest_version(r) >= 2, 60), (tmp_path / "learner.log").read_text()[
+            -3000:
+        ]
         # two updates done at version 2; max_policy_lag 1 makes version-0 samples stale
         stale = [make_sample(f"old{i}", seed=20 + i, version=0) for i in range(2)]
         fresh = [make_sample(f"n{i}", seed=30 + i, version=2, kind="reset") for i in range(4)]
         inject(r, stale + fresh)
-        assert wait_until(lambda: newest_version(r) >= 3, 60)
-        assert wait_until(
-            lambda: learner.metric("gpo_learner_samples_dropped_stale_total") == 2, 10
-        )
+        assert poll(lambda: newest_version(r) >= 3, 60)
+        assert poll(lambda: learner.metric("gpo_learner_samples_dropped_stale_total") == 2, 10)
         assert learner.metric("gpo_learner_samples_dropped_duplicate_total") == 1
         assert learner.metric("gpo_learner_updates_total") == 3
         assert learner.metric("gpo_learner_adapter_version") == 3
         # the feeder filled the prompts backlog to its target and not past its bound
         assert r.xlen(KEYS.stream(PROMPTS)) == 8
-        assert wait_until(lambda: pending(r) == 0, 10)  # everything trained or dropped is acked
+        assert poll(lambda: pending(r) == 0, 10)  # everything trained or dropped is acked
         assert learner.stop() == 0
     finally:
         if learner.proc.poll() is None:
@@ -190,7 +180,7 @@ def test_learner_trains_publishes_dedups_drops_stale_and_resumes(redis_server, t
     # Restart: resumes step 3 and republishes the same adapter as a new version 4.
     again = Learner(redis_server.url, config, tmp_path / "learner.log")
     try:
-        assert wait_until(lambda: newest_version(r) == 4, 60)
+        assert poll(lambda: newest_version(r) == 4, 60)
         v4 = next(p for p in pointers(r) if p.version == 4)
         assert v4.sha256 == v3.sha256
         assert again.stop() == 0
@@ -221,9 +211,7 @@ def test_18_kill9_between_step_and_ack_trains_every_sample_once(
     assert pending(r) >= 4  # the killed update's samples were never acked
     learner = Learner(redis_server.url, config, log)
     try:
-        assert wait_until(lambda: set(trained_history(runlog)) == set(ids), 90), log.read_text()[
-            -3000:
-        ]
+        assert poll(lambda: set(trained_history(runlog)) == set(ids), 90), log.read_text()[-3000:]
         if every > 1:  # trained, not yet committed: held past claim_idle, kept by the lease
             time.sleep(4)
             assert pending(r) == 4
@@ -286,11 +274,11 @@ def test_learner_trains_the_configured_composition(
     learner = Learner(redis_server.url, config, tmp_path / "learner.log")
     try:
         done = 4 if want else 2
-        assert wait_until(lambda: runlog.exists() and len(updates_of(runlog)) >= done, 90), (
+        assert poll(lambda: runlog.exists() and len(updates_of(runlog)) >= done, 90), (
             tmp_path / "learner.log"
         ).read_text()[-3000:]
         if want is None:
-            assert wait_until(lambda: pending(r) == 0, 20)
+            assert poll(lambda: pending(r) == 0, 20)
             surplus = learner.metric("gpo_learner_samples_dropped_surplus_total")
         else:
             short = learner.metric("gpo_learner_batches_short_total")
@@ -338,7 +326,7 @@ def test_a_sample_too_long_to_train_is_dead_lettered_alone(redis_server, tmp_pat
     runlog = tmp_path / "ckpt" / "run_log.jsonl"
     learner = Learner(redis_server.url, config, tmp_path / "learner.log")
     try:
-        assert wait_until(lambda: runlog.exists() and len(updates_of(runlog)) >= 1, 60), (
+        assert poll(lambda: runlog.exists() and len(updates_of(runlog)) >= 1, 60), (
             tmp_path / "learner.log"
         ).read_text()[-3000:]
         assert learner.stop() == 0
@@ -359,7 +347,7 @@ def test_one_learner_per_run_a_second_is_refused_and_a_crash_is_taken_over(
     first = Learner(redis_server.url, config, tmp_path / "first.log")
     second = third = None
     try:
-        assert wait_until(lambda: r.get(KEYS.learner_lease()) is not None, 60), (
+        assert poll(lambda: r.get(KEYS.learner_lease()) is not None, 60), (
             tmp_path / "first.log"
         ).read_text()[-3000:]
         holder = r.get(KEYS.learner_lease()).decode()
@@ -373,7 +361,7 @@ def test_one_learner_per_run_a_second_is_refused_and_a_crash_is_taken_over(
         first.proc.send_signal(signal.SIGKILL)
         first.proc.wait(10)
         third = Learner(redis_server.url, config, tmp_path / "third.log")
-        assert wait_until(
+        assert poll(
             lambda: (r.get(KEYS.learner_lease()) or b"").decode() not in ("", holder), 60
         ), (tmp_path / "third.log").read_text()[-3000:]
         assert third.stop() == 0

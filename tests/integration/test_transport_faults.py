@@ -21,17 +21,9 @@ from protocol.codec import encode
 from protocol.consumer import FIELD
 from protocol.streams import Keys
 from tests.support.ledger import ROOT, Ledger, Worker, prompt
+from tests.support.waits import poll
 
 KEYS = Keys("t")
-
-
-def wait_until(pred, timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(step)
-    return False
 
 
 def owner_pending(r, consumer: str) -> int:
@@ -58,7 +50,7 @@ def test_01_kill9_worker_holding_five_unacked(redis_server):
     ledger = Ledger(r)
     a = Worker(redis_server.url, "a", "--hold", "60", "--batch", "5", "--claim-idle", "1.5")
     ledger.produce(5)
-    assert wait_until(lambda: owner_pending(r, "a") == 5, 10)
+    assert poll(lambda: owner_pending(r, "a") == 5, 10)
     a.kill9()
     b = Worker(redis_server.url, "b", "--claim-idle", "1.5")
     assert ledger.wait_processed(ledger.produced, 20)
@@ -76,7 +68,7 @@ def test_02_sigterm_mid_batch_exits_zero_and_loses_nothing(redis_server):
     ledger = Ledger(r)
     ledger.produce(20)
     a = Worker(redis_server.url, "a", "--hold", "0.3", "--batch", "10", "--claim-idle", "1.5")
-    assert wait_until(lambda: len(ledger.processed()) >= 3, 20)
+    assert poll(lambda: len(ledger.processed()) >= 3, 20)
     t0 = time.monotonic()
     assert a.stop(timeout=10) == 0
     assert time.monotonic() - t0 < 10
@@ -85,7 +77,7 @@ def test_02_sigterm_mid_batch_exits_zero_and_loses_nothing(redis_server):
     )
     b = Worker(redis_server.url, "b", "--claim-idle", "1.5")
     assert ledger.wait_processed(ledger.produced, 30)
-    assert wait_until(lambda: ledger.pending() == 0, 10), "work left pending"
+    assert poll(lambda: ledger.pending() == 0, 10), "work left pending"
     b.stop()
     assert_clean(ledger)
 
@@ -98,7 +90,7 @@ def test_03_restarted_consumer_drains_own_pending_first(redis_server):
     ledger = Ledger(r)
     ledger.produce(3)
     a = Worker(redis_server.url, "a", "--hold", "60", "--batch", "3", "--claim-idle", "600")
-    assert wait_until(lambda: owner_pending(r, "a") == 3, 10)
+    assert poll(lambda: owner_pending(r, "a") == 3, 10)
     a.kill9()
     ledger.produce(3)
     # claim_idle is 10 minutes: only draining its own pending list can get p0..p2 done.
@@ -163,7 +155,7 @@ def test_04_sigstop_redis_during_read_hidden_pending_recovered(redis_server):
     sock = _raw_redis_commands(redis_server.port, *cmds)
     time.sleep(3)  # past the worker's socket timeout: its blocked read fails and it reconnects
     redis_server.resume()
-    assert wait_until(lambda: owner_pending(r, "a") == 0 or len(ledger.processed()) == 5, 5)
+    assert poll(lambda: owner_pending(r, "a") == 0 or len(ledger.processed()) == 5, 5)
     sock.close()
     # claim_idle is 10 minutes: only the periodic re-read of a's own pending list finds them.
     assert ledger.wait_processed(ledger.produced, 20)
@@ -216,9 +208,7 @@ asyncio.run(main())
     p.wait(10)
     assert line[0] == "sent" and int(line[1]) >= 1
     ledger.produced += ["p99", "p0"]
-    assert wait_until(lambda: r.xlen(KEYS.stream("in")) == 3, 5), (
-        "expected the retried XADD to duplicate"
-    )
+    assert poll(lambda: r.xlen(KEYS.stream("in")) == 3, 5), "expected the retried XADD to duplicate"
     w = Worker(redis_server.url, "w")
     assert ledger.wait_processed(["p0"], 10)
     time.sleep(0.5)
@@ -242,7 +232,7 @@ def test_06_20_kill9_redis_with_aof_restores_everything(redis_aof, loop):
     held = Worker(
         redis_aof.url, "h", "--hold", "600", "--batch", "3", "--claim-idle", "600", "--loop", loop
     )
-    assert wait_until(lambda: owner_pending(r, "h") + len(ledger.processed()) >= 23, 10)
+    assert poll(lambda: owner_pending(r, "h") + len(ledger.processed()) >= 23, 10)
     time.sleep(1.5)  # appendfsync everysec
     before = ledger.processed()
     pending_before = owner_pending(r, "h")
@@ -311,7 +301,7 @@ def test_10_poison_message_dead_lettered_once_after_max_deliveries(redis_server)
     ledger.produce(5)
     w = Worker(redis_server.url, "w", "--max-deliveries", "3", "--pending-check", "0.2")
     assert ledger.wait_processed([i for i in ledger.produced if i != "p5"], 10)
-    assert wait_until(lambda: len(ledger.dead()) >= 1, 15)
+    assert poll(lambda: len(ledger.dead()) >= 1, 15)
     time.sleep(1)
     dead = ledger.dead()
     assert len(dead) == 1
@@ -350,7 +340,7 @@ def test_11_hostile_payloads_dead_lettered_with_reason(redis_server, tmp_path):
         ledger.inject(raw)
     ledger.produce(3)
     assert ledger.wait_processed(ledger.produced, 10)
-    assert wait_until(lambda: len(ledger.dead()) == len(HOSTILE), 10)
+    assert poll(lambda: len(ledger.dead()) == len(HOSTILE), 10)
     dead = ledger.dead()
     assert {d["raw"] for d in dead} == set(HOSTILE.values())
     assert all(d["reason"].startswith(b"decode:") for d in dead)
@@ -378,7 +368,7 @@ def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
         "--pending-check",
         "0.2",
     )
-    assert wait_until(lambda: owner_pending(r, "slow") == 1, 5)
+    assert poll(lambda: owner_pending(r, "slow") == 1, 5)
     other = Worker(redis_server.url, "other", "--claim-idle", "1", "--pending-check", "0.2")
     assert ledger.wait_processed(["p0"], 15)
     rep = assert_clean(ledger)
@@ -393,7 +383,7 @@ def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
     # now a slow owner that dies: the other worker takes the message over
     slow2 = Worker(redis_server.url, "slow2", "--hold", "600", "--heartbeat", "--claim-idle", "1")
     ledger.produce(1)
-    assert wait_until(lambda: owner_pending(r, "slow2") == 1 or "p1" in ledger.processed(), 5)
+    assert poll(lambda: owner_pending(r, "slow2") == 1 or "p1" in ledger.processed(), 5)
     if owner_pending(r, "slow2") == 1:
         slow2.kill9()
     assert ledger.wait_processed(["p1"], 15)
@@ -412,7 +402,7 @@ def test_13_zombie_consumer_late_output_dropped(redis_server):
     zombie = Worker(
         redis_server.url, "zombie", "--hold", "3", "--claim-idle", "1", "--pending-check", "0.2"
     )
-    assert wait_until(lambda: owner_pending(r, "zombie") == 1, 5)
+    assert poll(lambda: owner_pending(r, "zombie") == 1, 5)
     zombie.signal(signal.SIGSTOP)
     other = Worker(redis_server.url, "other", "--claim-idle", "1", "--pending-check", "0.2")
     assert ledger.wait_processed(["p0"], 15)

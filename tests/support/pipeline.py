@@ -12,7 +12,6 @@ import json
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from protocol.codec import CodecLimits, ProtocolError, decode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
 from tests.support.procs import GpoProcess
+from tests.support.waits import wait_until  # noqa: F401 - the tests call pipeline.wait_until
 
 RUN = "t"
 KEYS = Keys(RUN)
@@ -223,24 +223,6 @@ def updates(config: Path) -> list[dict]:
         return []
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     return [r for r in records if r["event"] == "update"]
-
-
-def wait_until(
-    pred: Callable[[], bool], timeout: float, what: str, procs=None, step: float = 0.5
-) -> None:
-    """Poll `pred` until true; fail with the processes' last lines on timeout or as soon as
-    one of `procs` (a name -> GpoProcess dict) exits."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        if procs and any(p.proc.poll() is not None for p in procs.values()):
-            break
-        time.sleep(step)
-    tails = ""
-    for role, p in (procs or {}).items():
-        tails += f"\n--- {role} (rc {p.proc.poll()}):\n" + "\n".join(p.lines[-25:])
-    raise AssertionError(f"timed out waiting for {what}{tails}")
 
 
 def stop_all(procs: dict[str, GpoProcess]) -> dict[str, int]:
