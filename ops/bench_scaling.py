@@ -43,7 +43,7 @@ from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
-from protocol.streams import TRAJECTORIES, Keys, Link
+from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link
 
 ROOT = Path(__file__).resolve().parents[1]
 STARTUP_TIMEOUT = 300.0
@@ -209,7 +209,7 @@ async def _feed_and_drain(
     feeder = Feeder(
         Producer(link, keys, redis_cfg, transport), run_id=redis_cfg.run_id, **feeder_args
     )
-    drain = Consumer(link, keys, TRAJECTORIES, "estimators", "bench", redis_cfg, transport)
+    drain = Consumer(link, keys, TRAJECTORIES, GROUP_ESTIMATORS, "bench", redis_cfg, transport)
     await drain.ensure_group()
 
     async def feed() -> None:

@@ -39,7 +39,7 @@ from protocol.consumer import FIELD, Consumer
 from protocol.messages import Trajectory
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
-from protocol.streams import Keys, Link, make_client
+from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link, make_client
 
 
 def trajectory(i: int, tokens: int, rng: np.random.Generator) -> Trajectory:
@@ -76,7 +76,7 @@ async def run_client(
     keys = Keys(run)
     plink, clink = Link(cfg, tm), Link(cfg, tm)
     producer = Producer(plink, keys, cfg, tm)
-    consumer = Consumer(clink, keys, "trajectories", "estimators", "c0", cfg, tm)
+    consumer = Consumer(clink, keys, TRAJECTORIES, GROUP_ESTIMATORS, "c0", cfg, tm)
     await consumer.ensure_group()
     sent_at: dict[str, float] = {}
     latencies: list[float] = []

@@ -33,9 +33,16 @@ from redis.exceptions import ResponseError
 
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
-from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys, is_nogroup
-
-GROUPS = {PROMPTS: "actors", RESETS: "actors", TRAJECTORIES: "estimators", SAMPLES: "learner"}
+from protocol.streams import (
+    GROUPS,
+    PROMPTS,
+    RESETS,
+    SAMPLES,
+    TRAJECTORIES,
+    WORK_STREAMS,
+    Keys,
+    is_nogroup,
+)
 
 
 @dataclass

@@ -49,6 +49,13 @@ WORK_STREAMS = (PROMPTS, RESETS, TRAJECTORIES, SAMPLES)
 GROUP_ACTORS = "actors"
 GROUP_ESTIMATORS = "estimators"
 GROUP_LEARNER = "learner"
+GROUPS = {
+    PROMPTS: GROUP_ACTORS,
+    RESETS: GROUP_ACTORS,
+    TRAJECTORIES: GROUP_ESTIMATORS,
+    SAMPLES: GROUP_LEARNER,
+}
+"""The consumer group that reads each work stream."""
 
 
 class Keys:

@@ -23,7 +23,7 @@ from protocol.codec import decode, encode
 from protocol.config import RedisConfig
 from protocol.consumer import FIELD
 from protocol.messages import Prompt, ResetRequest
-from protocol.streams import PROMPTS, RESETS, TRAJECTORIES, Keys, Link
+from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES, Keys, Link
 from tests.engine_contract import Learner
 from tests.support.ledger import ROOT
 from tests.support.procs import GpoProcess
@@ -135,7 +135,7 @@ def test_two_actors_split_prompts_nothing_twice_nothing_lost(
     assert set(by_actor) == {"a", "b"}, by_actor  # the stream was split
     assert all(t.kind == "fresh" and t.policy_version == 0 for t in got)
     assert all(len(t.logprobs) == len(t.completion_token_ids) > 0 for t in got)
-    assert r.xpending(KEYS.stream(PROMPTS), "actors")["pending"] == 0
+    assert r.xpending(KEYS.stream(PROMPTS), GROUP_ACTORS)["pending"] == 0
 
 
 def test_reset_served_before_waiting_prompts(redis_server, tiny_model_dir, tokenizer, tmp_path):

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer
 from ops.redis_server import free_port
 from protocol.codec import decode
 from protocol.consumer import FIELD
-from protocol.streams import RESETS, SAMPLES, TRAJECTORIES, Keys
+from protocol.streams import GROUP_ESTIMATORS, RESETS, SAMPLES, TRAJECTORIES, Keys
 from tests.integration.test_actor import RUN, produce_prompts
 from tests.support.procs import GpoProcess
 
@@ -138,7 +138,7 @@ def test_prompts_to_samples_with_resets(redis_server, tiny_model_dir, tmp_path):
         if t.kind == "reset":
             assert t.parent_id in {f.id for f in fresh}
             assert np.allclose(s.advantages[p:], t.reward - t.reset_value)
-    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
+    assert r.xpending(KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS)["pending"] == 0
 
 
 def test_reused_mc_rollouts_leave_as_reset_samples_without_requests(
@@ -177,7 +177,7 @@ def test_reused_mc_rollouts_leave_as_reset_samples_without_requests(
             assert np.allclose(s.advantages[p:], s.reward - values[m])
         # V(s_m) is the mean reward of these same K = N_RESET continuations
         assert np.isclose(np.mean([s.reward for s in kids]), values[m])
-    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
+    assert r.xpending(KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS)["pending"] == 0
 
 
 def test_default_search_bisects_and_every_sample_still_reaches_the_samples_stream(
@@ -214,4 +214,4 @@ def test_default_search_bisects_and_every_sample_still_reaches_the_samples_strea
     assert 0 < rollouts <= bisect
     # a reset from the search's own continuations makes no request: some resets were reused
     assert len(requested) < n_fresh
-    assert r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"] == 0
+    assert r.xpending(KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS)["pending"] == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from ops.redis_server import free_port
-from protocol.streams import SAMPLES, TRAJECTORIES
+from protocol.streams import GROUP_ESTIMATORS, SAMPLES, TRAJECTORIES
 from tests.integration.test_actor import produce_prompts
 from tests.integration.test_estimator import KEYS, config, read
 from tests.support.procs import GpoProcess
@@ -47,7 +47,7 @@ def test_two_estimators_share_and_take_over(redis_server, tiny_model_dir, tmp_pa
     while time.monotonic() < deadline:
         done = e0.metric(ports[0], "gpo_estimator_trajectories_estimated_total")
         pending = r.xpending_range(
-            KEYS.stream(TRAJECTORIES), "estimators", "-", "+", 100, consumername="est-0"
+            KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS, "-", "+", 100, consumername="est-0"
         )
         published = {s.id for s in read(r, SAMPLES)}
         if done >= 1 and pending and not held_ids(r, pending) & published:
@@ -60,7 +60,7 @@ def test_two_estimators_share_and_take_over(redis_server, tiny_model_dir, tmp_pa
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and (
         len(read(r, SAMPLES)) < n_fresh
-        or r.xpending(KEYS.stream(TRAJECTORIES), "estimators")["pending"]
+        or r.xpending(KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS)["pending"]
     ):
         time.sleep(0.3)
     shared_by_e1 = e1.metric(ports[1], "gpo_estimator_trajectories_estimated_total")
@@ -70,7 +70,7 @@ def test_two_estimators_share_and_take_over(redis_server, tiny_model_dir, tmp_pa
     assert set(counts) == fresh_ids and len(fresh_ids) == n_fresh  # none lost
     assert set(counts.values()) == {1}, counts  # none estimated twice
     assert shared_by_e1 >= 1 and done >= 1  # both estimators did work
-    owners = r.xpending(KEYS.stream(TRAJECTORIES), "estimators")
+    owners = r.xpending(KEYS.stream(TRAJECTORIES), GROUP_ESTIMATORS)
     assert owners["pending"] == 0, owners
     (entry,) = r.xrange(KEYS.stream(TRAJECTORIES), held, held)
     from protocol.codec import decode

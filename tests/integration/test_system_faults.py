@@ -63,7 +63,7 @@ from ops.redis_server import RedisServer
 from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.messages import ResetRequest
-from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES
+from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, SAMPLES, TRAJECTORIES
 from tests.support import pipeline
 from tests.support.pipeline import System
 
@@ -399,7 +399,7 @@ def poison_reset(tokenizer, n: int) -> ResetRequest:
 
 
 def deliveries(r, stream: str, entry_id: str) -> int:
-    rows = r.xpending_range(pipeline.KEYS.stream(stream), "actors", entry_id, entry_id, 1)
+    rows = r.xpending_range(pipeline.KEYS.stream(stream), GROUP_ACTORS, entry_id, entry_id, 1)
     return int(rows[0]["times_delivered"]) if rows else 0
 
 

@@ -20,14 +20,13 @@ import redis
 from ops.redis_server import free_port
 from protocol.codec import CodecLimits, ProtocolError, decode
 from protocol.consumer import FIELD
-from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
+from protocol.streams import GROUPS, PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
 from tests.support.procs import GpoProcess
 from tests.support.waits import wait_until  # noqa: F401 - the tests call pipeline.wait_until
 
 RUN = "t"
 KEYS = Keys(RUN)
 N, N_RESET = 2, 1  # rollouts per prompt, per reset request
-GROUPS = {PROMPTS: "actors", RESETS: "actors", TRAJECTORIES: "estimators", SAMPLES: "learner"}
 
 
 def write_config(
