@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 
 from actors.engines.base import Engine
@@ -28,7 +27,7 @@ from actors.weights import WeightsSync
 from protocol.codec import DEFAULT_LIMITS, CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import Prompt, ResetRequest
-from protocol.metrics import Metrics
+from protocol.metrics import Metrics, timed
 from protocol.process import Runtime
 from protocol.producer import Producer
 from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES
@@ -116,9 +115,9 @@ async def rollout(
     work: list[Prompt | ResetRequest],
 ):
     """One engine batch for all work messages; their trajectories in order."""
-    start = time.perf_counter()
-    results = await engine.generate([request_for(w, cfg.rollout) for w in work])
-    seconds = time.perf_counter() - start
+    with timed() as generation:
+        results = await engine.generate([request_for(w, cfg.rollout) for w in work])
+    seconds = generation.seconds
     trajectories = []
     for w, result in zip(work, results, strict=True):
         trajectories += trajectories_for(w, result, task, tokenizer, cfg.rollout, name, seconds)

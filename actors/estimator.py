@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import time
 from dataclasses import dataclass, field
 
 from actors.engines.base import Engine
@@ -47,7 +46,7 @@ from actors.weights import WeightsSync
 from protocol.codec import CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import ResetRequest, Sample, Trajectory
-from protocol.metrics import Metrics
+from protocol.metrics import Metrics, timed
 from protocol.process import Runtime
 from protocol.producer import Producer
 from protocol.streams import GROUP_ESTIMATORS, RESETS, SAMPLES, TRAJECTORIES
@@ -188,16 +187,16 @@ async def estimate_batch(
             fresh.append(i)
     if not fresh:
         return out, counts
-    start = time.perf_counter()
-    searches = [search_input(trajs[i], tokenizer, cfg.rollout, cfg.mc) for i in fresh]
-    results = await find_critical_steps(
-        engine,
-        task,
-        [subject for subject, _ in searches],
-        [mc for _, mc in searches],
-        decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
-    )
-    counts.seconds_per_trajectory = (time.perf_counter() - start) / len(fresh)
+    with timed() as search:
+        searches = [search_input(trajs[i], tokenizer, cfg.rollout, cfg.mc) for i in fresh]
+        results = await find_critical_steps(
+            engine,
+            task,
+            [subject for subject, _ in searches],
+            [mc for _, mc in searches],
+            decode=functools.partial(tokenizer.decode, skip_special_tokens=True),
+        )
+    counts.seconds_per_trajectory = search.seconds / len(fresh)
     for i, result in zip(fresh, results, strict=True):
         out[i] = searched_outputs(
             trajs[i], result, cfg.n_reset, cfg.mc.selection, engine.policy_version, counts

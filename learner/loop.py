@@ -51,6 +51,7 @@ from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
 from protocol.codec import encode
 from protocol.consumer import Consumer, Delivery, end, repeat
 from protocol.messages import Sample
+from protocol.metrics import timed
 from protocol.process import Runtime
 from protocol.streams import SAMPLES
 
@@ -125,12 +126,12 @@ async def run(p: Parts) -> int:
         batch = pop_batch(p, plan)
         samples = [d.message for d in batch]
         # 4. PPO epochs, off the event loop (Redis and /metrics stay served)
-        start = time.perf_counter()
-        broadcast_samples(p.world, samples)
-        stats = await asyncio.to_thread(
-            ppo_update, p.policy, p.optimizer, samples, cfg, st.step, p.world
-        )
-        secs = time.perf_counter() - start
+        with timed() as update:
+            broadcast_samples(p.world, samples)
+            stats = await asyncio.to_thread(
+                ppo_update, p.policy, p.optimizer, samples, cfg, st.step, p.world
+            )
+        secs = update.seconds
         lags = [max(0, st.version - s.policy_version) for s in samples]
         st.step += 1
         p.trained.add(samples)
@@ -322,18 +323,17 @@ async def commit(p: Parts) -> None:
     p.trained.prune(dedup_floor(st.version, p.cfg.max_policy_lag))
     st.trained_ids = p.trained.all()
     st.feeder_epoch, st.feeder_index = p.feeder.epoch, p.feeder.index
-    start = time.perf_counter()
-    head = p.policy.value_head.state_dict() if p.policy.value_head is not None else None
-    await asyncio.to_thread(
-        save_checkpoint,
-        p.cfg.checkpoint_dir,
-        st,
-        get_peft_model_state_dict(p.policy.model),
-        head,
-        p.optimizer.state_dict(),
-        p.cfg.keep_checkpoints,
-    )
-    p.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+    with timed(p.metrics.checkpoint_seconds):
+        head = p.policy.value_head.state_dict() if p.policy.value_head is not None else None
+        await asyncio.to_thread(
+            save_checkpoint,
+            p.cfg.checkpoint_dir,
+            st,
+            get_peft_model_state_dict(p.policy.model),
+            head,
+            p.optimizer.state_dict(),
+            p.cfg.keep_checkpoints,
+        )
     p.committed_step = st.step
     p.trained.commit()
     fault("after_checkpoint", st.step)
@@ -342,18 +342,18 @@ async def commit(p: Parts) -> None:
 
 
 async def evaluate(p: Parts) -> None:
-    start = time.perf_counter()
-    score = await asyncio.to_thread(
-        heldout_pass_at_1,
-        p.policy,
-        p.task,
-        p.tokenizer,
-        p.heldout,
-        p.cfg.eval_max_new_tokens,
-        p.cfg.eval_batch,
-        p.cfg.temperature,
-        p.cfg.seed * 1_000_003 + p.state.step,
-    )
+    with timed() as evaluation:
+        score = await asyncio.to_thread(
+            heldout_pass_at_1,
+            p.policy,
+            p.task,
+            p.tokenizer,
+            p.heldout,
+            p.cfg.eval_max_new_tokens,
+            p.cfg.eval_batch,
+            p.cfg.temperature,
+            p.cfg.seed * 1_000_003 + p.state.step,
+        )
     p.metrics.heldout.set(score)
     p.runlog.write(
         "eval",
@@ -361,7 +361,7 @@ async def evaluate(p: Parts) -> None:
         version=p.state.version,
         pass_at_1=score,
         n=len(p.heldout),
-        seconds=time.perf_counter() - start,
+        seconds=evaluation.seconds,
     )
     log.info("step %d: held-out pass@1 %.3f (n=%d)", p.state.step, score, len(p.heldout))
 

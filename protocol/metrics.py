@@ -11,6 +11,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -89,14 +90,26 @@ class Metrics:
             self._server = None
 
 
+@dataclass
+class Stopwatch:
+    """What `timed` measured: the block's wall time, set when the block ends."""
+
+    seconds: float = 0.0
+
+
 @contextlib.contextmanager
-def timed(histogram: Histogram) -> Iterator[None]:
-    """Observe the wall time of the block in `histogram` (seconds), also when it raises."""
+def timed(histogram: Histogram | None = None) -> Iterator[Stopwatch]:
+    """Time a loop phase: the block's wall time goes to the yielded `Stopwatch` and, when
+    given, is observed in `histogram` (seconds), also when the block raises. Every process
+    loop times its phases with it."""
+    watch = Stopwatch()
     start = time.perf_counter()
     try:
-        yield
+        yield watch
     finally:
-        histogram.observe(time.perf_counter() - start)
+        watch.seconds = time.perf_counter() - start
+        if histogram is not None:
+            histogram.observe(watch.seconds)
 
 
 class TransportMetrics:

@@ -44,12 +44,17 @@ def test_registry_per_process_and_http_endpoints():
 def test_timed_observes_seconds_even_on_error():
     m = Metrics("t")
     h = m.histogram("phase_seconds", "A phase.")
-    with timed(h):
+    with timed(h) as watch:
         time.sleep(0.02)
-    with pytest.raises(ZeroDivisionError), timed(h):
+    assert watch.seconds >= 0.02
+    with pytest.raises(ZeroDivisionError), timed(h) as failed:
         1 / 0  # noqa: B018
+    assert 0 <= failed.seconds < watch.seconds
     text = m.render().decode()
     assert "gpo_t_phase_seconds_count 2.0" in text
+    with timed() as alone:  # no histogram: the stopwatch only
+        time.sleep(0.01)
+    assert alone.seconds >= 0.01 and "gpo_t_phase_seconds_count 2.0" in m.render().decode()
     total = float(
         next(
             line for line in text.splitlines() if line.startswith("gpo_t_phase_seconds_sum")
