@@ -36,7 +36,14 @@ from pathlib import Path
 
 from ops.launch_progress import backlogs, done, progress_line, scrape
 from ops.redis_server import RedisServer, free_port
-from ops.run_setup import prepare_run_dir, resolve_model, set_flags, split_sets
+from ops.run_setup import (
+    MODEL_KEYS,
+    prepare_run_dir,
+    resolve_model,
+    set_flags,
+    split_sets,
+    validate_roles,
+)
 from protocol.config import ConfigError, from_mapping, load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -207,12 +214,8 @@ class Launcher:
             "PYTHONUNBUFFERED": "1",
         }
         args = {
-            role: [*common, *set_flags({f"{prefix}.model": model} if model else {})]
-            for role, prefix in (
-                ("learner", "learner"),
-                ("actor", "actor.engine"),
-                ("estimator", "estimator.engine"),
-            )
+            role: [*common, *set_flags({key: model} if model else {})]
+            for role, key in zip(("learner", "actor", "estimator"), MODEL_KEYS, strict=True)
         }
         args["learner"] += set_flags({"learner.checkpoint_dir": str(self.run_dir / "learner")})
         specs = [("learner", "learner.main", args["learner"], env)]
@@ -430,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             if getattr(args, key) is not None:
                 launch[key] = getattr(args, key)
         cfg = from_mapping(LaunchConfig, launch, "launch")
+        validate_roles(data, worker_sets, cfg.model)
     except ConfigError as e:
         print(f"gpo launch: error: {e}", file=sys.stderr)
         return 2

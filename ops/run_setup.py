@@ -6,11 +6,19 @@ move it aside, or refuse).
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
 
-from protocol.config import ConfigError, from_mapping, parse_set_value
+from protocol.config import (
+    ConfigError,
+    MetricsConfig,
+    RedisConfig,
+    apply_sets,
+    from_mapping,
+    parse_set_value,
+)
 
 
 def prior_state(run_dir: Path) -> str | None:
@@ -65,6 +73,48 @@ def split_sets(items: list[str]) -> tuple[dict, list[str]]:
         else:
             workers.append(item)
     return launch, workers
+
+
+SECTIONS = ("run", "launch", "redis", "metrics", "learner", "actor", "estimator")
+"""The top-level tables of a run config."""
+
+
+def validate_roles(data: dict, sets: list[str], model: str) -> None:
+    """Every section the launcher's workers read, built as each process builds it (the
+    config, the workers' `--set` flags, the model the launcher passes), before anything
+    starts: an unknown section or key, a wrong type or a value out of range is one
+    ConfigError naming it. Across roles: an actor may not lag more versions than the learner
+    accepts (`actor.max_policy_lag` <= `learner.max_policy_lag`), or it generates samples the
+    learner drops as stale."""
+    from actors.actor import ActorConfig
+    from actors.estimator import EstimatorConfig
+    from learner.config import LearnerConfig
+
+    placeholders = ['learner.checkpoint_dir="checkpoints"']
+    if model:
+        placeholders += [f"{k}={json.dumps(model)}" for k in MODEL_KEYS]
+    data = apply_sets(copy.deepcopy(data), [*sets, *placeholders])
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+    run = data.get("run", {})
+    if not isinstance(run, dict) or set(run) - {"id"}:
+        raise ConfigError("[run] takes only id")
+    from_mapping(RedisConfig, {"url": "redis://127.0.0.1:6379/0", **data.get("redis", {})}, "redis")
+    from_mapping(MetricsConfig, data.get("metrics", {}), "metrics")
+    learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
+    actor = from_mapping(ActorConfig, data.get("actor", {}), "actor")
+    from_mapping(EstimatorConfig, data.get("estimator", {}), "estimator")
+    if actor.max_policy_lag > learner.max_policy_lag:
+        raise ConfigError(
+            f"actor.max_policy_lag ({actor.max_policy_lag}) exceeds learner.max_policy_lag "
+            f"({learner.max_policy_lag}): the actor would generate samples the learner drops "
+            "as stale"
+        )
+
+
+MODEL_KEYS = ("learner.model", "actor.engine.model", "estimator.engine.model")
+"""Where the launcher puts the base model (`launch.model`) for each worker."""
 
 
 def set_flags(fields: dict[str, str]) -> list[str]:

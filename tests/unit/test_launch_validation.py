@@ -1,0 +1,64 @@
+"""Every role's config is checked before the launcher starts anything: a mistake in any
+section, key, type or `--set` is one line and exit 2, with no Redis, policy or run dir made."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ops.launch import main
+from ops.run_setup import validate_roles
+from protocol.config import ConfigError, load_toml
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = [
+    ROOT / "ops" / "configs" / "demo.toml",
+    ROOT / "ops" / "configs" / "pivot.toml",
+    ROOT / "ops" / "deploy" / "configs" / "gpu.toml",
+]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+def test_the_shipped_configs_validate(config):
+    validate_roles(load_toml(config), [], "some/model")
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("nosuch.key=1", "unknown section(s) nosuch"),
+        ("learner.lr=abc", "learner.lr: expected float"),
+        ("learner.nokey=1", "[learner] unknown key(s): nokey"),
+        ("actor.rollout.nokey=1", "[actor.rollout] unknown key(s): nokey"),
+        ('estimator.mc.budget="zz"', "estimator.mc.budget: must be one of"),
+        ("run.name=1", "[run] takes only id"),
+        # across roles: an actor lagging more than the learner accepts makes stale samples
+        ("actor.max_policy_lag=9", "actor.max_policy_lag (9) exceeds learner.max_policy_lag (4)"),
+    ],
+)
+def test_a_mistake_in_any_role_is_one_line_before_anything_starts(tmp_path, capsys, flag, message):
+    runs = tmp_path / "runs"
+    rc = main(
+        [
+            "--config",
+            str(ROOT / "ops" / "configs" / "demo.toml"),
+            "--run-id",
+            "x",
+            "--set",
+            f'launch.runs_dir="{runs}"',
+            "--set",
+            flag,
+        ]
+    )
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("gpo launch: error: ")
+    assert message in err[0]
+    assert not runs.exists()  # no run dir, so no Redis and no policy either
+
+
+def test_validation_sees_the_workers_sets_not_only_the_file():
+    data = load_toml(ROOT / "ops" / "configs" / "demo.toml")
+    validate_roles(data, ["actor.max_policy_lag=4"], "")  # equal to the learner's: fine
+    with pytest.raises(ConfigError, match="exceeds"):
+        validate_roles(data, ["actor.max_policy_lag=4", "learner.max_policy_lag=3"], "")
