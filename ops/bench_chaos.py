@@ -59,7 +59,7 @@ from ops.ledger import (
     read_runlog,
 )
 from ops.results import machine_line, markdown_table, write_section
-from ops.run_setup import split_sets
+from ops.run_setup import split_sets, validate_roles
 from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
 from protocol.streams import SAMPLES, WORK_STREAMS, Keys
@@ -487,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs_dir:
             launch["runs_dir"] = args.runs_dir
         launch_cfg = from_mapping(LaunchConfig, launch, "launch")
+        validate_roles(data, worker_sets, launch_cfg.model)
     except ConfigError as e:
         print(f"gpo bench chaos: error: {e}", file=sys.stderr)
         return 2
