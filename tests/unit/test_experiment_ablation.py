@@ -7,6 +7,7 @@ import math
 import pytest
 
 from ops import ablation_report as rep
+from ops import ablation_studies as studies
 from ops import experiment_ablation as ab
 
 
@@ -65,7 +66,7 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
                 resets=10,
                 samples=100,
             )
-    text = rep.study_report("selection", ab.STUDIES["selection"], curves, [0, 1], 3.0)
+    text = rep.study_report("selection", studies.STUDIES["selection"], curves, [0, 1], 3.0)
     # equal time: window (60, 90] s holds only the evaluation at 90 s (step 60) -> 0.3 + gain
     assert "| GPO (mc) | 2 | 0.300 | 0.400 ± 0.000" in text
     assert "| PPO (mc: no resets) | 2 | 0.300 | 0.300 ± 0.000" in text
@@ -84,11 +85,11 @@ def test_arms_differ_from_their_pair_in_the_fields_named():
     (selection, the MC search PPO does not need, and the reset share of the batch)."""
     resets_only = {"estimator.mc.selection", "estimator.mc_values", "learner.reset_fraction"}
     for a, b in (("gpo", "none"), ("gpo-group", "ppo"), ("gpo-gae", "ppo-gae")):
-        x, y = ab.ARMS[a], ab.ARMS[b]
+        x, y = studies.ARMS[a], studies.ARMS[b]
         differ = {k for k in set(x) | set(y) if x.get(k) != y.get(k)}
         assert differ <= resets_only, (a, b, differ)
-    assert ab.ARMS["gpo-fresh"] == {"learner.batch_mode": '"fresh"'}
-    assert ab.ARMS["gpo-value"] == {"learner.reset_baseline": '"value"'}
+    assert studies.ARMS["gpo-fresh"] == {"learner.batch_mode": '"fresh"'}
+    assert studies.ARMS["gpo-value"] == {"learner.reset_baseline": '"value"'}
 
 
 def test_summaries_resume_only_runs_with_the_same_settings(tmp_path, monkeypatch):
@@ -142,10 +143,10 @@ def test_tokens_at_matches_evaluations_to_progress_by_update_count():
 
 
 def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
-    study = ab.STUDIES["pivot-map"]
+    study = studies.STUDIES["pivot-map"]
     assert study.run_arms()[:2] == ["ppo@L8-d1", "gpo-group@L8-d1"]
     assert len(study.run_arms()) == 2 * 4
-    sets = ab.arm_sets("gpo-group@L16-d2")
+    sets = studies.arm_sets("gpo-group@L16-d2")
     assert sets["learner.advantage"] == '"group"'
     options = '{ min_steps = 16, max_steps = 16, pivot_digits = 2, pivot_position = "random" }'
     assert sets["learner.task_options"] == sets["actor.task_options"] == options
