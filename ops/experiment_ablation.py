@@ -87,13 +87,7 @@ def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: P
     """What makes a run: the config, its length, the `--set` fields of its arm and seed and,
     where the run searches, the MC search the estimator resolves them to (`search`), so a
     summary made under other search defaults is not taken for this run."""
-    sets = {
-        "learner.seed": str(seed),
-        "actor.rollout.seed": str(seed),
-        "estimator.rollout.seed": str(seed),
-        "learner.eval_every": str(eval_every),
-        **arm_sets(arm),
-    }
+    sets = run_sets(arm, seed, eval_every)
     settings: dict = {"config": config.name, "minutes": minutes, "sets": sets}
     if (search := resolved_search(config, sets)) is not None:
         settings["search"] = search
@@ -103,6 +97,17 @@ def run_settings(arm: str, seed: int, minutes: float, eval_every: int, config: P
             policy_sha(policy) if (policy / "model.safetensors").is_file() else None
         )
     return settings
+
+
+def run_sets(arm: str, seed: int, eval_every: int) -> dict[str, str]:
+    """The `--set` fields of a run: its seed everywhere, the evaluation cadence, its arm."""
+    return {
+        "learner.seed": str(seed),
+        "actor.rollout.seed": str(seed),
+        "estimator.rollout.seed": str(seed),
+        "learner.eval_every": str(eval_every),
+        **arm_sets(arm),
+    }
 
 
 def resolved_search(config: Path, sets: dict[str, str]) -> dict | None:
@@ -189,9 +194,7 @@ def launch_one(
 ) -> None:
     """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
     summary to `SUMMARIES`."""
-    policy = pinned_policy(
-        config, run_settings(arm, seed, minutes, eval_every, config)["sets"], build=True
-    )
+    policy = pinned_policy(config, run_sets(arm, seed, eval_every), build=True)
     settings = run_settings(arm, seed, minutes, eval_every, config)
     if load_summary(config, arm, seed, settings) is not None:
         print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
