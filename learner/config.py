@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from learner.composition import BatchMode, batch_targets
-from protocol.config import ConfigError
+from protocol.config import ConfigError, RedisConfig
+from protocol.streams import SAMPLES
 
 AdvantageMode = Literal["gae", "mc", "group"]
 ResetBaseline = Literal["loo", "value"]
@@ -207,3 +208,18 @@ class LearnerConfig:
     def base_id(self) -> str:
         """The base model identifier published with each adapter."""
         return self.base_model_id or self.model
+
+
+def check_samples_room(cfg: LearnerConfig, redis_cfg: RedisConfig) -> None:
+    """Producers stop at the samples backlog limit, and the learner holds the samples of
+    `checkpoint_every` updates unacked (the last one read while the others wait for the
+    checkpoint): a limit below that leaves the learner waiting for samples that no producer
+    may send."""
+    held = cfg.checkpoint_every * cfg.largest_batch
+    limit = redis_cfg.backlog_limit_for(SAMPLES)
+    if limit < held:
+        raise ConfigError(
+            f"the samples backlog limit ({limit}, redis.backlog_limits.samples or "
+            f"redis.backlog_limit) must hold learner.checkpoint_every x the largest batch "
+            f"({cfg.checkpoint_every} x {cfg.largest_batch} = {held} samples held unacked)"
+        )

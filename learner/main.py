@@ -20,7 +20,7 @@ import torch
 
 from actors.tasks.base import load_task
 from learner.checkpoint import LearnerState, load_latest
-from learner.config import LearnerConfig
+from learner.config import LearnerConfig, check_samples_room
 from learner.dedup import TrainedIds
 from learner.distributed import broadcast_samples, init_world, rank_device
 from learner.feeder import Feeder
@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         parser = common_parser("gpo-learner", __doc__)
         args = parser.parse_args(argv)
         cfg, redis_cfg = load_config(args, "learner", LearnerConfig)
+        check_samples_room(cfg, redis_cfg)
         torch.manual_seed(cfg.seed)
         world = init_world(cfg.device)
         if world.rank > 0:

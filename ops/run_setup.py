@@ -85,10 +85,10 @@ def validate_roles(data: dict, sets: list[str], model: str) -> None:
     starts: an unknown section or key, a wrong type or a value out of range is one
     ConfigError naming it. Across roles: an actor may not lag more versions than the learner
     accepts (`actor.max_policy_lag` <= `learner.max_policy_lag`), or it generates samples the
-    learner drops as stale."""
+    learner drops as stale; the samples backlog must hold what the learner keeps unacked."""
     from actors.actor import ActorConfig
     from actors.estimator import EstimatorConfig
-    from learner.config import LearnerConfig
+    from learner.config import LearnerConfig, check_samples_room
 
     placeholders = ['learner.checkpoint_dir="checkpoints"']
     if model:
@@ -100,9 +100,12 @@ def validate_roles(data: dict, sets: list[str], model: str) -> None:
     run = data.get("run", {})
     if not isinstance(run, dict) or set(run) - {"id"}:
         raise ConfigError("[run] takes only id")
-    from_mapping(RedisConfig, {"url": "redis://127.0.0.1:6379/0", **data.get("redis", {})}, "redis")
+    redis_cfg = from_mapping(
+        RedisConfig, {"url": "redis://127.0.0.1:6379/0", **data.get("redis", {})}, "redis"
+    )
     from_mapping(MetricsConfig, data.get("metrics", {}), "metrics")
     learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
+    check_samples_room(learner, redis_cfg)
     actor = from_mapping(ActorConfig, data.get("actor", {}), "actor")
     from_mapping(EstimatorConfig, data.get("estimator", {}), "estimator")
     if actor.max_policy_lag > learner.max_policy_lag:

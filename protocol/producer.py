@@ -4,7 +4,8 @@ Backlog = produced - acked, both counted by the clients in keys beside the strea
 tag): the XADDs of a batch and the INCRBY of `produced` run in one script (atomic like MULTI,
 with one reply instead of one per queued command); the consumer's ack script INCRBYs `acked`. Unlike XINFO
 lag, this stays right when the stream is trimmed. Producers wait while the backlog is at or
-above the limit, so nothing is ever trimmed to make room (RELIABILITY.md test 14/15).
+above the limit, and send a large batch in chunks that fit below it, so nothing is ever
+trimmed to make room (RELIABILITY.md test 14/15).
 """
 
 from __future__ import annotations
@@ -54,15 +55,31 @@ class Producer:
     async def send(
         self, stream: str, messages: Sequence[Message] | Message, wait: bool = True
     ) -> list[str]:
-        """Append messages to `stream`; returns their entry ids. With `wait`, first waits
-        until the stream's backlog is below `backlog_limit`."""
+        """Append messages to `stream`; returns their entry ids.
+
+        With `wait`, the batch goes out in chunks, each no larger than the room left below
+        `backlog_limit` (waiting for room before each), so this producer never takes the
+        backlog past the limit however large its batch: an estimator that turns one
+        trajectory into a sample and its reused reset samples publishes up to
+        (1 + n_reset) samples per trajectory. Several producers may each fill the room they
+        last saw, so the backlog is bounded by the limit times the producers. Once the
+        process is stopping, the rest goes out at once (its work is finished)."""
         batch = [messages] if not isinstance(messages, Sequence) else list(messages)
         if not batch:
             return []
-        if wait:
-            await self.wait_for_room(stream)
         payloads = [encode(m) for m in batch]
-        return await self.send_raw(stream, payloads)
+        if not wait:
+            return await self.send_raw(stream, payloads)
+        limit = self.cfg.backlog_limit_for(stream)
+        ids: list[str] = []
+        while payloads:
+            if await self.wait_for_room(stream, limit):
+                room = limit - self._estimate[stream][0]
+            else:  # stopping
+                room = len(payloads)
+            ids += await self.send_raw(stream, payloads[:room])
+            payloads = payloads[room:]
+        return ids
 
     async def send_raw(self, stream: str, payloads: Sequence[bytes]) -> list[str]:
         """Append already encoded payloads (tests use this to inject hostile bytes)."""

@@ -459,6 +459,56 @@ def test_14_fast_producer_never_trims_undelivered(redis_server):
     assert_clean(ledger)
 
 
+def test_14_a_batch_larger_than_the_room_goes_in_chunks_below_the_limit(redis_server):
+    """One send of 25 messages with a limit of 10 (an estimator publishing a trajectory's
+    sample and its reused resets): every XADD fits below the limit as read from Redis just
+    before it, and all 25 arrive in order. It used to go out whole once the backlog was
+    below the limit (a system test saw 19 samples against a limit of 8)."""
+    import asyncio
+
+    from protocol.config import RedisConfig
+    from protocol.metrics import Metrics, TransportMetrics
+    from protocol.producer import Producer
+    from protocol.streams import Link
+
+    r = redis_server.client()
+    ledger = Ledger(r)
+    w = Worker(redis_server.url, "w", "--hold", "0.02", "--batch", "4")
+    limit, chunks = 10, []
+
+    async def produce():
+        cfg = RedisConfig(
+            url=redis_server.url, run_id="t", backlog_limit=limit, block_ms=200, socket_timeout=3
+        )
+        tm = TransportMetrics(Metrics("p"))
+        link = Link(cfg, tm)
+        prod = Producer(link, KEYS, cfg, tm)
+        send_raw = prod.send_raw
+
+        async def recorded(stream, payloads):
+            before = ledger_backlog()
+            chunks.append((before, len(payloads)))
+            return await send_raw(stream, payloads)
+
+        prod.send_raw = recorded
+        ids = await prod.send("in", [prompt(i) for i in range(25)])
+        await link.close()
+        return ids
+
+    def ledger_backlog() -> int:
+        produced, acked = r.mget(KEYS.produced("in"), KEYS.acked("in"))
+        return int(produced or 0) - int(acked or 0)
+
+    ids = asyncio.run(produce())
+    ledger.produced = [f"p{i}" for i in range(25)]
+    assert len(ids) == 25 and ids == sorted(ids, key=lambda e: tuple(map(int, e.split("-"))))
+    assert len(chunks) >= 3, chunks
+    assert all(before + n <= limit for before, n in chunks), chunks
+    assert ledger.wait_processed(ledger.produced, 30)
+    w.stop()
+    assert_clean(ledger)
+
+
 # 19 ------------------------------------------------------------------------------------
 
 

@@ -35,6 +35,8 @@ def test_the_shipped_configs_validate(config):
         ("run.name=1", "[run] takes only id"),
         # across roles: an actor lagging more than the learner accepts makes stale samples
         ("actor.max_policy_lag=9", "actor.max_policy_lag (9) exceeds learner.max_policy_lag (4)"),
+        # producers stop at the limit: 5 unacked updates of 64 samples would never arrive
+        ("learner.checkpoint_every=5", "samples backlog limit (256"),
     ],
 )
 def test_a_mistake_in_any_role_is_one_line_before_anything_starts(tmp_path, capsys, flag, message):
@@ -62,3 +64,14 @@ def test_validation_sees_the_workers_sets_not_only_the_file():
     validate_roles(data, ["actor.max_policy_lag=4"], "")  # equal to the learner's: fine
     with pytest.raises(ConfigError, match="exceeds"):
         validate_roles(data, ["actor.max_policy_lag=4", "learner.max_policy_lag=3"], "")
+
+
+def test_the_samples_backlog_must_hold_what_the_learner_keeps_unacked():
+    data = load_toml(ROOT / "ops" / "configs" / "demo.toml")  # batch 64, limit 256
+    validate_roles(data, ["learner.checkpoint_every=4"], "")  # 4 x 64 = 256: just fits
+    with pytest.raises(ConfigError, match=r"4 x 64 = 256 samples held unacked"):
+        validate_roles(data, ["learner.checkpoint_every=4", "redis.backlog_limits.samples=255"], "")
+    with pytest.raises(ConfigError, match=r"1 x 128 = 128"):  # 64 fresh + 64 resets
+        validate_roles(
+            data, ['learner.batch_mode="fresh"', "redis.backlog_limits.samples=127"], ""
+        )
