@@ -72,6 +72,4 @@ def test_the_samples_backlog_must_hold_what_the_learner_keeps_unacked():
     with pytest.raises(ConfigError, match=r"4 x 64 = 256 samples held unacked"):
         validate_roles(data, ["learner.checkpoint_every=4", "redis.backlog_limits.samples=255"], "")
     with pytest.raises(ConfigError, match=r"1 x 128 = 128"):  # 64 fresh + 64 resets
-        validate_roles(
-            data, ['learner.batch_mode="fresh"', "redis.backlog_limits.samples=127"], ""
-        )
+        validate_roles(data, ['learner.batch_mode="fresh"', "redis.backlog_limits.samples=127"], "")
