@@ -8,6 +8,8 @@ Layout under `checkpoint_dir`:
     step-000012/state.json              step, version, trained ids, feeder cursor, optimizer
                                         param groups
     latest                              the name of the newest complete checkpoint
+    lineage.json                        the step each adapter version holds (`lineage.py`),
+                                        written at each restart before it publishes
 
 A checkpoint is written into `step-<n>.tmp/`, its files and the directory fsynced, renamed
 into place (and the parent fsynced), then `latest` is replaced the same way (write, fsync,
@@ -34,7 +36,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from learner.lineage import Lineage
+
 LATEST = "latest"
+LINEAGE = "lineage.json"
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 log = logging.getLogger(__name__)
@@ -189,6 +194,27 @@ def _unflatten_optimizer(tensors: dict[str, Tensor], groups: list[dict]) -> dict
 
 def _cpu(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def load_lineage(root: str | Path) -> Lineage:
+    """The lineage of the run's adapter versions; one branch from version 0 when none was
+    written (no restart yet) or it cannot be read (with a warning: lags are then counted in
+    versions, as if no update had been rolled back)."""
+    path = Path(root) / LINEAGE
+    if not path.is_file():
+        return Lineage()
+    try:
+        return Lineage.from_json(json.loads(path.read_text()))
+    except (ValueError, TypeError) as e:
+        log.warning("%s cannot be read (%s): counting policy lag in versions", path, e)
+        return Lineage()
+
+
+def save_lineage(root: str | Path, lineage: Lineage) -> None:
+    """Write the lineage atomically and durably (before the version it adds is published)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / LINEAGE, json.dumps(lineage.to_json()))
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -101,7 +101,10 @@ class LearnerConfig:
     """Most seconds the learner waits for the missing kind once it holds `batch_size`
     samples; then the other kind fills the batch (counted and logged)."""
     max_policy_lag: int = 4
-    """Samples generated more than this many versions behind the current one are dropped."""
+    """Samples generated more than this many updates behind the current weights are dropped
+    as stale. Counted in steps along the lineage of the weights, not in versions: a restart
+    that rolls back uncommitted updates publishes a new version holding an earlier step, and
+    ages no pending sample (`learner/lineage.py`)."""
     lease_seconds: float = 6.0
     """TTL of the run's learner lease (renewed every third of it): a second learner of the
     run is refused, and a learner restarted after a crash waits at most this long."""
@@ -109,8 +112,8 @@ class LearnerConfig:
     """Directory of checkpoints (`step-<n>/`, `latest`) and of the run log."""
     checkpoint_every: int = 1
     """Updates between checkpoints. A checkpoint is the commit point: samples are acked
-    only after the checkpoint that contains them, so the samples backlog must allow
-    `checkpoint_every * batch_size` pending entries."""
+    only after the checkpoint that contains them, so the samples backlog limit must allow
+    `checkpoint_every` x the largest batch pending entries (checked at start)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
     eval_every: int = 0

@@ -20,7 +20,9 @@ pending, and a stale sample only gets staler.
 
 Versions: a restart publishes the checkpoint's adapter as a *new* version, one above both
 the checkpoint's and the newest on the weights stream, because updates published after the
-last checkpoint were rolled back and versions must only grow for every follower.
+last checkpoint were rolled back and versions must only grow for every follower. Policy lag
+is counted in steps along the lineage of the weights (`lineage.py`), so a restart ages no
+pending sample.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from peft.utils import get_peft_model_state_dict
 
 from actors.tasks.base import Task, TaskPrompt
-from learner.checkpoint import LearnerState, save_checkpoint
+from learner.checkpoint import LearnerState, save_checkpoint, save_lineage
 from learner.composition import BatchPlan, plan_batch
 from learner.config import LearnerConfig
 from learner.dedup import TrainedIds, admit, dedup_floor
@@ -44,6 +46,7 @@ from learner.distributed import broadcast_samples
 from learner.evaluate import heldout_pass_at_1
 from learner.feeder import Feeder
 from learner.lease import LearnerLease
+from learner.lineage import Lineage
 from learner.policy import Policy
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
@@ -85,6 +88,8 @@ class Parts:
     committed_step: int = 0
     """Step of the newest checkpoint on disk."""
     world: World = field(default_factory=World)
+    lineage: Lineage = field(default_factory=Lineage)
+    """The step each adapter version holds (`lineage.py`): policy lag is counted in steps."""
     buffer: list[Delivery] = field(default_factory=list)
     """Admitted deliveries not yet trained (pending in Redis), oldest first."""
     ready_since: float | None = None
@@ -132,9 +137,9 @@ async def run(p: Parts) -> int:
                 ppo_update, p.policy, p.optimizer, samples, cfg, st.step, p.world
             )
         secs = update.seconds
-        lags = [max(0, st.version - s.policy_version) for s in samples]
+        lags = [p.lineage.lag(st.step, s.policy_version) for s in samples]
         st.step += 1
-        p.trained.add(samples)
+        p.trained.add(samples, p.lineage)
         p.unacked += batch
         fault("after_step", st.step)
         # 5. publish the new adapter version
@@ -255,9 +260,10 @@ async def take_samples(p: Parts) -> None:
         [d.message for d in pool],
         p.trained,
         set(),
-        p.state.version,
+        p.state.step,
         p.cfg.max_policy_lag,
         p.max_tokens,
+        p.lineage,
     )
     for i in verdict.too_long:  # one bad sample costs one sample: it goes to the dead stream
         d = pool[i]
@@ -268,8 +274,17 @@ async def take_samples(p: Parts) -> None:
     p.metrics.stale.inc(len(verdict.stale))
     dropped = [pool[i] for i in verdict.duplicate + verdict.stale]
     if verdict.stale and p.cfg.log_sample_ids:  # before the ack: a logged drop is never lost
-        stale = [pool[i].message.id for i in verdict.stale]
-        p.runlog.write("stale", step=p.state.step, version=p.state.version, sample_ids=stale)
+        stale = [pool[i].message for i in verdict.stale]
+        p.runlog.write(
+            "stale",
+            step=p.state.step,
+            version=p.state.version,
+            max_lag=p.cfg.max_policy_lag,
+            sample_ids=[s.id for s in stale],
+            # why: each one's policy version and its lag in steps along the lineage
+            versions=[s.policy_version for s in stale],
+            lags=[p.lineage.lag(p.state.step, s.policy_version) for s in stale],
+        )
     if dropped:
         await p.consumer.ack(dropped)
 
@@ -311,7 +326,11 @@ async def announce(p: Parts) -> None:
         "resume", step=p.state.step, version=p.state.version, stream_version=stream_version
     )
     if p.state.step > 0 or stream_version > 0:
-        await publish(p, max(p.state.version, stream_version) + 1)
+        version = max(p.state.version, stream_version) + 1
+        # durable before the version is: its samples' lag is counted from this step
+        p.lineage = p.lineage.branch(version, p.state.step)
+        await asyncio.to_thread(save_lineage, p.cfg.checkpoint_dir, p.lineage)
+        await publish(p, version)
         log.info("resumed at step %d; republished as version %d", p.state.step, p.state.version)
 
 
@@ -320,7 +339,7 @@ async def commit(p: Parts) -> None:
     if p.state.step == p.committed_step:
         return
     st = p.state
-    p.trained.prune(dedup_floor(st.version, p.cfg.max_policy_lag))
+    p.trained.prune(dedup_floor(st.step, p.cfg.max_policy_lag))
     st.trained_ids = p.trained.all()
     st.feeder_epoch, st.feeder_index = p.feeder.epoch, p.feeder.index
     with timed(p.metrics.checkpoint_seconds):

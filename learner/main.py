@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from actors.tasks.base import load_task
-from learner.checkpoint import LearnerState, load_latest
+from learner.checkpoint import LearnerState, load_latest, load_lineage
 from learner.config import LearnerConfig, check_samples_room
 from learner.dedup import TrainedIds
 from learner.distributed import broadcast_samples, init_world, rank_device
@@ -108,6 +108,7 @@ async def learner(
             lease=lease,
             committed_step=state.step,
             world=world,
+            lineage=load_lineage(cfg.checkpoint_dir),
             max_tokens=cfg.max_sample_tokens or context_length(policy),
         )
         return await run(parts)

@@ -22,8 +22,8 @@ gets SIGTERM, and the ledger is read from Redis and the learner's run log.
 
 The ledger (ops/ledger.py has the definitions) follows every message id hop by hop: passed
 on (samples: trained, in the final weights), in flight at the stop, dead-lettered, dropped
-stale by the learner's `max_policy_lag` rule (by design), or else **lost**. Exit code 1 when
-anything is lost or trained twice, when a dead-letter entry is not injected poison, when
+stale by the learner's `max_policy_lag` rule (by design; the ledger gives each one's lag), or
+else **lost**. Exit code 1 when anything is lost or trained twice, when a dead-letter entry is not injected poison, when
 injected poison is neither dead nor in flight, when the final checkpoint's trained ids
 disagree with the run log's (`ops.ledger.checkpoint_agrees`), or when training did not resume
 after the faults.
@@ -378,7 +378,10 @@ def ledger_tables(led: Ledger) -> str:
             ["trained (sample ids in the final weights)", led.trained],
             ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
             ["trained twice", len(led.trained_twice)],
-            ["dropped stale (by design)", hops[SAMPLES].stale],
+            [
+                "dropped stale: more updates behind than max_policy_lag (by lag)",
+                f"{hops[SAMPLES].stale} ({led.stale_reason()})" if hops[SAMPLES].stale else 0,
+            ],
             ["dropped surplus resets (batch composition)", hops[SAMPLES].surplus],
             ["in flight at the stop", sum(h.in_flight for h in hops.values())],
             ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],

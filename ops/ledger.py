@@ -12,8 +12,10 @@ id of a work stream is
   delivered: nothing has decided about it yet;
 - else *dead-lettered* when one of its entries went to `<stream>:dead`;
 - else *dropped stale* (samples only) when the run log has it in a `stale` record: samples
-  generated more than `max_policy_lag` versions back are dropped and acked by design
-  (learner/loop.py), as they only get staler;
+  generated more than `max_policy_lag` updates back (counted along the lineage of the
+  weights, learner/lineage.py, so a learner restart ages none) are dropped and acked by
+  design (learner/loop.py), as they only get staler; the record gives each one's lag, and
+  the ledger counts them by lag (`stale_lags`);
 - else *dropped surplus* (samples only) when the run log has it in a `surplus` record: reset
   samples the batch composition had no room for (learner/composition.py);
 - else **lost**: it was consumed and acknowledged, and nothing came of it.
@@ -183,6 +185,18 @@ class Ledger:
     """Injected poison markers neither dead-lettered nor in flight."""
     checkpoint_agrees: bool
     """The final checkpoint's trained ids are the run log's (`checkpoint_agrees`)."""
+    stale_lags: dict[int, int] = field(default_factory=dict)
+    """Why samples were dropped stale: {lag in updates: samples}, from the `stale` records
+    (each past the learner's `max_policy_lag`)."""
+    max_lag: int | None = None
+    """The learner's `max_policy_lag`, as its `stale` records state it."""
+
+    def stale_reason(self) -> str:
+        """'lag 5: 3, lag 6: 1 (max 4)', or '' when nothing was dropped stale."""
+        if not self.stale_lags:
+            return ""
+        lags = ", ".join(f"lag {lag}: {n}" for lag, n in sorted(self.stale_lags.items()))
+        return f"{lags} (max {self.max_lag})"
 
     @property
     def lost(self) -> int:
@@ -215,7 +229,8 @@ def make_ledger(
     """Account for every id of every work stream (see the module doc). `injected`: the
     markers of the poison written into the streams; `marker` finds one in an entry's bytes."""
     history = trained_history(records, checkpoint[0])
-    stale = {i for rec in records if rec["event"] == "stale" for i in rec["sample_ids"]}
+    stale_records = [rec for rec in records if rec["event"] == "stale"]
+    stale = {i for rec in stale_records for i in rec["sample_ids"]}
     surplus = {i for rec in records if rec["event"] == "surplus" for i in rec["sample_ids"]}
     hops = account(dumps, history, stale, n_rollouts, surplus)
     dead, unexpected = set(), []
@@ -241,6 +256,8 @@ def make_ledger(
         poison_in_flight=len(in_flight),
         poison_missing=sorted(injected - dead - in_flight),
         checkpoint_agrees=checkpoint_agrees(records, checkpoint),
+        stale_lags=dict(Counter(lag for rec in stale_records for lag in rec.get("lags", []))),
+        max_lag=next((rec["max_lag"] for rec in stale_records if "max_lag" in rec), None),
     )
 
 

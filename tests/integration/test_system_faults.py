@@ -720,3 +720,62 @@ def test_18_kill9_learner_between_step_and_ack_nothing_twice_nothing_lost(
     assert newest > version + 1
     stop_cleanly(system)
     check_books(r, system)
+
+
+@pytest.mark.slow
+def test_18_kill9_learner_after_four_uncommitted_publishes_no_sample_turns_stale(
+    redis_server, make_system
+):
+    """Max policy lag 4, a checkpoint every 5 updates, and the learner killed right after
+    publishing update 9: versions 6..9 are rolled back, and the restart publishes version 10
+    holding step 5. Every sample pending at the kill is trained exactly once: lag is counted
+    in steps along the lineage (learner/lineage.py). Counted in versions, the samples of
+    versions 1..5 were 5..9 behind version 10 and dropped as stale, acked, lost.
+
+    Queues kept short (actors at most 1 version behind, a read-ahead of two batches, room
+    for 24 samples of which 20 are held until the checkpoint), so that nothing goes stale
+    by waiting in them either; a sample that still does is dropped by design, and its
+    run-log record says by how much: those are the only acked samples allowed untrained,
+    and none of them may be one that was pending at the kill."""
+    r = redis_server.client()
+    system = make_system(
+        redis_server.url,
+        {
+            "learner.max_policy_lag": 4,
+            "learner.checkpoint_every": 5,
+            "learner.read_ahead": 8,
+            "actor.max_policy_lag": 1,
+            "redis.backlog_limits": {"samples": 24},
+            "redis.pending_check_interval": 0.2,
+        },
+    )
+    system.start("estimator-0", "actor-0")
+    system.start("learner", env={"GPO_LEARNER_FAULT": "after_publish:9"})
+    doomed = system.retire("learner")
+    assert doomed.proc.wait(300) == -signal.SIGKILL, doomed.lines[-30:]
+    held = {m.id: m.policy_version for m in pipeline.held(r, "learner", (SAMPLES,))[SAMPLES]}
+    assert len(held) >= 4 * 4, held  # at least the samples of the four uncommitted updates
+    assert min(held.values()) <= 5, held  # some a version-count restart would call stale
+    system.start("learner")
+    wait(lambda: updates(system) >= 9 + 5, 180, "five more updates", system)
+    try:
+        wait(lambda: not unsettled(system, held), 60, "the held ones trained", system)
+    finally:
+        log = pipeline.run_log(system.config)
+        stale = [e for e in log if e["event"] == "stale"]
+        dropped = {i for e in stale for i in e["sample_ids"]}
+        late = {i: held[i] for i in unsettled(system, held)}
+        assert not held.keys() & dropped, {i: held[i] for i in held.keys() & dropped}
+        assert not late, late
+    stop_cleanly(system)
+    assert [e["step"] for e in log if e["event"] == "resume"][-1] == 5
+    assert all(lag > 4 for e in stale for lag in e["lags"]), stale
+    books = pipeline.ledger(r, system.config)
+    assert set(books.lost.get("trained", [])) <= dropped and set(books.lost) <= {"trained"}
+    assert books.twice == {} and books.unexpected == set() and books.dead == {}
+
+
+def unsettled(system: System, ids) -> set[str]:
+    """The ids the learner has neither trained (in its weights) nor dropped as surplus
+    resets of its batch composition (by design)."""
+    return set(ids) - pipeline.settled(system.config)

@@ -215,13 +215,17 @@ def holding(r, system: System, names: list[str], size: int | None, timeout: floa
     raise AssertionError(f"none of {names} held {size} messages{system.tails()}")
 
 
-def updates(config: Path) -> list[dict]:
-    """The learner's `update` records so far (run log next to its checkpoints)."""
+def run_log(config: Path) -> list[dict]:
+    """The learner's run log so far (next to its checkpoints), every event."""
     log = config.parent / "ckpt" / "run_log.jsonl"
     if not log.exists():
         return []
-    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["event"] == "update"]
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
+def updates(config: Path) -> list[dict]:
+    """The learner's `update` records so far."""
+    return [r for r in run_log(config) if r["event"] == "update"]
 
 
 def stop_all(procs: dict[str, GpoProcess]) -> dict[str, int]:
@@ -275,9 +279,7 @@ def acked_samples_untrained(r, config: Path) -> set[str]:
 def surplus(config: Path) -> set[str]:
     """Reset sample ids the learner dropped by design: its buffer was full of resets while
     the batch composition waited for fresh samples (`surplus` records of the run log)."""
-    log = config.parent / "ckpt" / "run_log.jsonl"
-    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-    return {i for rec in records if rec["event"] == "surplus" for i in rec["sample_ids"]}
+    return {i for rec in run_log(config) if rec["event"] == "surplus" for i in rec["sample_ids"]}
 
 
 def settled(config: Path) -> set[str]:
@@ -289,10 +291,8 @@ def trained(config: Path) -> Counter:
     """Sample ids of the updates the learner's weights contain, counted. A `resume` record
     at step S voids the updates logged past S: they never reached a checkpoint, so the
     restarted learner rolled them back (and will train their samples again)."""
-    log = config.parent / "ckpt" / "run_log.jsonl"
     history: list[dict] = []
-    for line in log.read_text().splitlines() if log.exists() else []:
-        rec = json.loads(line)
+    for rec in run_log(config):
         if rec["event"] == "resume":
             history = [u for u in history if u["step"] <= rec["step"]]
         elif rec["event"] == "update":

@@ -102,7 +102,14 @@ def test_ledger_sorts_every_id_into_exactly_one_outcome():
     }
     records = [
         {"event": "update", "step": 1, "sample_ids": ["p0/0"]},
-        {"event": "stale", "step": 1, "sample_ids": ["p0/1"]},
+        {
+            "event": "stale",
+            "step": 6,
+            "max_lag": 4,
+            "sample_ids": ["p0/1"],
+            "versions": [1],
+            "lags": [5],
+        },
     ]
     injected = {"gpo-chaos-poison:prompts:0", "gpo-chaos-poison:samples:0", "gpo-chaos-poison:x:9"}
     led = make_ledger(dumps, records, (1, {"p0/0"}), 2, injected, POISON_RE)
@@ -116,6 +123,7 @@ def test_ledger_sorts_every_id_into_exactly_one_outcome():
     assert (led.dead_poison, led.poison_in_flight) == (1, 1)
     assert led.poison_missing == ["gpo-chaos-poison:x:9"] and led.checkpoint_agrees
     assert len(led.failures) == 3  # lost, unexpected dead, vanished poison
+    assert led.stale_lags == {5: 1} and led.stale_reason() == "lag 5: 1 (max 4)"
 
 
 def test_trained_history_keeps_only_what_the_final_weights_hold():

@@ -134,7 +134,7 @@ def test_admit_drops_duplicates_and_stale_samples():
         make_sample("edge", version=2),  # lag 3: kept
         make_sample("buf", version=4),
     ]
-    v = admit(offered, trained, {"buf"}, version=5, max_lag=3)
+    v = admit(offered, trained, {"buf"}, step=5, max_lag=3)
     assert v.keep == [2, 5] and v.lags == [2, 3]
     assert v.duplicate == [0, 1, 3, 6]
     assert v.stale == [4]
@@ -214,6 +214,6 @@ def test_admit_refuses_samples_longer_than_the_cap_alone():
         make_sample("long", prompt_len=4, completion_len=7, version=5),  # 11 > 10
         make_sample("old", prompt_len=4, completion_len=9, version=0),  # stale wins
     ]
-    v = admit(offered, TrainedIds(), set(), version=5, max_lag=3, max_tokens=10)
+    v = admit(offered, TrainedIds(), set(), step=5, max_lag=3, max_tokens=10)
     assert (v.keep, v.stale, v.too_long) == ([0], [2], [1])
-    assert admit(offered, TrainedIds(), set(), version=5, max_lag=3).too_long == []  # no cap
+    assert admit(offered, TrainedIds(), set(), step=5, max_lag=3).too_long == []  # no cap
