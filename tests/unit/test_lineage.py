@@ -62,13 +62,11 @@ def test_dedup_set_keeps_steps_so_its_floor_holds_across_a_restart():
     assert t.prune(dedup_floor(12, 4)) == 1 and "a" in t and "b" not in t
 
 
-def test_the_lineage_file_round_trips_and_a_damaged_one_falls_back_with_a_warning(
-    tmp_path, caplog
-):
+def test_the_lineage_file_round_trips_and_a_damaged_one_falls_back_with_a_warning(tmp_path, caplog):
     assert load_lineage(tmp_path) == NO_RESTARTS  # none written yet
     save_lineage(tmp_path, RESTARTED.branch(13, 5))
     assert load_lineage(tmp_path).starts == ((0, 0), (10, 5), (13, 5))
-    (tmp_path / "lineage.json").write_text('[[3, 1]]')
+    (tmp_path / "lineage.json").write_text("[[3, 1]]")
     with caplog.at_level(logging.WARNING):
         assert load_lineage(tmp_path) == NO_RESTARTS
     assert "counting policy lag in versions" in caplog.text
