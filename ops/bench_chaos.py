@@ -501,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    sets = [*worker_sets, "learner.log_sample_ids=true"]
+    # the ledger reads every entry back from the streams at the end: none may be trimmed
+    sets = [*worker_sets, "learner.log_sample_ids=true", "redis.trim_interval=0"]
     launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
     command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])
     outcome = soak(launcher, cfg, rollouts_per_prompt(data, worker_sets), command)

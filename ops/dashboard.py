@@ -251,6 +251,14 @@ PANELS: list[tuple[str, list[str], str]] = [
         ],
         "ops",
     ),
+    (
+        "Redis memory: entries trimmed / writes refused at maxmemory",
+        [
+            "sum by (stream) (rate({__name__=~'gpo_.*_stream_trimmed_total'}[5m]))",
+            "sum by (process) (rate({__name__=~'gpo_.*_redis_oom_waits_total'}[5m]))",
+        ],
+        "ops",
+    ),
     ("Targets up", ['up{job="gpo"}'], "none"),
 ]
 

@@ -166,6 +166,14 @@ class RedisConfig:
     backlog_limits: dict = field(default_factory=dict)
     """Per-stream overrides of backlog_limit, e.g. `{trajectories = 64, samples = 512}`. The
     learner holds up to checkpoint_every x batch_size samples unacked: allow at least that."""
+    trim_interval: float = 10.0
+    """Seconds between trims of a consumed stream: its consumers delete the entries every
+    group has acknowledged (XTRIM MINID at the oldest pending or undelivered entry, never
+    one still to be processed), so Redis memory plateaus however long the run. 0 keeps every
+    entry, for audits that read the streams afterwards (the fault tests, `gpo bench chaos`)."""
+    dead_letter_maxlen: int = 10_000
+    """Most entries kept in each `<stream>:dead` stream (the oldest go first; the
+    `messages_dead_lettered_total` metric still counts every one)."""
     max_message_bytes: int = 16 * 1024 * 1024
     """Largest message accepted by decode."""
     reconnect_backoff_max: float = 5.0
@@ -196,11 +204,14 @@ class RedisConfig:
                 f"redis.block_ms ({self.block_ms} ms) must be at least {margin:.1f} s below "
                 f"redis.socket_timeout ({self.socket_timeout} s)"
             )
-        for name in ("batch_size", "max_deliveries", "backlog_limit", "max_message_bytes"):
+        names = ("batch_size", "max_deliveries", "backlog_limit", "max_message_bytes")
+        for name in (*names, "dead_letter_maxlen"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"redis.{name} must be >= 1")
         for stream, limit in self.backlog_limits.items():
             if type(limit) is not int or limit < 1:
                 raise ConfigError(f"redis.backlog_limits.{stream} must be an integer >= 1")
+        if self.trim_interval < 0:
+            raise ConfigError("redis.trim_interval must be >= 0 (0: never trim)")
         if self.claim_idle <= 0 or self.pending_check_interval <= 0:
             raise ConfigError("redis.claim_idle and redis.pending_check_interval must be > 0")

@@ -64,8 +64,8 @@ return acked
 _DEAD_LUA = """
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1)
 if not (p[1] and p[1][2] == ARGV[2]) then return 0 end
-redis.call('XADD', KEYS[2], '*', 'raw', ARGV[5], 'reason', ARGV[4], 'source_id', ARGV[3],
-           'stream', ARGV[6], 'consumer', ARGV[2])
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[7], '*', 'raw', ARGV[5], 'reason', ARGV[4],
+           'source_id', ARGV[3], 'stream', ARGV[6], 'consumer', ARGV[2])
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
 redis.call('INCRBY', KEYS[3], 1)
 return 1
@@ -130,6 +130,7 @@ class Consumer:
         self._in_flight: set[str] = set()
         self._last_error: dict[str, str] = {}
         self._next_pending_check = 0.0  # at start: drain the own pending list first
+        self._next_trim = time.monotonic() + cfg.trim_interval
 
     # ------------------------------------------------------------ group management
 
@@ -296,6 +297,9 @@ class Consumer:
         self.m.processed.labels(self.stream).inc(n)
         if n < len(ids):
             self.m.lease_lost.labels(self.stream).inc(len(ids) - n)
+        if self.cfg.trim_interval and time.monotonic() >= self._next_trim:
+            self._next_trim = time.monotonic() + self.cfg.trim_interval
+            self.m.trimmed.labels(self.stream).inc(await self.trim())
         return int(n)
 
     def release(self, delivery: Delivery, error: BaseException | str) -> None:
@@ -319,7 +323,15 @@ class Consumer:
         done = await self._call(
             lambda r: self._dead(
                 keys=[self.key, self.dead_key, self.acked_key],
-                args=[self.group, self.name, entry_id, reason, raw, self.stream],
+                args=[
+                    self.group,
+                    self.name,
+                    entry_id,
+                    reason,
+                    raw,
+                    self.stream,
+                    self.cfg.dead_letter_maxlen,
+                ],
                 client=r,
             )
         )
@@ -365,6 +377,8 @@ class Consumer:
         is still pending or not yet delivered. Never drops an undelivered entry."""
 
         async def op(r):
+            if not await r.exists(self.key):
+                return 0
             groups = await r.xinfo_groups(self.key)
             floor = None
             for g in groups:

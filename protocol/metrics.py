@@ -153,6 +153,15 @@ class TransportMetrics:
         self.reconnects = m.counter(
             "redis_reconnects_total", "Reconnections after a lost Redis connection."
         )
+        self.oom_waits = m.counter(
+            "redis_oom_waits_total",
+            "Redis calls refused at maxmemory (OOM), each retried after a backoff.",
+        )
+        self.trimmed = m.counter(
+            "stream_trimmed_total",
+            "Entries deleted from a consumed stream once every group had acknowledged them.",
+            ("stream",),
+        )
         self.group_resets = m.counter(
             "group_resets_total",
             "Consumer groups recreated after NOGROUP (Redis lost its data).",

@@ -168,6 +168,11 @@ class Link:
     A call that fails with a connection error is retried after the reconnect. The caller
     must be fine with that: XADDs carry producer ids that consumers deduplicate, reads that
     were lost are found again in the own pending list, and acks are idempotent.
+
+    A call Redis refuses at `maxmemory` (OOM) is backpressure, not a crash: Redis refuses a
+    command (or a script, at its first write) before it changes anything, so the call is
+    simply retried after a backoff, counted, and logged once per episode. Acks and trims are
+    not refused (they free memory), so consumers keep draining meanwhile.
     """
 
     def __init__(self, cfg: RedisConfig, metrics: TransportMetrics | None = None):
@@ -175,6 +180,8 @@ class Link:
         self.metrics = metrics
         self.client = make_client(cfg)
         self.closed = asyncio.Event()
+        self.oom_since: float | None = None
+        """Monotonic time since which Redis refuses writes at maxmemory (None: it does not)."""
         self.give_up_at: float | None = None
         """Set when the process is stopping: reconnect attempts end at this monotonic time,
         so SIGTERM cannot hang on an unreachable Redis (unacked work is redelivered)."""
@@ -205,14 +212,33 @@ class Link:
 
     async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """Run `op(client)`; on a lost connection, reconnect with backoff and run it again."""
-        delay = 0.1
+        delay = oom_delay = 0.1
         while True:
             if self.closed.is_set():
                 raise LinkClosed("link closed")
             if self.give_up_at is not None and time.monotonic() > self.give_up_at:
                 raise LinkClosed("stopping, and Redis has not answered within the grace period")
             try:
-                return await op(self.client)
+                result = await op(self.client)
+                if self.oom_since is not None and oom_delay > 0.1:
+                    log.info(
+                        "Redis accepts writes again after %.1fs at maxmemory",
+                        time.monotonic() - self.oom_since,
+                    )
+                    self.oom_since = None
+                return result
+            except rex.OutOfMemoryError as e:
+                if self.oom_since is None:
+                    self.oom_since = time.monotonic()
+                    log.warning(
+                        "Redis is at maxmemory and refuses writes (%s); waiting and retrying: "
+                        "raise maxmemory or lower redis.backlog_limit if this persists",
+                        e,
+                    )
+                if self.metrics:
+                    self.metrics.oom_waits.inc()
+                await self._sleep(oom_delay * (0.5 + random.random()))
+                oom_delay = min(oom_delay * 2, self.cfg.reconnect_backoff_max)
             except _FATAL_ERRORS as e:
                 raise RedisFatalError(f"Redis at {redact(self.cfg.url)}: {e}") from None
             except _RECONNECT_ERRORS as e:

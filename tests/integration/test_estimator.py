@@ -48,6 +48,8 @@ id = "{RUN}"
 [redis]
 block_ms = 300
 socket_timeout = 3.0
+# keep every entry: the checks read the streams afterwards
+trim_interval = 0
 [actor]
 batch_messages = 4
 {shared.replace("{p}", "actor")}

@@ -29,6 +29,10 @@ Which test runs each RELIABILITY.md test that involves a process against the rea
 |    |                                        | test_estimator_pool.py (kill mid-search)          |
 | 13 | zombie consumer                        | test_13 (estimator, SIGSTOP past claim_idle)      |
 | 15 | learner stalled                        | test_15 (20 s, maxmemory + noeviction; slow)      |
+|    | memory plateaus (trimming)             | test_15_memory_plateaus (maxmemory 32mb; streams  |
+|    |                                        | trimmed, every pending entry kept); OOM as        |
+|    |                                        | backpressure, dead-letter cap:                    |
+|    |                                        | test_redis_memory.py                              |
 | 16 | adapter broadcast, one down, corrupted | test_16 (3 actors + estimator); the fan-out to 8  |
 |    |                                        | followers: test_adapter_broadcast.py (follower    |
 |    |                                        | processes); a real actor rejecting a missing or   |
@@ -610,6 +614,61 @@ def test_15_learner_stalled_producers_throttle_memory_bounded_backlog_drains(tmp
             assert p.value(f"gpo_{name.split('-')[0]}_lease_lost_total") == 0, name
         stop_cleanly(system)
         check_books(r, system)
+    finally:
+        server.stop()
+
+
+@pytest.mark.slow
+def test_15_memory_plateaus_streams_trimmed_nothing_pending_lost(tmp_path, make_system):
+    """A pipeline under maxmemory 32mb, trimming every second, for 45 s: the work streams
+    hold a bounded number of entries while the produced counters keep growing, their memory
+    stops growing, Redis never refuses a write, no process restarts, and every entry still
+    pending or undelivered at the end is in its stream (a trim never takes one). The learner
+    hop balances exactly: samples acked = trained + dropped surplus (no stale drop at this
+    lag, no duplicate without a fault)."""
+    server = RedisServer(
+        tmp_path / "redis-32mb",
+        extra=("--maxmemory", str(32 * 2**20), "--maxmemory-policy", "noeviction"),
+    ).start()
+    streams = (PROMPTS, RESETS, TRAJECTORIES, SAMPLES)
+    try:
+        r = server.client()
+        limits = {"trajectories": 16, "samples": 32}
+        system = make_system(
+            server.url,
+            {"redis.trim_interval": 1.0, "redis.backlog_limits": limits, "learner.read_ahead": 16},
+        )
+        system.start("learner", "actor-0", "estimator-0")
+        wait(lambda: updates(system) >= 1, 120, "update 1", system)
+        start = time.monotonic()
+        seen = []  # (seconds, entries in the work streams, their bytes, produced so far)
+        while (t := time.monotonic() - start) < 45:
+            keys = [pipeline.KEYS.stream(s) for s in streams]
+            entries = sum(r.xlen(k) for k in keys)
+            size = sum(r.memory_usage(k) or 0 for k in keys)
+            produced = sum(int(r.get(pipeline.KEYS.produced(s)) or 0) for s in streams)
+            seen.append((t, entries, size, produced))
+            assert system.alive(), system.tails()
+            time.sleep(1.0)
+        assert r.info("memory")["used_memory_peak"] < 32 * 2**20
+        # the first 15 s against the last 15 s: production goes on, the streams stop growing
+        head, tail = seen[: len(seen) // 3], seen[-(len(seen) // 3) :]
+        shown = [(round(t), n, b // 1024, p) for t, n, b, p in seen[::5]]
+        assert tail[-1][3] - tail[0][3] > 0.25 * head[-1][3], shown  # kept producing
+        assert max(x[1] for x in tail) <= 1.5 * max(x[1] for x in head), shown
+        assert max(x[2] for x in tail) <= 1.5 * max(x[2] for x in head), shown
+        for name, p in system.procs.items():
+            role = name.split("-")[0]
+            assert p.value(f"gpo_{role}_redis_oom_waits_total") == 0, name
+            assert p.value(f"gpo_{role}_stream_trimmed_total") > 0, name
+        stop_cleanly(system)
+        for stream in streams:  # nothing pending or undelivered was trimmed
+            key = pipeline.KEYS.stream(stream)
+            for eid in pipeline.pending(r, stream):
+                assert r.xrange(key, eid, eid), (stream, eid)
+        settled = pipeline.settled(system.config)
+        assert int(r.get(pipeline.KEYS.acked(SAMPLES))) == len(settled)
+        assert sum(pipeline.trained(system.config).values()) == len(pipeline.trained(system.config))
     finally:
         server.stop()
 

@@ -43,6 +43,8 @@ id = "{RUN}"
 [redis]
 block_ms = 300
 socket_timeout = 3.0
+# keep every entry: the checks read the streams afterwards
+trim_interval = 0
 claim_idle = 30.0
 pending_check_interval = 1.0
 {redis_extra}

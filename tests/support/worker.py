@@ -66,6 +66,7 @@ async def main(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         reconnect_backoff_max=1.0,
         tls_ca_file=args.tls_ca,
+        trim_interval=0,  # trimmed only with --trim-every, and by this worker itself
     )
     metrics = Metrics("worker")
     tm = TransportMetrics(metrics)
