@@ -13,6 +13,7 @@ import pytest
 from ops.redis_cluster import LocalCluster
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, TRAJECTORIES, WEIGHTS, WORK_STREAMS
+from tests.integration.test_redis_memory import check_trim
 from tests.integration.test_transport_faults import HOSTILE
 from tests.support import pipeline
 from tests.support.pipeline import KEYS
@@ -38,6 +39,10 @@ def test_streams_spread_over_slots_each_beside_its_dead_letters(cluster):
         assert slot(KEYS.dead(s)) == slot(KEYS.produced(s)) == slot(KEYS.acked(s)) == slots[s]
     nodes = {cluster.node_of(KEYS.stream(s)) for s in streams}
     assert len(nodes) >= 2, nodes  # the work is not all on one primary
+
+
+def test_trimming_keeps_pending_and_undelivered_entries_on_a_cluster(cluster):
+    check_trim(cluster.url, cluster.client())
 
 
 @pytest.mark.slow
