@@ -3,7 +3,8 @@
 redis-server speaks only TLS and loads the shipped ACL file (password hashes filled in, as
 ops/redis/README.md tells an operator to). Learner, actor and estimator each log in as their
 own user, `rediss://gpo-<role>:<password>@...` with `[redis] tls_ca_file`, and train: the
-rules allow everything the processes do. Then each role is refused writes outside its keys.
+rules allow everything the processes do. Then each role is refused writes outside its keys,
+and the consumer commands on streams it only produces (ops/redis/README.md).
 """
 
 from __future__ import annotations
@@ -98,25 +99,53 @@ def test_pipeline_runs_with_a_user_per_role_over_tls(redis_acl_tls, tiny_model_d
         anonymous.xlen(KEYS.stream("samples"))
 
     # each role is refused writes outside its keys (and commands it does not need)
+    traj = KEYS.stream("trajectories")
     refused = {
         "actor": [
             ("XADD", KEYS.stream("samples"), "*", "m", "x"),  # samples come from estimators
             ("XADD", KEYS.stream("prompts"), "*", "m", "x"),  # it consumes prompts, not makes them
             ("SET", KEYS.adapter_chunk(99, 0), "x"),  # adapters come from the learner
             ("XADD", KEYS.stream("weights"), "*", "m", "x"),
+            # it writes trajectories, but may not read, ack or trim them as the estimators
+            ("XREADGROUP", "GROUP", "estimators", "x", "STREAMS", traj, ">"),
+            ("XACK", traj, "estimators", "0-1"),
+            ("XTRIM", traj, "MINID", "0-1"),
+            # each counter is its writer's: prompts' produced is the learner's, trajectories'
+            # acked the estimators'
+            ("INCRBY", KEYS.produced("prompts"), "1"),
+            ("INCRBY", KEYS.acked("trajectories"), "1"),
         ],
         "estimator": [
             ("XADD", KEYS.stream("prompts"), "*", "m", "x"),
             ("XADD", KEYS.stream("trajectories"), "*", "m", "x"),
             ("SET", KEYS.adapter_chunk(99, 0), "x"),
             ("DEL", KEYS.stream("samples")),
+            ("XACK", KEYS.stream("samples"), "learner", "0-1"),  # the learner's to ack
+            ("XTRIM", KEYS.stream("samples"), "MINID", "0-1"),
+            ("INCRBY", KEYS.acked("samples"), "1"),
         ],
         "learner": [
             ("XADD", KEYS.stream("trajectories"), "*", "m", "x"),
             ("XADD", KEYS.stream("resets"), "*", "m", "x"),
             ("SET", "other:key", "x"),  # nothing outside the gpo: namespace
+            ("XACK", traj, "estimators", "0-1"),
+            ("XTRIM", KEYS.stream("prompts"), "MINID", "0-1"),  # it makes prompts: no trimming
+            ("INCRBY", KEYS.produced("samples"), "1"),
         ],
     }
+    # trimming is a consumer's (redis.trim_interval; this pipeline keeps every entry for the
+    # ledger): each role may trim the streams it consumes (MINID 0-1 trims nothing here)
+    for role, streams in (("actor", ("prompts", "resets")), ("estimator", ("trajectories",))):
+        for stream in streams:
+            client = role_client(server, role)
+            assert client.execute_command("XTRIM", KEYS.stream(stream), "MINID", "0-1") == 0
+            client.execute_command("XINFO", "GROUPS", KEYS.stream(stream))
+    assert role_client(server, "learner").xtrim(KEYS.stream("samples"), minid="0-1") == 0
+    # nor through a script: every command inside one is checked against the caller's rules
+    with pytest.raises(redis.exceptions.ResponseError, match="(?i)can't access|permission"):
+        role_client(server, "actor").eval(
+            "return redis.call('XACK', KEYS[1], 'estimators', '0-1')", 1, traj
+        )
     for role, commands in refused.items():
         client = role_client(server, role)
         for command in commands:

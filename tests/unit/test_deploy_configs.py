@@ -101,6 +101,28 @@ def test_kubernetes_manifests_are_well_formed(path):
                 assert c["image"] and (c.get("command") or c.get("args")), c
 
 
+def test_kubernetes_roles_log_in_as_their_own_acl_users():
+    """Redis loads the ACL file (no shared password) and each worker reads its own role's URL."""
+    docs = {
+        (d["kind"], d["metadata"]["name"]): d
+        for path in (DEPLOY / "k8s").glob("*.yaml")
+        for d in _yaml_docs(path)
+    }
+    (redis_c,) = docs[("StatefulSet", "gpo-redis")]["spec"]["template"]["spec"]["containers"]
+    assert "--aclfile" in redis_c["args"] and "--requirepass" not in redis_c["args"]
+    for kind, role in (
+        ("Deployment", "actor"),
+        ("Deployment", "estimator"),
+        ("StatefulSet", "learner"),
+    ):
+        (c,) = docs[(kind, f"gpo-{role}")]["spec"]["template"]["spec"]["containers"]
+        (url,) = [e for e in c["env"] if e["name"] == "GPO_REDIS_URL"]
+        assert url["valueFrom"]["secretKeyRef"]["key"] == f"{role}-url", url
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        role = unit.name.removeprefix("gpo-").split("@")[0].split(".")[0]
+        assert f"EnvironmentFile=/etc/gpo/{role}.env" in unit.read_text(), unit
+
+
 def test_kustomization_names_existing_files_and_a_valid_config():
     kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
     for res in kust["resources"]:
