@@ -33,9 +33,9 @@ import logging
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
-import tomllib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +47,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from actors.tasks import arithmetic, pivot
 from actors.tasks.base import TaskPrompt
 from actors.tokenizer import build_char_tokenizer
+from protocol.config import ConfigError, from_mapping, load_toml
 
 log = logging.getLogger(__name__)
 
@@ -446,13 +447,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     for f in dataclasses.fields(BootstrapConfig):
         flag = "--" + f.name.replace("_", "-")
         parser.add_argument(flag, dest=f.name, type=type(f.default), default=f.default)
-    if known.config:
-        with open(known.config, "rb") as fh:
-            parser.set_defaults(**tomllib.load(fh).get("bootstrap", {}))
-    args = vars(parser.parse_args(argv))
-    args.pop("config")
+    try:
+        # the [bootstrap] table: a missing file, bad TOML, an unknown key or a wrong type is
+        # one line before anything is built
+        table = load_toml(known.config).get("bootstrap", {}) if known.config else {}
+        from_mapping(BootstrapConfig, table, "bootstrap")
+        parser.set_defaults(**table)
+        args = vars(parser.parse_args(argv))
+        args.pop("config")
+        config = from_mapping(BootstrapConfig, args, "bootstrap")
+    except ConfigError as e:
+        print(f"gpo bootstrap: error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    path = bootstrap(BootstrapConfig(**args))
+    path = bootstrap(config)
     record = json.loads((path / "bootstrap.json").read_text())
     print(path)
     print(

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from actors.engines.base import SamplingSettings
 from actors.mc_search import paper_search
@@ -26,6 +27,7 @@ from learner.offline_pairs import (
     whole_trajectory_pairs,
     write_pairs,
 )
+from protocol.process import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -111,6 +113,10 @@ async def make_pairs(args: argparse.Namespace) -> list[PreferencePair]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not (Path(args.model).expanduser() / "config.json").is_file():
+        raise UserError(f"--model {args.model}: not a model directory (no config.json)")
+    if args.command == "train" and not Path(args.pairs).is_file():
+        raise UserError(f"--pairs {args.pairs}: no such file (write it with `gpo offline pairs`)")
     if args.command == "pairs":
         pairs = asyncio.run(make_pairs(args))
         n = write_pairs(args.out, pairs)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 from ops.launch import LaunchConfig, Worker
 from ops.redis_server import RedisServer, free_port
-from ops.run_setup import resolve_model
+from ops.run_setup import resolve_model, validate_roles
 from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
@@ -392,6 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if any(n < 1 for n in args.actors) or args.repeats < 1:
         print("gpo bench scaling: --actors must be >= 1 and --repeats >= 1", file=sys.stderr)
         return 2
+    validate_roles(load_toml(args.config), [], "")  # a config mistake: one line, nothing started
     model = resolve_model(args.model)
     trials: list[Trial] = []
     with tempfile.TemporaryDirectory(prefix="gpo-scaling-") as tmp:

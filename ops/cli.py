@@ -12,6 +12,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+from protocol.config import ConfigError
+from protocol.process import UserError
+
 SUBCOMMANDS = {
     "launch": ("ops.launch", "run learner, actors and estimators on this machine, supervised"),
     "report": ("ops.report", "write runs/<id>/report.html with plots from a run directory"),
@@ -44,7 +47,16 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(module, "main"):
         print(f"gpo {argv[0]}: not available in this build", file=sys.stderr)
         return 2
-    return module.main(argv[1:])
+    try:
+        return module.main(argv[1:])
+    except (ConfigError, UserError) as e:  # a user's mistake, wherever it was found: one line
+        words = argv[:2] if argv[0] in GROUPS and len(argv) > 1 else argv[:1]
+        print(f"gpo {' '.join(words)}: error: {e}", file=sys.stderr)
+        return 2
+
+
+GROUPS = ("bench", "experiment", "offline")
+"""Subcommands whose first argument names a command of their own."""
 
 
 if __name__ == "__main__":

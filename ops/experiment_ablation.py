@@ -67,6 +67,7 @@ from actors.estimator import EstimatorConfig
 from ops.ablation_report import Curve, read_curve, study_report
 from ops.ablation_studies import STUDIES, arm_sets
 from ops.results import PLOTS, write_section
+from ops.run_setup import split_sets, validate_roles
 from protocol.config import apply_sets, from_mapping, load_toml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,8 +263,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.eval_every < 1 or not args.seeds:
         p.error("--minutes must be > 0, --eval-every >= 1, and at least one seed given")
-    if args.config and not Path(args.config).is_file():
-        p.error(f"--config {args.config}: no such file")
     return args
 
 
@@ -278,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         study = STUDIES[name]
         config = Path(args.config or ROOT / "ops" / "configs" / study.config).resolve()
         arms = study.run_arms()
+        for arm in arms:  # every run's config and sets, before the first run starts
+            _, worker_sets = split_sets([f"{k}={v}" for k, v in run_sets(arm, 0, 1).items()])
+            validate_roles(load_toml(config), worker_sets, "")
         if not args.report_only:
             total = len(arms) * len(args.seeds)
             print(

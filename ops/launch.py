@@ -38,6 +38,7 @@ from ops.launch_progress import backlogs, done, progress_line, scrape
 from ops.redis_server import RedisServer, free_port
 from ops.run_setup import (
     MODEL_KEYS,
+    check_redis,
     prepare_run_dir,
     resolve_model,
     set_flags,
@@ -434,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 launch[key] = getattr(args, key)
         cfg = from_mapping(LaunchConfig, launch, "launch")
         validate_roles(data, worker_sets, cfg.model)
+        if args.redis_url:
+            check_redis(args.redis_url)
     except ConfigError as e:
         print(f"gpo launch: error: {e}", file=sys.stderr)
         return 2

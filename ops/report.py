@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run_dir", help="a run directory (runs/<id>)")
     args = p.parse_args(argv)
     if not Path(args.run_dir).is_dir():
-        print(f"gpo report: error: no such run directory: {args.run_dir}")
+        print(f"gpo report: error: no such run directory: {args.run_dir}", file=sys.stderr)
         return 2
     print(write_report(args.run_dir))
     return 0

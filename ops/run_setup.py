@@ -137,3 +137,24 @@ def resolve_model(model: str, fields: dict | None = None) -> str:
     record = json.loads((path / "bootstrap.json").read_text())
     print(f"tiny base policy: {path} (held-out pass@1 {record.get('pass_at_1')})", flush=True)
     return str(path)
+
+
+def check_redis(url: str) -> None:
+    """A Redis the user named must answer before anything starts: ConfigError with the same
+    line a worker would print (`cannot reach Redis at ...`, the password redacted)."""
+    import asyncio
+
+    from protocol.config import RedisConfig
+    from protocol.streams import Link, RedisFatalError
+
+    async def ping() -> None:
+        link = Link(RedisConfig(url=url, run_id="check", socket_timeout=3.0, connect_timeout=3.0))
+        try:
+            await link.connect(attempts=2)
+        finally:
+            await link.close()
+
+    try:
+        asyncio.run(ping())
+    except RedisFatalError as e:
+        raise ConfigError(str(e)) from None
