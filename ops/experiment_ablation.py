@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -173,6 +174,45 @@ def policy_sha(path: Path) -> str:
     return hashlib.sha256((path / "model.safetensors").read_bytes()).hexdigest()[:16]
 
 
+OTHERS_MAX = 0.05
+"""Share of the machine's CPU time other processes may use during a run before its summary
+is flagged: equal-time comparisons assume each run had the machine to itself."""
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's waited-for children (a run's launcher and, through it,
+    every worker it reaped)."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
+def machine_busy() -> float | None:
+    """CPU seconds the whole machine has been busy since boot (/proc/stat); None elsewhere."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_use(
+    seconds: float, run_cpu: float, busy_after, busy_before, cores: int | None = None
+) -> dict | None:
+    """How the machine's CPU time went during a run: the run's own processes, and everything
+    else (`others_share` of all cores x wall time: a clean run is near 0)."""
+    if busy_after is None or busy_before is None:
+        return None
+    cores = cores or os.cpu_count() or 1
+    others = max(0.0, busy_after - busy_before - run_cpu)
+    return {
+        "cores": cores,
+        "run_cpu_seconds": round(run_cpu, 1),
+        "others_cpu_seconds": round(others, 1),
+        "others_share": round(others / (seconds * cores), 3),
+    }
+
+
 def summary_path(config: Path, arm: str, seed: int) -> Path:
     """Where a run's summary is kept: one folder per config."""
     return SUMMARIES / config.stem / f"{run_id(arm, seed)}.json"
@@ -219,11 +259,12 @@ def launch_one(
     ]
     cmd += ["--max-minutes", str(minutes)]
     cmd += [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
-    start = time.monotonic()
+    start, cpu_before, busy_before = time.monotonic(), children_cpu(), machine_busy()
     with (run / "launch.log").open("w") as log:
         rc = subprocess.run(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
     curve = read_curve(run)
     took = time.monotonic() - start
+    cpu = cpu_use(took, children_cpu() - cpu_before, machine_busy(), busy_before)
     if rc != 0 or curve is None:
         raise SystemExit(
             f"gpo experiment ablation: run {run} failed (exit {rc}); see {run}/launch.log"
@@ -231,6 +272,7 @@ def launch_one(
     path = summary_path(config, arm, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {"arm": arm, "seed": seed, "settings": settings, "seconds": round(took, 1)}
+    summary["cpu"] = cpu
     summary["curve"] = curve.to_json()
     path.write_text(json.dumps(summary, indent=1) + "\n")
     print(
@@ -238,6 +280,13 @@ def launch_one(
         f"{curve.pass_at_1[-1]:.3f} ({took:.0f} s)",
         flush=True,
     )
+    if cpu and cpu["others_share"] > OTHERS_MAX:
+        print(
+            f"  warning: other processes used {cpu['others_share']:.0%} of the machine during "
+            f"{run_id(arm, seed)}; its equal-time comparisons are not clean (rerun it alone: "
+            f"move {path} aside)",
+            flush=True,
+        )
 
 
 # ------------------------------------------------------------------ command

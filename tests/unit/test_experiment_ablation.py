@@ -191,3 +191,20 @@ def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_
     demo = ab.ROOT / "ops" / "configs" / "demo.toml"
     assert ab.pinned_policy(demo, {}) is None
     assert "policy" not in ab.run_settings("ppo", 0, 3.0, 10, demo)
+
+
+def test_a_run_that_shared_the_machine_is_flagged_by_the_cpu_others_used():
+    from ops.experiment_ablation import OTHERS_MAX, cpu_use
+
+    # 100 s on 2 cores: the machine was busy 200 s, the run's processes used 150 of them
+    use = cpu_use(100.0, 150.0, busy_after=1200.0, busy_before=1000.0, cores=2)
+    assert use == {
+        "cores": 2,
+        "run_cpu_seconds": 150.0,
+        "others_cpu_seconds": 50.0,
+        "others_share": 0.25,
+    }
+    assert use["others_share"] > OTHERS_MAX
+    alone = cpu_use(100.0, 150.0, busy_after=1152.0, busy_before=1000.0, cores=2)
+    assert alone["others_share"] == 0.01 and alone["others_share"] < OTHERS_MAX
+    assert cpu_use(100.0, 150.0, None, 1000.0) is None  # no /proc/stat: not measured
