@@ -374,6 +374,7 @@ async def evaluate(p: Parts) -> None:
             p.cfg.seed * 1_000_003 + p.state.step,
         )
     p.metrics.heldout.set(score)
+    p.metrics.evaluations.inc()
     p.runlog.write(
         "eval",
         step=p.state.step,

@@ -65,6 +65,9 @@ class LearnerMetrics:
         self.adapter = m.info("adapter", "Current adapter version and sha256 prefix.")
         self.reward = m.gauge("reward_mean", "Mean outcome reward of the last batch.")
         self.heldout = m.gauge("heldout_pass_at_1_ratio", "Held-out pass@1 at temperature 1.")
+        self.evaluations = m.counter(
+            "heldout_evaluations_total", "Held-out evaluations done (pass@1 is 0 until one is)."
+        )
         self.stats = {
             name: m.gauge(name, doc)
             for name, doc in (

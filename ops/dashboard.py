@@ -16,7 +16,13 @@ import sys
 # (title, PromQL expressions, unit); `rate()` on counters, quantiles on histograms.
 PANELS: list[tuple[str, list[str], str]] = [
     # learning
-    ("Held-out pass@1", ["gpo_learner_heldout_pass_at_1_ratio"], "percentunit"),
+    (
+        "Held-out pass@1 (shown once evaluated)",
+        [
+            "gpo_learner_heldout_pass_at_1_ratio and on() (gpo_learner_heldout_evaluations_total > 0)",
+        ],
+        "percentunit",
+    ),
     ("Batch reward (learner)", ["gpo_learner_reward_mean"], "none"),
     (
         "Reward of rollouts (actor)",

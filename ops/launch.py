@@ -42,6 +42,7 @@ from ops.run_setup import (
     prepare_run_dir,
     resolve_model,
     set_flags,
+    software,
     split_sets,
     validate_roles,
 )
@@ -189,6 +190,8 @@ class Launcher:
                     "model": model,  # resolved base model dir; "": set in each process config
                     "redis_url": _redact(self.redis_url),
                     "workers": {w.name: {"port": w.port, "log": str(w.log)} for w in self.workers},
+                    "sets": self.sets,
+                    "software": software(),
                 },
                 indent=2,
             )

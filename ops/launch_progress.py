@@ -37,8 +37,10 @@ def progress_line(rec: dict, cfg: LaunchConfig) -> str:
     procs = rec["processes"]
     learner = procs.get("learner") or {}
     updates = int(learner.get("gpo_learner_updates_total", 0))
-    reward = learner.get("gpo_learner_reward_mean")
-    heldout = learner.get("gpo_learner_heldout_pass_at_1_ratio")
+    # a gauge reads 0 before its first value: none is shown until there is one
+    reward = learner.get("gpo_learner_reward_mean") if updates else None
+    evaluated = learner.get("gpo_learner_heldout_evaluations_total", 0) > 0
+    heldout = learner.get("gpo_learner_heldout_pass_at_1_ratio") if evaluated else None
     versions = " ".join(
         f"{name}:v{_version(name, p)}" for name, p in procs.items() if name != "learner"
     )
@@ -50,7 +52,7 @@ def progress_line(rec: dict, cfg: LaunchConfig) -> str:
         left = f" | ~{(cfg.max_updates - updates) * per / 60:.1f} min left"
     elif cfg.max_minutes:
         left = f" | {cfg.max_minutes - elapsed:.1f} min left"
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
     return (
         f"[{elapsed:5.1f} min] updates {updates} | reward {fmt(reward)} | held-out pass@1 {fmt(heldout)}"
         f" | policy {versions} | backlog {backlog}{left}"

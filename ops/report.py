@@ -173,6 +173,53 @@ def summary(log: list[dict], progress: list[dict]) -> dict:
     }
 
 
+LABELS = {
+    "updates": "updates",
+    "wall_minutes": "wall time (minutes)",
+    "pass_at_1_first": "held-out pass@1, first evaluation",
+    "pass_at_1_last": "held-out pass@1, last evaluation",
+    "pass_at_1_best": "held-out pass@1, best evaluation",
+    "evals": "evaluations",
+}
+"""How the report names each `summary` key (summary.json keeps the keys)."""
+
+
+def shown(value) -> str:
+    """A table cell: "–" for no value (e.g. before the first evaluation), ratios to 3 places."""
+    if value is None or value == "":
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value)) or "–"
+    return str(value)
+
+
+def table(rows: dict, element_id: str) -> str:
+    cells = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(shown(v))}</td></tr>"
+        for k, v in rows.items()
+    )
+    return f'<table id="{element_id}">{cells}</table>'
+
+
+def run_facts(run_dir: Path) -> dict:
+    """What the run was (launch.json): its config, base model, overrides and software."""
+    path = run_dir / "launch.json"
+    if not path.is_file():
+        return {}
+    launch = json.loads(path.read_text())
+    facts = {
+        "run id": launch.get("run_id"),
+        "config": launch.get("config"),
+        "base model": launch.get("model") or "as each process's config sets it",
+        "overrides (--set)": launch.get("sets", []),
+        "processes": ", ".join(launch.get("workers", {})),
+    }
+    facts.update({f"version: {k}": v for k, v in launch.get("software", {}).items()})
+    return facts
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     log = read_jsonl(run_dir / "learner" / "run_log.jsonl")
@@ -183,9 +230,8 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     s = summary(log, progress)
     (run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in s.items()
-    )
+    results = table({LABELS.get(k, k): v for k, v in s.items()}, "summary")
+    facts = run_facts(run_dir)
     figs = "".join(
         f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"><figcaption>{html.escape(f)}'
         "</figcaption></figure>"
@@ -197,8 +243,10 @@ def write_report(run_dir: str | Path) -> Path:
 th,td{{border:1px solid #ccc;padding:4px 10px;text-align:left}}figure{{margin:1.5em 0}}img{{max-width:100%}}</style>
 </head><body>
 <h1>GPO run {html.escape(run_dir.name)}</h1>
-<table id="summary">{rows}</table>
+{results}
 {figs}
+<h2>The run</h2>
+{table(facts, "run") if facts else "<p>No launch.json: not started by gpo launch.</p>"}
 </body></html>
 """
     path = run_dir / "report.html"

@@ -158,3 +158,36 @@ def check_redis(url: str) -> None:
         asyncio.run(ping())
     except RedisFatalError as e:
         raise ConfigError(str(e)) from None
+
+
+PACKAGES = ("torch", "transformers", "peft", "redis", "vllm", "gpo")
+"""Whose versions a run records (`software`); the ones not installed are left out."""
+
+
+def software() -> dict[str, str]:
+    """Python, the packages a run rests on and the source commit, as the run's record has it
+    (`launch.json`, shown in the report): what another person needs to reproduce it."""
+    import platform
+    import subprocess
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(root), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        out["commit"] = commit
+    return out
