@@ -1,6 +1,7 @@
 """The run report: `runs/<id>/report.html` with PNG plots, from the run's own records.
 
     gpo report RUN_DIR
+    gpo report RUN_A RUN_B ... [--out DIR]     several runs overlaid (ops/report_compare.py)
 
 Inputs: the learner's run log (`learner/run_log.jsonl`: `update` and `eval` events with
 seconds since start) and the launcher's scrapes (`progress.jsonl`). Plots: held-out pass@1
@@ -258,12 +259,27 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="gpo report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("run_dir", help="a run directory (runs/<id>)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (runs/<id>)")
+    p.add_argument(
+        "--out",
+        help="with several runs: directory of the comparison page (default: runs/compare)",
+    )
     args = p.parse_args(argv)
-    if not Path(args.run_dir).is_dir():
-        print(f"gpo report: error: no such run directory: {args.run_dir}", file=sys.stderr)
+    runs = [Path(r) for r in args.run_dirs]
+    for run in runs:
+        if not run.is_dir():
+            print(f"gpo report: error: no such run directory: {run}", file=sys.stderr)
+            return 2
+    if len(runs) == 1:
+        print(write_report(runs[0]))
+        return 0
+    from ops.report_compare import write_comparison  # it reads curves through ablation_report
+
+    try:
+        print(write_comparison(runs, Path(args.out or "runs/compare")))
+    except ValueError as e:
+        print(f"gpo report: error: {e}", file=sys.stderr)
         return 2
-    print(write_report(args.run_dir))
     return 0
 
 
