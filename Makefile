@@ -13,7 +13,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,offline]'
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,offline,tensorboard]'
 	touch $(STAMP)
 
 deps:

@@ -141,6 +141,10 @@ class LearnerConfig:
     log_sample_ids: bool = False
     """Write the ids of each update's samples, and of samples dropped as stale, into the run
     log (audits and fault tests)."""
+    tensorboard_dir: str = ""
+    """Also write every update's and evaluation's numbers as TensorBoard scalars here
+    (`update/<name>`, `eval/<name>`, against the update step); needs the `tensorboard` extra
+    (`pip install 'gpo[tensorboard]'`). Empty: none."""
 
     def __post_init__(self) -> None:
         positive = (

@@ -104,7 +104,7 @@ async def learner(
             trained=TrainedIds(committed=dict(state.trained_ids)),
             metrics=LearnerMetrics(rt.metrics),
             adapter_metrics=AdapterMetrics(rt.metrics),
-            runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl"),
+            runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl", cfg.tensorboard_dir),
             lease=lease,
             committed_step=state.step,
             world=world,

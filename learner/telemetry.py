@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from protocol.metrics import Metrics
+from protocol.process import UserError
 
 LAG_BUCKETS = (0, 1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
 """Policy lag buckets, in adapter versions."""
@@ -112,14 +113,36 @@ class LearnerMetrics:
 
 
 class RunLog:
-    """Appends JSON records to a file, one per line, flushed each time."""
+    """Appends JSON records to a file, one per line, flushed each time; with `tensorboard`,
+    the numbers of `update` and `eval` records also go to TensorBoard event files there."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, tensorboard: str | Path = ""):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.start = time.monotonic()
+        self.board = open_board(tensorboard) if tensorboard else None
 
     def write(self, event: str, **fields) -> None:
         record = {"event": event, "t": round(time.monotonic() - self.start, 3), **fields}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.board is not None and event in SCALAR_EVENTS:
+            for name, value in fields.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    self.board.add_scalar(f"{event}/{name}", value, global_step=fields["step"])
+            self.board.flush()
+
+
+SCALAR_EVENTS = ("update", "eval")
+"""Run-log events whose numbers are TensorBoard scalars (against their update step)."""
+
+
+def open_board(directory: str | Path):
+    """A TensorBoard writer, or a clear error when the optional package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "learner.tensorboard_dir needs the tensorboard package: pip install 'gpo[tensorboard]'"
+        ) from None
+    return SummaryWriter(log_dir=str(directory))
