@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from actors.engines.base import Engine
 from actors.engines.factory import EngineConfig
 from actors.inference_process import inference_main
-from actors.mc_search import McConfig, find_critical_steps
+from actors.mc_config import McConfig
+from actors.mc_search import find_critical_steps
 from actors.rollout import RolloutConfig
 from actors.samples import (
     BatchCounts,

@@ -24,7 +24,8 @@ import numpy as np
 
 from actors.critical import searched
 from actors.engines.base import GenerationResult
-from actors.mc_search import CriticalStepResult, McConfig, StepTrajectory
+from actors.mc_config import McConfig
+from actors.mc_search import CriticalStepResult, StepTrajectory
 from actors.rollout import RolloutConfig, seed_for, trajectories_for
 from actors.tasks.base import Task, TaskPrompt
 from protocol.messages import ResetRequest, Sample, Selection, Trajectory

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from actors.engines.base import SamplingSettings
-from actors.mc_search import paper_search
+from actors.mc_config import paper_search
 from learner.offline_pairs import (
     PairConfig,
     PreferencePair,

@@ -27,14 +27,8 @@ from pathlib import Path
 
 from actors.critical import derive_seed
 from actors.engines.base import Completion, Engine, GenerationRequest, SamplingSettings
-from actors.mc_search import (
-    Decode,
-    McConfig,
-    ScoringTask,
-    StepTrajectory,
-    find_critical_step,
-    paper_search,
-)
+from actors.mc_config import McConfig, paper_search
+from actors.mc_search import Decode, ScoringTask, StepTrajectory, find_critical_step
 
 Split = Callable[[Sequence[int]], list[tuple[int, int]]]
 """Completion token ids -> step spans [start, end) (see `StepTrajectory.step_spans`)."""

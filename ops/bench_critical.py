@@ -36,7 +36,8 @@ import numpy as np
 
 from actors.critical import choose_critical_step, derive_seed, searched
 from actors.engines.base import GenerationRequest, SamplingSettings
-from actors.mc_search import McConfig, StepTrajectory, find_critical_step, paper_search
+from actors.mc_config import McConfig, paper_search
+from actors.mc_search import StepTrajectory, find_critical_step
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 from ops.results import PLOTS
 

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from actors.engines.base import Engine
-from actors.mc_search import McConfig
+from actors.mc_config import McConfig
 from ops.generation_replay import (
     Cost,
     Shape,

@@ -313,7 +313,7 @@ async def collect_pairs(
 
     from actors.engines.base import SamplingSettings
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-    from actors.mc_search import paper_search
+    from actors.mc_config import paper_search
     from actors.steps import StepConfig, token_spans
     from actors.tasks.base import StepSplitter
     from learner.offline_pairs import PairConfig, critical_step_pairs, whole_trajectory_pairs

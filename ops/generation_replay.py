@@ -23,7 +23,8 @@ from pathlib import Path
 
 from actors.engines.base import Engine, GenerationRequest, GenerationResult
 from actors.estimator import EstimatorConfig
-from actors.mc_search import Decode, McConfig, StepTrajectory, find_critical_steps
+from actors.mc_config import McConfig
+from actors.mc_search import Decode, StepTrajectory, find_critical_steps
 from actors.rollout import RolloutConfig, seed_for
 from actors.samples import answerable, is_target
 from learner.composition import batch_targets

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from actors.mc_search import McConfig
+from actors.mc_config import McConfig
 from actors.rollout import RolloutConfig
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 from ops.bench_gpo_overhead import PPO, Measure, reading, run_repeats, summarise, variants

@@ -12,7 +12,8 @@ import pytest
 
 from actors import scripted
 from actors.estimator import EstimatorConfig, EstimatorMetrics, estimate, estimate_batch
-from actors.mc_search import find_critical_step, paper_search
+from actors.mc_config import paper_search
+from actors.mc_search import find_critical_step
 from actors.rollout import RolloutConfig
 from actors.samples import BatchCounts, make_sample, search_input, token_advantages
 from protocol.codec import decode, encode

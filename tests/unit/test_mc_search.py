@@ -18,13 +18,13 @@ from actors.engines.base import (
     GenerationResult,
     SamplingSettings,
 )
+from actors.mc_config import paper_search
 from actors.mc_search import (
     CriticalStepResult,
     StepTrajectory,
     find_critical_step,
     find_critical_steps,
     merge_shared,
-    paper_search,
 )
 from actors.scripted import (
     BAD,

@@ -3,7 +3,7 @@
 import asyncio
 
 from actors.engines.base import SamplingSettings
-from actors.mc_search import McConfig
+from actors.mc_config import McConfig
 from actors.scripted import (
     BOS,
     ScriptedEngine,

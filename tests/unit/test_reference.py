@@ -24,7 +24,7 @@ def _configs():
     from actors.actor import ActorConfig
     from actors.engines.factory import EngineConfig
     from actors.estimator import EstimatorConfig
-    from actors.mc_search import McConfig
+    from actors.mc_config import McConfig
     from actors.rollout import RolloutConfig
     from actors.steps import StepConfig
     from learner.config import LearnerConfig
