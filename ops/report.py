@@ -231,7 +231,11 @@ def write_report(run_dir: str | Path) -> Path:
     ]
     s = summary(log, progress)
     (run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
-    results = table({LABELS.get(k, k): v for k, v in s.items()}, "summary")
+    minutes = s["wall_minutes"]
+    results = table(
+        {LABELS.get(k, k): f"{minutes:.1f}" if k == "wall_minutes" else v for k, v in s.items()},
+        "summary",
+    )
     facts = run_facts(run_dir)
     figs = "".join(
         f'<figure><img src="{html.escape(f)}" alt="{html.escape(f)}"><figcaption>{html.escape(f)}'
