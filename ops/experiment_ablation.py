@@ -326,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         study = STUDIES[name]
         config = Path(args.config or ROOT / "ops" / "configs" / study.config).resolve()
         arms = study.run_arms()
+        data = load_toml(config)
         for arm in arms:  # every run's config and sets, before the first run starts
             _, worker_sets = split_sets([f"{k}={v}" for k, v in run_sets(arm, 0, 1).items()])
-            validate_roles(load_toml(config), worker_sets, "")
+            validate_roles(data, worker_sets, "")  # it works on a copy
         if not args.report_only:
             total = len(arms) * len(args.seeds)
             print(
