@@ -6,16 +6,8 @@ import json
 
 import pytest
 
-from ops.experiment_offline import (
-    Settings,
-    aggregate,
-    cut_to_equal,
-    main,
-    mean_std,
-    reading,
-    report,
-    spread,
-)
+from ops.experiment_offline import Settings, main
+from ops.offline_report import aggregate, cut_to_equal, mean_std, reading, report, spread
 
 
 def _pairs(counts: dict[str, int]) -> list[dict]:
