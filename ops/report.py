@@ -36,7 +36,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -73,7 +73,7 @@ def plot_learning(log: list[dict], out: Path) -> list[str]:
         ax.grid(alpha=0.3)
         ax.legend(loc="best")
         ax.set_title(f"accuracy and reward vs {x_label}")
-        files.append(_save(fig, out / name))
+        files.append(save_figure(fig, out / name))
     return files
 
 
@@ -112,7 +112,7 @@ def plot_critical_steps(progress: list[dict], out: Path) -> str | None:
     ax.set_xlabel("critical step position (step index / number of steps)")
     ax.set_ylabel("trajectories")
     ax.set_title("where the critical step lies")
-    return _save(fig, out / "critical_step_histogram.png")
+    return save_figure(fig, out / "critical_step_histogram.png")
 
 
 THROUGHPUT = {
@@ -158,7 +158,7 @@ def plot_throughput(progress: list[dict], out: Path) -> str | None:
         ax.legend(loc="best", fontsize=8)
     axes[-1, 0].set_xlabel("seconds")
     fig.suptitle("throughput per process")
-    return _save(fig, out / "throughput.png")
+    return save_figure(fig, out / "throughput.png")
 
 
 def summary(log: list[dict], progress: list[dict]) -> dict:

@@ -14,7 +14,7 @@ import html
 from pathlib import Path
 
 from ops.ablation_report import Curve, read_curve
-from ops.report import _save, plt, shown
+from ops.report import plt, save_figure, shown
 
 AXES = (
     ("updates", "updates", lambda c: c.steps),
@@ -37,7 +37,7 @@ def plot_overlays(curves: dict[str, Curve], out: Path) -> list[str]:
         ax.set_ylabel("held-out pass@1")
         ax.set_title(f"held-out pass@1 vs {label}")
         ax.legend(loc="best")
-        files.append(_save(fig, out / f"pass_at_1_vs_{suffix}.png"))
+        files.append(save_figure(fig, out / f"pass_at_1_vs_{suffix}.png"))
     return files
 
 
