@@ -24,6 +24,7 @@ Old checkpoints are pruned by step number.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -40,6 +41,8 @@ from learner.lineage import Lineage
 
 LATEST = "latest"
 LINEAGE = "lineage.json"
+INFLIGHT = "inflight.json"
+"""The batch in training and the suspects of a bisection (`learner/bisect.py`)."""
 _STEP_DIR = re.compile(r"step-(\d+)")
 
 log = logging.getLogger(__name__)
@@ -215,6 +218,34 @@ def save_lineage(root: str | Path, lineage: Lineage) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     _write_atomic(root / LINEAGE, json.dumps(lineage.to_json()))
+
+
+def save_inflight(root: str | Path, marker: dict) -> None:
+    """Write the in-flight marker atomically and durably (before the update it names)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    _write_atomic(root / INFLIGHT, json.dumps(marker))
+
+
+def load_inflight(root: str | Path) -> dict | None:
+    """The in-flight marker, or None when there is none or it cannot be read (a kill while
+    it was being written leaves the previous one, never a torn file)."""
+    path = Path(root) / INFLIGHT
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except ValueError as e:
+        log.warning("%s cannot be read (%s): no batch is suspected", path, e)
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def clear_inflight(root: str | Path) -> None:
+    """Remove the marker: no batch in training and nothing suspected. Not fsynced: a power
+    loss that brings it back costs one harmless bisection, never a sample."""
+    with contextlib.suppress(FileNotFoundError):
+        (Path(root) / INFLIGHT).unlink()
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -23,6 +23,10 @@ the checkpoint's and the newest on the weights stream, because updates published
 last checkpoint were rolled back and versions must only grow for every follower. Policy lag
 is counted in steps along the lineage of the weights (`lineage.py`), so a restart ages no
 pending sample.
+
+A batch the process dies training is bisected on the next start (`bisect.py`): its samples
+train in ever smaller isolation batches until the one that kills the learner dies alone and
+is dead-lettered alone.
 """
 
 from __future__ import annotations
@@ -38,7 +42,14 @@ import torch
 from peft.utils import get_peft_model_state_dict
 
 from actors.tasks.base import Task, TaskPrompt
-from learner.checkpoint import LearnerState, save_checkpoint, save_lineage
+from learner.bisect import Suspects, isolation_batch
+from learner.checkpoint import (
+    LearnerState,
+    clear_inflight,
+    save_checkpoint,
+    save_inflight,
+    save_lineage,
+)
 from learner.composition import BatchPlan, plan_batch
 from learner.config import LearnerConfig
 from learner.dedup import TrainedIds, admit, dedup_floor
@@ -62,7 +73,8 @@ log = logging.getLogger(__name__)
 
 FAULT_ENV = "GPO_LEARNER_FAULT"
 """Fault-test hook: `<point>:<step>` SIGKILLs the process at that point of that update
-(points: `after_step`, `after_publish`, `after_checkpoint`). Unset in real runs."""
+(points: `after_step`, `after_publish`, `after_checkpoint`); `train_sample:<sample id>`
+SIGKILLs it in every update that trains that sample. Unset in real runs."""
 
 
 @dataclass
@@ -100,6 +112,10 @@ class Parts:
     """Longest sample admitted, in tokens (`max_sample_tokens`, or the model's context)."""
     shortfall_logged: bool = False
     """A batch short of one kind was logged once (the metric counts every one)."""
+    suspects: Suspects = field(default_factory=Suspects)
+    """Samples of a batch a previous incarnation died training (`bisect.py`)."""
+    suspects_taken: bool = False
+    """The suspects were taken back from Redis (once, at the first read)."""
 
 
 async def run(p: Parts) -> int:
@@ -130,13 +146,18 @@ async def run(p: Parts) -> int:
             continue
         batch = pop_batch(p, plan)
         samples = [d.message for d in batch]
-        # 4. PPO epochs, off the event loop (Redis and /metrics stay served)
+        # 4. PPO epochs, off the event loop (Redis and /metrics stay served), marked in
+        # flight on disk: a death here has the next start bisect this batch
+        entries = [d.entry_id for d in batch]
+        await asyncio.to_thread(save_inflight, cfg.checkpoint_dir, p.suspects.marker(entries))
+        fault_on_samples(samples)
         with timed() as update:
             broadcast_samples(p.world, samples)
             stats = await asyncio.to_thread(
                 ppo_update, p.policy, p.optimizer, samples, cfg, st.step, p.world
             )
         secs = update.seconds
+        await settle_suspects(p, entries)
         lags = [p.lineage.lag(st.step, s.policy_version) for s in samples]
         st.step += 1
         p.trained.add(samples, p.lineage)
@@ -164,8 +185,11 @@ async def run(p: Parts) -> int:
 
 async def next_batch(p: Parts) -> BatchPlan:
     """Plan the next batch from the buffer (`learner.composition`); surplus resets the plan
-    evicts are dropped, counted and acked here."""
+    evicts are dropped, counted and acked here. While a bisection runs, only its isolation
+    batches train (`isolate`)."""
     cfg = p.cfg
+    if p.suspects.ids:
+        return await isolate(p)
     now = time.monotonic()
     if len(p.buffer) < cfg.batch_size:
         p.ready_since = None
@@ -247,11 +271,52 @@ def record(
     )
 
 
+async def isolate(p: Parts) -> BatchPlan:
+    """The bisection's next move (`bisect.py`): dead-letter the culprit once it is found,
+    else train the next isolation batch of suspects."""
+    buffered = [d.entry_id for d in p.buffer]
+    culprit = p.suspects.culprit
+    if culprit is None:
+        return BatchPlan(take=isolation_batch(p.suspects, buffered))
+    d = p.buffer.pop(buffered.index(culprit))
+    reason = (
+        f"crashed_learner: it was in every batch the learner died training "
+        f"({p.suspects.deaths} deaths, bisected from a batch of {p.suspects.origin})"
+    )
+    log.error("sample %s kills the learner: dead-lettered (%s)", d.message.id, reason)
+    await p.consumer.dead_letter(d.entry_id, encode(d.message), reason)
+    p.suspects = Suspects()
+    await asyncio.to_thread(clear_inflight, p.cfg.checkpoint_dir)
+    return BatchPlan()
+
+
+async def settle_suspects(p: Parts, trained: list[str]) -> None:
+    """An update returned: its samples are cleared of suspicion; the marker keeps the
+    suspects left, or goes."""
+    p.suspects = p.suspects.cleared(trained)
+    if p.suspects.ids:
+        await asyncio.to_thread(save_inflight, p.cfg.checkpoint_dir, p.suspects.marker(None))
+    else:
+        await asyncio.to_thread(clear_inflight, p.cfg.checkpoint_dir)
+
+
 async def take_samples(p: Parts) -> None:
     """Read ahead up to the buffer's bound (`read_ahead`) and re-judge the whole buffer:
-    duplicates and samples that went stale meanwhile are dropped, counted and acked."""
+    duplicates and samples that went stale meanwhile are dropped, counted and acked. The
+    first read of a start that found suspects takes them back, ahead of anything else."""
     room = max(p.cfg.read_ahead - len(p.buffer), 0)
-    read = await p.consumer.read(count=min(room, p.cfg.read_count)) if room else []
+    if p.suspects.ids and not p.suspects_taken:
+        p.suspects_taken = True
+        read = await p.consumer.take_back(sorted(p.suspects.ids))
+        log.warning(
+            "the previous learner died training a batch (%d deaths, bisected from a batch of "
+            "%d): training its %d pending samples in isolation batches",
+            p.suspects.deaths,
+            p.suspects.origin,
+            len(read),
+        )
+    else:
+        read = await p.consumer.read(count=min(room, p.cfg.read_count)) if room else []
     held = {d.entry_id for d in p.buffer + p.unacked}
     # An entry we already hold can come back through our own claim sweep; acking it as a
     # duplicate would ack an uncommitted sample, so it is simply ignored.
@@ -270,6 +335,8 @@ async def take_samples(p: Parts) -> None:
         reason = f"too_long: {len(d.message.token_ids)} tokens > {p.max_tokens}"
         await p.consumer.dead_letter(d.entry_id, encode(d.message), reason)
     p.buffer = [pool[i] for i in verdict.keep]
+    if p.suspects.ids:  # suspects acked, dropped or dead meanwhile are suspected no more
+        p.suspects = p.suspects.cleared(p.suspects.ids - {d.entry_id for d in p.buffer})
     p.metrics.duplicates.inc(len(verdict.duplicate))
     p.metrics.stale.inc(len(verdict.stale))
     dropped = [pool[i] for i in verdict.duplicate + verdict.stale]
@@ -384,6 +451,14 @@ async def evaluate(p: Parts) -> None:
         seconds=evaluation.seconds,
     )
     log.info("step %d: held-out pass@1 %.3f (n=%d)", p.state.step, score, len(p.heldout))
+
+
+def fault_on_samples(samples: list[Sample]) -> None:
+    """SIGKILL this process when the fault-test hook names a sample of this update."""
+    hook = os.environ.get(FAULT_ENV, "")
+    if hook.startswith("train_sample:") and any(hook == f"train_sample:{s.id}" for s in samples):
+        log.warning("fault hook %s: SIGKILL", hook)
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def fault(point: str, step: int) -> None:

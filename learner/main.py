@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from actors.tasks.base import load_task
-from learner.checkpoint import LearnerState, load_latest, load_lineage
+from learner.bisect import Suspects, delivery_allowance
+from learner.checkpoint import LearnerState, load_inflight, load_latest, load_lineage
 from learner.config import LearnerConfig, check_samples_room
 from learner.dedup import TrainedIds
 from learner.distributed import broadcast_samples, init_world, rank_device
@@ -74,8 +76,11 @@ async def learner(
         limits = CodecLimits(
             max_bytes=redis_cfg.max_message_bytes, vocab_size=policy.model.config.vocab_size
         )
+        # a bisection's deaths redeliver held samples on top of `max_deliveries` (bisect.py)
+        allowance = delivery_allowance(cfg.largest_batch)
+        samples_cfg = replace(redis_cfg, max_deliveries=redis_cfg.max_deliveries + allowance)
         consumer = Consumer(
-            rt.link, rt.keys, SAMPLES, GROUP_LEARNER, rt.name, redis_cfg, rt.transport, limits
+            rt.link, rt.keys, SAMPLES, GROUP_LEARNER, rt.name, samples_cfg, rt.transport, limits
         )
         await consumer.ensure_group()
         feeder = Feeder(
@@ -109,6 +114,7 @@ async def learner(
             committed_step=state.step,
             world=world,
             lineage=load_lineage(cfg.checkpoint_dir),
+            suspects=Suspects.from_marker(load_inflight(cfg.checkpoint_dir)),
             max_tokens=cfg.max_sample_tokens or context_length(policy),
         )
         return await run(parts)

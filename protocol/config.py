@@ -160,7 +160,9 @@ class RedisConfig:
     pending_check_interval: float = 15.0
     """Seconds between re-reads of the own pending list and XAUTOCLAIM sweeps."""
     max_deliveries: int = 5
-    """Deliveries after which an entry goes to `<stream>:dead`."""
+    """Deliveries after which an entry goes to `<stream>:dead`. The learner allows
+    ceil(log2 largest batch) + 1 more on `samples`: the deaths a bisection of a batch it
+    keeps dying on takes (learner/bisect.py)."""
     backlog_limit: int = 1000
     """Producers wait while a stream's unacknowledged backlog is at or above this."""
     backlog_limits: dict = field(default_factory=dict)

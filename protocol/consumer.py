@@ -204,6 +204,25 @@ class Consumer:
         ]
         return await self._accept(raw, recovered=False)
 
+    async def take_back(self, entry_ids: Sequence[str]) -> list[Delivery]:
+        """Claim these pending entries now, whoever holds them, ahead of anything else: a
+        restarted process taking back what its own durable records name (the learner's
+        bisection). Each counts one delivery, as any redelivery does; entries acked or
+        deleted meanwhile, or already held here, are skipped."""
+        out: list[Delivery] = []
+        for eid in entry_ids:
+            if eid in self._in_flight:
+                continue
+            info = await self._call(
+                lambda r, e=eid: r.xpending_range(self.key, self.group, min=e, max=e, count=1)
+            )
+            if not info or (got := await self._claim(eid, 0)) is None:
+                continue
+            out += await self._accept(
+                [(eid, got.get(FIELD), int(info[0]["times_delivered"]) + 1)], recovered=True
+            )
+        return out
+
     async def _redelivery(self) -> tuple[str, bytes | None, int] | None:
         """Claim one entry to hand out again, with its delivery count: an own pending entry
         not in flight here (a crash, or a read whose reply was lost), else another

@@ -94,3 +94,46 @@ def test_redeliveries_go_out_one_at_a_time_and_waiting_ones_count_nothing(redis_
         await link.close()
 
     asyncio.run(go())
+
+
+def test_take_back_claims_the_named_entries_first_and_counts_one_delivery_each(redis_server):
+    """The learner's bisection: a restart takes back, by entry id, the batch it died on,
+    ahead of the rest of what it held; an entry acked meanwhile is skipped."""
+
+    async def go():
+        cfg = RedisConfig(
+            url=redis_server.url,
+            run_id="t",
+            block_ms=100,
+            socket_timeout=3,
+            claim_idle=30,
+            pending_check_interval=0.1,
+            max_deliveries=2,
+        )
+        tm = TransportMetrics(Metrics("test"))
+        link, keys = Link(cfg, tm), Keys("t")
+        dead = Consumer(link, keys, "in", "g", "old", cfg, tm)
+        await dead.ensure_group()
+        await Producer(link, keys, cfg, tm).send("in", [prompt(i) for i in range(5)])
+        held = await dead.read(count=5)
+        await dead.ack(held[3:4])  # p3 was acked before the death
+        named = [held[i].entry_id for i in (4, 2, 3)]
+        # a successor under another name: the entries are claimed from the dead consumer
+        again = Consumer(link, keys, "in", "g", "new", cfg, tm)
+        back = await again.take_back(named)
+        assert [(d.message.id, d.deliveries) for d in back] == [("p4", 2), ("p2", 2)]
+        assert await again.take_back(named) == []  # already held here
+        r = redis_server.client()
+        owners = {
+            p["message_id"].decode(): p["consumer"].decode()
+            for p in r.xpending_range(keys.stream("in"), "g", "-", "+", 10)
+        }
+        assert owners == {
+            held[0].entry_id: "old",
+            held[1].entry_id: "old",
+            held[2].entry_id: "new",
+            held[4].entry_id: "new",
+        }
+        await link.close()
+
+    asyncio.run(go())

@@ -339,6 +339,48 @@ def test_a_sample_too_long_to_train_is_dead_lettered_alone(redis_server, tmp_pat
     assert sorted(i for u in updates_of(runlog) for i in u["sample_ids"]) == [s.id for s in ok]
 
 
+def test_a_sample_that_kills_the_learner_is_bisected_out_and_dead_lettered_alone(
+    redis_server, tmp_path, model_dir
+):
+    """`s1` SIGKILLs the learner in every update that trains it (the fault hook). The
+    supervisor's part is played here: restart after each death. With `max_deliveries = 2`
+    the transport alone would dead-letter every held sample after the second death."""
+    r = redis_server.client()
+    config = write_config(tmp_path, model_dir, eval_every=0, max_policy_lag=8)
+    runlog, log = tmp_path / "ckpt" / "run_log.jsonl", tmp_path / "learner.log"
+    ids = [f"s{i}" for i in range(10)]  # the 9 innocent ones fill whole batches of 4
+    inject(r, [make_sample(sid, seed=i, reward=float(i % 2)) for i, sid in enumerate(ids)])
+    innocent = set(ids) - {"s1"}
+    deaths = 0
+    for _ in range(6):  # bounded: a batch of 4 takes at most deaths_to_isolate(4) = 3
+        learner = Learner(redis_server.url, config, log, fault="train_sample:s1")
+        done = poll(
+            lambda: learner.proc.poll() is not None
+            or (runlog.exists() and set(trained_history(runlog)) >= innocent),
+            90,
+        )
+        assert done, log.read_text()[-3000:]
+        if learner.proc.poll() is None:
+            break
+        assert learner.proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+        deaths += 1
+    try:
+        assert poll(lambda: r.xlen(KEYS.dead(SAMPLES)) >= 1, 30), log.read_text()[-3000:]
+        assert learner.metric("gpo_learner_messages_dead_lettered_total") == 1
+        assert learner.stop() == 0
+    finally:
+        if learner.proc.poll() is None:
+            learner.proc.kill()
+    assert 2 <= deaths <= 3, log.read_text()[-3000:]
+    dead = r.xrange(KEYS.dead(SAMPLES))
+    assert len(dead) == 1 and dead[0][1][b"reason"].startswith(b"crashed_learner: ")
+    assert b"bisected from a batch of 4" in dead[0][1][b"reason"]
+    assert decode(dead[0][1][b"raw"]).id == "s1"
+    assert trained_history(runlog) == Counter(dict.fromkeys(innocent, 1))
+    assert pending(r) == 0
+    assert not (tmp_path / "ckpt" / "inflight.json").exists()
+
+
 def test_one_learner_per_run_a_second_is_refused_and_a_crash_is_taken_over(
     redis_server, tmp_path, model_dir
 ):
