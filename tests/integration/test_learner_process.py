@@ -355,8 +355,10 @@ def test_a_sample_that_kills_the_learner_is_bisected_out_and_dead_lettered_alone
     for _ in range(6):  # bounded: a batch of 4 takes at most deaths_to_isolate(4) = 3
         learner = Learner(redis_server.url, config, log, fault="train_sample:s1")
         done = poll(
-            lambda: learner.proc.poll() is not None
-            or (runlog.exists() and set(trained_history(runlog)) >= innocent),
+            lambda proc=learner.proc: (
+                proc.poll() is not None
+                or (runlog.exists() and set(trained_history(runlog)) >= innocent)
+            ),
             90,
         )
         assert done, log.read_text()[-3000:]
