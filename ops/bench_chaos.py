@@ -10,7 +10,10 @@ workers restarted under the same consumer name), on the demo config with
 `learner.log_sample_ids` on. Once the learner has made its first update, faults come for
 `--minutes`, one per `--mean-gap` seconds on average, at seeded random times; the kinds are
 dealt from a shuffled deck, so each occurs once in every six faults:
-- kill-actor, kill-estimator, kill-learner: `kill -9` of that worker;
+- kill-actor, kill-estimator: `kill -9` of that worker;
+- kill-learner: `kill -9` of the learner between a publish and its commit (it waits, up to
+  a minute, for an update past the newest checkpoint: a version is out that a restart rolls
+  back);
 - pause-redis: SIGSTOP of redis-server for 2-8 s, then SIGCONT;
 - kill-redis: `kill -9` of redis-server, down 0-5 s, restarted on the same port and
   directory (AOF, appendfsync everysec);
@@ -18,15 +21,19 @@ dealt from a shuffled deck, so each occurs once in every six faults:
   stream with its produced counter, as a broken producer would.
 Then the faults stop, the system drains (bounded: every worker up, two updates after the
 last fault, every entry pending at that moment acknowledged or dead-lettered), every worker
-gets SIGTERM, and the ledger is read from Redis and the learner's run log.
+gets SIGTERM, and the ledger is read from Redis and the learner's run log. The streams are
+trimmed as in any run: an audit group copies every entry before a trim may delete it
+(ops/chaos_audit.py), and Redis memory is sampled; `--set launch.redis_maxmemory=32mb`
+puts the run under memory pressure (writers wait at maxmemory, counted as refused writes).
 
 The ledger (ops/ledger.py has the definitions) follows every message id hop by hop: passed
 on (samples: trained, in the final weights), in flight at the stop, dead-lettered, dropped
 stale by the learner's `max_policy_lag` rule (by design; the ledger gives each one's lag), or
 else **lost**. Exit code 1 when anything is lost or trained twice, when a dead-letter entry is not injected poison, when
 injected poison is neither dead nor in flight, when the final checkpoint's trained ids
-disagree with the run log's (`ops.ledger.checkpoint_agrees`), or when training did not resume
-after the faults.
+disagree with the run log's (`ops.ledger.checkpoint_agrees`), when training did not resume
+after the faults, when a worker restarted more often than it was killed, or when Redis
+memory did not plateau.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from pathlib import Path
 import msgpack
 
 from actors.rollout import RolloutConfig
+from ops.chaos_audit import Auditor, MemoryTrace
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
 from ops.ledger import (
@@ -162,9 +170,17 @@ class Soak:
         self.t0 = time.monotonic()
         """When the fault phase began (set by `soak`)."""
         self._next_progress = 0.0
+        self.auditor = Auditor(lambda: launcher.redis.client(), self.keys)
 
-    def wait(self, seconds: float, done: Callable[[], bool] | None = None, progress=False) -> bool:
-        """Supervise (restart crashed workers) for up to `seconds`, or until `done()`."""
+    def wait(
+        self,
+        seconds: float,
+        done: Callable[[], bool] | None = None,
+        progress=False,
+        poll: float = 2.0,
+    ) -> bool:
+        """Supervise (restart crashed workers) for up to `seconds`, or until `done()`
+        (asked every `poll` seconds)."""
         deadline = time.monotonic() + seconds
         next_check = 0.0
         while time.monotonic() < deadline:
@@ -174,20 +190,22 @@ class Soak:
             if done is not None and time.monotonic() >= next_check:
                 if done():
                     return True
-                next_check = time.monotonic() + 2.0
+                next_check = time.monotonic() + poll
             if progress and time.monotonic() >= self._next_progress:
                 rec = self.launcher.snapshot()
                 print(progress_line(rec, self.launcher.cfg), flush=True)
                 self._next_progress = time.monotonic() + self.cfg.progress_seconds
-            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            time.sleep(min(0.2, poll, max(0.0, deadline - time.monotonic())))
         return done is not None and done()
 
     def apply(self, fault: Fault) -> None:
         """Inflict one fault; Redis faults end with Redis back up."""
         redis = self.launcher.redis
-        note = ""
+        note, extra = "", {}
         if fault.kind in ("kill-actor", "kill-estimator", "kill-learner"):
             worker = next(w for w in self.launcher.workers if w.name == fault.target)
+            if fault.kind == "kill-learner" and worker.alive():
+                extra["uncommitted"] = self.await_uncommitted()
             if worker.alive():
                 worker.proc.kill()
                 worker.proc.wait(10)
@@ -206,7 +224,7 @@ class Soak:
         else:
             self.inject(fault.target, fault.count)
         t = round(time.monotonic() - self.t0, 1)
-        self.applied.append({**dataclasses.asdict(fault), "t": t, "note": note})
+        self.applied.append({**dataclasses.asdict(fault), "t": t, "note": note, **extra})
         what = {"pause-redis": f"{fault.seconds:g} s", "kill-redis": f"down {fault.seconds:g} s"}
         what["poison"] = f"{fault.count} into {fault.target}"
         detail = what.get(fault.kind, fault.target)
@@ -226,6 +244,34 @@ class Soak:
         finally:
             r.close()
         self.poison[stream] += [POISON_RE.search(p).group().decode() for p in payloads]
+
+    def await_uncommitted(self) -> bool:
+        """Wait (up to a minute) until the learner published an update its newest checkpoint
+        does not hold; False when none came (it is killed anyway)."""
+        return self.wait(60.0, lambda: self.newest_update() > self.committed_step(), poll=0.05)
+
+    def newest_update(self) -> int:
+        """Step of the newest `update` record (written after its version is published)."""
+        if not self.runlog.is_file():
+            return 0
+        with self.runlog.open("rb") as f:
+            start = max(0, self.runlog.stat().st_size - 65536)
+            f.seek(start)
+            lines = f.read().decode(errors="replace").splitlines()[1 if start else 0 :]
+        for line in reversed(lines):  # the last line may be half written
+            if '"event": "update"' in line:
+                try:
+                    return int(json.loads(line)["step"])
+                except ValueError:
+                    continue
+        return 0
+
+    def committed_step(self) -> int:
+        latest = self.launcher.run_dir / "learner" / "latest"
+        try:
+            return int(latest.read_text().strip().removeprefix("step-"))
+        except (OSError, ValueError):
+            return 0
 
     def updates(self) -> int:
         """`update` records in the learner's run log so far."""
@@ -275,13 +321,24 @@ class Outcome:
     """The learner trained after the last fault."""
     ledger: Ledger | None
     accuracy: tuple[float | None, float | None, int]
+    memory: MemoryTrace = dataclasses.field(default_factory=MemoryTrace)
     aborted: str = ""
+
+    @property
+    def unforced_restarts(self) -> dict[str, int]:
+        """Restarts of each worker beyond the kills the soak dealt it (crashes: OOM, bugs)."""
+        kills = Counter(f["target"] for f in self.faults if f["kind"].startswith("kill-"))
+        return {w: n - kills[w] for w, n in self.restarts.items() if n > kills[w]}
 
     @property
     def failures(self) -> list[str]:
         out = [f"aborted: {self.aborted}"] if self.aborted else []
         if not self.resumed:
             out.append("training did not resume after the faults")
+        if self.unforced_restarts:
+            out.append(f"restarts beyond the kills: {self.unforced_restarts}")
+        if not self.memory.plateaued:
+            out.append("Redis memory did not plateau")
         return out + (self.ledger.failures if self.ledger else ["no ledger"])
 
 
@@ -291,13 +348,14 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
     aborted, drain, resumed = "", "not reached", False
     try:
         try:
-            launcher.start()
+            launcher.start(before_workers=s.auditor.start)
             # 1. warm up: faults start once the learner has trained
             if not s.wait(cfg.warmup_minutes * 60, lambda: s.updates() >= 1, progress=True):
                 raise Aborted(f"no learner update within {cfg.warmup_minutes:g} minutes")
             # 2. the faults, at their scheduled times
             workers = [w.name for w in launcher.workers]
             s.t0 = time.monotonic()
+            s.auditor.judge_memory_from_now()
             for fault in plan_faults(cfg.seed, cfg.minutes * 60, cfg.mean_gap, workers):
                 s.wait(s.t0 + fault.at - time.monotonic(), progress=True)
                 s.apply(fault)
@@ -314,8 +372,12 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
         codes = launcher.stop_workers()
         ledger, records = None, read_runlog(s.runlog)
         if launcher.redis.proc.poll() is None:
+            s.auditor.stop()  # the last entries copied; trimmed ones are put back below
             r = launcher.redis.client()
-            dumps = {stream: dump_stream(r, s.keys, stream) for stream in WORK_STREAMS}
+            dumps = {
+                stream: s.auditor.merged(stream, dump_stream(r, s.keys, stream))
+                for stream in WORK_STREAMS
+            }
             r.close()
             checkpoint = final_checkpoint(launcher.run_dir / "learner")
             injected = {m for markers in s.poison.values() for m in markers}
@@ -332,6 +394,7 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
         resumed=resumed,
         ledger=ledger,
         accuracy=accuracy(records),
+        memory=s.auditor.memory,
         aborted=aborted,
     )
 
@@ -347,7 +410,19 @@ def render(o: Outcome) -> str:
         ["fault", "applied", "skipped (target already down)"],
         [[k, done[k], skipped[k]] for k in KINDS],
     )
+    learner_kills = [f for f in o.faults if f["kind"] == "kill-learner" and not f["note"]]
+    window = sum(bool(f.get("uncommitted")) for f in learner_kills)
     restarts = ", ".join(f"{k} {v}" for k, v in o.restarts.items())
+    unforced = ", ".join(f"{k} {v}" for k, v in o.unforced_restarts.items()) or "none"
+    mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
+    m = o.memory
+    cap = f"maxmemory {mib(m.maxmemory)} MiB" if m.maxmemory else "no maxmemory"
+    memory = (
+        f"Redis memory ({cap}, streams trimmed every `redis.trim_interval`): peak used per "
+        f"quarter of the run {' / '.join(mib(q) for q in m.quarters()) or '-'} MiB; writes "
+        f"refused at maxmemory (OOM, waited out by the writers): {m.oom_refusals}; "
+        f"plateaued: {'yes' if m.plateaued else 'no'}."
+    )
     codes = ", ".join(f"{k} {v}" for k, v in o.exit_codes.items())
     base, last, n = o.accuracy
     fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
@@ -357,8 +432,11 @@ def render(o: Outcome) -> str:
             f"Command: `{o.command}`",
             f"Machine: {machine_line()}",
             faults,
-            f"Supervisor restarts: {restarts}. Drain after the faults: {o.drain or 'complete'}. "
-            f"Exit codes at the final SIGTERM: {codes}.",
+            f"Learner kills between a publish and its commit (an update out that the restart "
+            f"rolls back): {window} of {len(learner_kills)}.",
+            f"Supervisor restarts: {restarts} (beyond the kills: {unforced}). Drain after the "
+            f"faults: {o.drain or 'complete'}. Exit codes at the final SIGTERM: {codes}.",
+            memory,
             ledger_tables(o.ledger) if o.ledger else "No ledger (Redis was not up at the end).",
             f"Held-out pass@1: base policy (step 0) {fmt(base)}, mean of the last {n} "
             f"evaluations {fmt(last)}: {'improved' if improved else 'not improved'}.",
@@ -379,6 +457,13 @@ def summary(o: Outcome) -> dict:
         "aborted": o.aborted,
         "failures": o.failures,
         "accuracy": dict(zip(("base", "last", "n_last"), o.accuracy, strict=True)),
+        "unforced_restarts": o.unforced_restarts,
+        "memory": {
+            "maxmemory": o.memory.maxmemory,
+            "quarters": o.memory.quarters(),
+            "oom_refusals": o.memory.oom_refusals,
+            "plateaued": o.memory.plateaued,
+        },
         "ledger": None
         if led is None
         else {
@@ -456,8 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    # the ledger reads every entry back from the streams at the end: none may be trimmed
-    sets = [*worker_sets, "learner.log_sample_ids=true", "redis.trim_interval=0"]
+    # the streams are trimmed as in any run: the audit group (ops/chaos_audit.py) keeps copies
+    sets = [*worker_sets, "learner.log_sample_ids=true"]
     launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
     command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])
     outcome = soak(launcher, cfg, rollouts_per_prompt(data, worker_sets), command)

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -163,7 +164,9 @@ class Launcher:
 
     # ---------------------------------------------------------------- start
 
-    def start(self) -> None:
+    def start(self, before_workers: Callable[[], None] | None = None) -> None:
+        """Start the private redis-server (unless a URL was given), then the workers;
+        `before_workers` runs in between (the chaos soak's audit groups)."""
         if self.redis_url is None:
             self.redis = RedisServer(
                 self.run_dir / "redis",
@@ -175,6 +178,8 @@ class Launcher:
             print(
                 f"private redis-server on 127.0.0.1:{self.redis.port} (AOF in {self.run_dir / 'redis'})"
             )
+        if before_workers is not None:
+            before_workers()
         model = resolve_model(self.cfg.model, self.cfg.bootstrap)
         for name, module, args, env in self.worker_specs(model):
             w = Worker(name, module, args, self.run_dir / "logs" / f"{name}.log", free_port(), env)

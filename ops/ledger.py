@@ -62,7 +62,7 @@ class StreamDump:
     """Entries of `<stream>:dead`: raw, reason, source_id (the entry id in the stream)."""
 
     def in_flight(self, entry_id: str) -> bool:
-        return entry_id in self.pending or _id(entry_id) > _id(self.last_delivered)
+        return entry_id in self.pending or id_order(entry_id) > id_order(self.last_delivered)
 
 
 def pending_entries(r, keys: Keys) -> dict[str, set[str]]:
@@ -323,7 +323,8 @@ def accuracy(records: list[dict], last: int = 3) -> tuple[float | None, float | 
     return base, (sum(later) / len(later) if later else None), len(later)
 
 
-def _id(eid: str) -> tuple[int, int]:
+def id_order(eid: str) -> tuple[int, int]:
+    """A stream entry id as a sortable (milliseconds, sequence) pair."""
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
 

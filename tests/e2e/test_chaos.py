@@ -3,9 +3,10 @@
 About two minutes of faults on the demo run (tiny base policy, learner + actor + estimator
 under the supervisor, a private redis-server with AOF): one of each kind, `kill -9` of the
 actor, the estimator and the learner, Redis paused, Redis killed and restarted, poison in a
-work stream. Then the bench drains, stops every process and writes its ledger to
+work stream. The learner is killed between a publish and its commit, and the streams are
+trimmed as in any run. Then the bench drains, stops every process and writes its ledger to
 runs/<id>/chaos.json: nothing lost, nothing trained twice, every dead-letter entry injected
-poison. Held-out accuracy is not asserted here (two minutes are too few evaluations; the
+poison, no restart beyond the kills, Redis memory flat. Held-out accuracy is not asserted here (two minutes are too few evaluations; the
 10-minute soak of docs/RESULTS.md reports it); evaluations use 100 prompts to spare the CPU.
 """
 
@@ -49,5 +50,11 @@ def test_chaos_soak_loses_nothing_and_trains_nothing_twice(tmp_path):
     assert ledger["dead_poison"] >= 1 and ledger["poison_missing"] == [], output
     assert ledger["trained"] > 0 and ledger["checkpoint_agrees"], output
     assert summary["resumed"] and not summary["aborted"], output
+    # the learner was killed with an update out that its newest checkpoint does not hold
+    learner_kills = [f for f in summary["faults"] if f["kind"] == "kill-learner"]
+    assert any(f.get("uncommitted") for f in learner_kills), (learner_kills, output)
+    # the streams were trimmed as in any run: the audit kept the ledger whole, memory flat
+    assert summary["unforced_restarts"] == {}, output
+    assert summary["memory"]["plateaued"], (summary["memory"], output)
     assert all(code == 0 for code in summary["exit_codes"].values()), output
     assert proc.returncode == 0, output

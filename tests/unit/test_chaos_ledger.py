@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from ops.bench_chaos import KINDS, POISON_RE, plan_faults, poison_payload
+from ops.bench_chaos import KINDS, POISON_RE, Outcome, plan_faults, poison_payload
+from ops.chaos_audit import MemoryTrace
 from ops.ledger import StreamDump, accuracy, checkpoint_agrees, make_ledger, trained_history
 from protocol.codec import ProtocolError, decode, encode
 from protocol.messages import Trajectory
@@ -154,3 +157,36 @@ def test_checkpoint_agrees_when_old_ids_aged_out_but_not_otherwise():
     assert checkpoint_agrees(records, (2, {"c"}))  # a and b aged out of the dedup set
     assert not checkpoint_agrees(records, (2, {"a", "b"}))  # the last update's id is missing
     assert not checkpoint_agrees(records, (2, {"c", "zz"}))  # an id the log never trained
+
+
+def test_memory_plateau_is_judged_on_the_fault_phase_by_quarter_peaks():
+    mib = 2**20
+    flat = MemoryTrace([(t, 10 * mib + (t % 3) * mib // 4) for t in range(0, 100)], since=20)
+    assert flat.quarters() == [10 * mib + mib // 2] * 4 and flat.plateaued
+    # the warm-up's growth (before `since`) is not judged
+    warm = MemoryTrace([(t, t * mib) for t in range(20)] + flat.samples[20:], since=20)
+    assert warm.plateaued
+    # growth of 6 MiB a minute, as untrimmed streams grow, is no plateau
+    growing = MemoryTrace([(t, 10 * mib + t * mib // 10) for t in range(0, 600, 2)])
+    q = growing.quarters()
+    assert q == sorted(q) and q[3] - q[1] > 20 * mib and not growing.plateaued
+    # within 10% + 4 MiB of the first half's peak
+    edge = [(0, 100 * mib), (1, 90 * mib), (2, 90 * mib), (3, 114 * mib)]
+    assert MemoryTrace(edge).plateaued
+    assert not MemoryTrace(edge[:3] + [(3, 114 * mib + 1)]).plateaued
+    assert not MemoryTrace(edge[:3]).plateaued  # too few samples to judge
+
+
+def test_restarts_beyond_the_kills_are_crashes():
+    faults = [
+        {"kind": "kill-learner", "target": "learner"},
+        {"kind": "kill-actor", "target": "actor-0"},
+        {"kind": "kill-actor", "target": "actor-0"},
+        {"kind": "pause-redis", "target": ""},
+    ]
+    o = Outcome("gpo bench chaos", Path("."), faults, {}, {}, "", True, None, (None, None, 0))
+    o.restarts = {"learner": 1, "actor-0": 2, "estimator-0": 0}
+    assert o.unforced_restarts == {}
+    o.restarts = {"learner": 3, "actor-0": 2, "estimator-0": 1}
+    assert o.unforced_restarts == {"learner": 2, "estimator-0": 1}
+    assert any("restarts beyond the kills" in f for f in o.failures)
