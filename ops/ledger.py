@@ -33,7 +33,7 @@ from pathlib import Path
 
 from redis.exceptions import ResponseError
 
-from ops.results import markdown_table
+from ops.harness import markdown_table
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
 from protocol.streams import (

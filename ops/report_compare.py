@@ -4,7 +4,7 @@ One HTML page (`compare.html` in `--out`, with its PNGs beside it) overlays the 
 pass@1 against updates, against training time and against the tokens every actor and
 estimator generated: the three axes arms are compared on (docs/RESULTS.md). A table gives
 each run's updates, first, last and best evaluation, training minutes and tokens. The curves
-come from each run's own records (`ops.ablation_report.read_curve`: the learner's run log
+come from each run's own records (`ops.experiments.ablation_report.read_curve`: the learner's run log
 and the launcher's progress scrapes).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from ops.ablation_report import Curve, read_curve
+from ops.experiments.ablation_report import Curve, read_curve
 from ops.report import plt, save_figure, shown
 
 AXES = (

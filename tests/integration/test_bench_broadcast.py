@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from ops import bench_broadcast as bb
+from ops.bench import broadcast as bb
 from protocol.adapters import AdapterFollower, fetch_adapter
 from protocol.config import RedisConfig
 from protocol.streams import Keys, Link

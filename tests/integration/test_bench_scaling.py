@@ -1,10 +1,10 @@
-"""ops/bench_scaling.py against a real redis-server and a real gpo-actor process."""
+"""ops/bench/scaling.py against a real redis-server and a real gpo-actor process."""
 
 from __future__ import annotations
 
 import argparse
 
-from ops.bench_scaling import ROOT, run_trial
+from ops.bench.scaling import ROOT, run_trial
 
 
 def test_one_actor_trial_counts_whole_batches_of_trajectories(

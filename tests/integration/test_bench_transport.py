@@ -5,7 +5,7 @@ paths moved every message and the adapter readers got the exact bytes (asserted 
 
 import re
 
-from ops.bench_transport import main
+from ops.bench.transport import main
 
 
 def test_transport_benchmark_small(capsys):

@@ -1,11 +1,11 @@
-"""The chaos soak's audit (ops/chaos_audit.py) against a real redis-server: the streams are
+"""The chaos soak's audit (ops/bench/chaos_audit.py) against a real redis-server: the streams are
 trimmed while workers consume, and the ledger still gets every entry back."""
 
 from __future__ import annotations
 
 import asyncio
 
-from ops.chaos_audit import AUDIT_GROUP, Auditor
+from ops.bench.chaos_audit import AUDIT_GROUP, Auditor
 from ops.ledger import dump_stream
 from protocol.config import RedisConfig
 from protocol.consumer import Consumer

@@ -1,4 +1,4 @@
-"""ops/bench_gpo_overhead.py and ops/generation_replay.py: trained-sample accounting on a
+"""ops/bench/gpo_overhead.py and ops/generation_replay.py: trained-sample accounting on a
 scripted engine, and the ratios by hand."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from actors.mc_config import McConfig
 from actors.rollout import RolloutConfig
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
-from ops.bench_gpo_overhead import PPO, Measure, reading, run_repeats, summarise, variants
+from ops.bench.gpo_overhead import PPO, Measure, reading, run_repeats, summarise, variants
 from ops.generation_replay import Cost, Rollout, Shape, Workload, duplicate_states
 
 PROMPTS, N, BATCH, K, N_RESET, EST_BATCH = 5, 4, 3, 2, 3, 6

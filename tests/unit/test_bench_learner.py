@@ -10,7 +10,7 @@ import pytest
 
 from actors.bootstrap import TASK_SPECS
 from actors.tasks.base import load_task
-from ops import bench_learner as bl
+from ops.bench import learner_update as bl
 from tests.unit.learner_fixtures import tiny_model
 
 

@@ -1,10 +1,10 @@
-"""ops/bench_scaling.py: speed-up, efficiency and the flattening point by hand."""
+"""ops/bench/scaling.py: speed-up, efficiency and the flattening point by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from ops.bench_scaling import Trial, flattens_at, format_table, marginal, summarise
+from ops.bench.scaling import Trial, flattens_at, format_table, marginal, summarise
 
 
 def trial(actors: int, repeat: int, trajectories: int) -> Trial:

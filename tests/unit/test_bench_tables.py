@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 
-from ops import bench_broadcast as bb
-from ops import bench_learner as bl
-from ops.bench_engine import Row as EngineRow
-from ops.bench_engine import markdown as engine_markdown
-from ops.bench_engine import reading as engine_reading
-from ops.bench_transport import results_markdown
-from ops.results import bench_body
+from ops.bench import broadcast as bb
+from ops.bench import learner_update as bl
+from ops.bench.engine import Row as EngineRow
+from ops.bench.engine import markdown as engine_markdown
+from ops.bench.engine import reading as engine_reading
+from ops.bench.transport import results_markdown
+from ops.harness import bench_body
 from protocol.messages import Trajectory
 
 

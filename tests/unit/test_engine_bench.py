@@ -1,8 +1,8 @@
-"""ops/bench_engine.py: the table arithmetic by hand, and one very small end-to-end run."""
+"""ops/bench/engine.py: the table arithmetic by hand, and one very small end-to-end run."""
 
 from __future__ import annotations
 
-from ops.bench_engine import Row, _count_until_eos, format_table, main
+from ops.bench.engine import Row, _count_until_eos, format_table, main
 
 
 def test_table_speeds_and_ratios():

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from ops import ablation_report as rep
-from ops import ablation_studies as studies
-from ops import experiment_ablation as ab
+from ops.experiments import ablation as ab
+from ops.experiments import ablation_report as rep
+from ops.experiments import ablation_studies as studies
 
 
 def write_log(run_dir, evals, updates):
@@ -194,7 +194,7 @@ def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_
 
 
 def test_a_run_that_shared_the_machine_is_flagged_by_the_cpu_others_used():
-    from ops.experiment_ablation import OTHERS_MAX, cpu_use
+    from ops.experiments.ablation import OTHERS_MAX, cpu_use
 
     # 100 s on 2 cores: the machine was busy 200 s, the run's processes used 150 of them
     use = cpu_use(100.0, 150.0, busy_after=1200.0, busy_before=1000.0, cores=2)

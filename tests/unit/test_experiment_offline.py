@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from ops.experiment_offline import Settings, main
-from ops.offline_report import aggregate, cut_to_equal, mean_std, reading, report, spread
+from ops.experiments.offline import Settings, main
+from ops.experiments.offline_report import (
+    aggregate,
+    cut_to_equal,
+    mean_std,
+    reading,
+    report,
+    spread,
+)
 
 
 def _pairs(counts: dict[str, int]) -> list[dict]:

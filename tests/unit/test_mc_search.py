@@ -38,7 +38,7 @@ from actors.scripted import (
     decode,
     step_spans,
 )
-from ops.bench_critical import make_cases, run_budget
+from ops.bench.critical import make_cases, run_budget
 
 # --- a hand-written fake engine: fixed continuations, exact bookkeeping ---------------------
 
@@ -349,7 +349,7 @@ def test_adaptive_rounds_use_fresh_seeds_and_respect_the_cap():
 
 
 def test_adaptive_matches_uniform_k8_with_at_most_60_percent_of_the_rollouts():
-    # The benchmark's protocol on a fixed seeded set (python -m ops.bench_critical runs more).
+    # The benchmark's protocol on a fixed seeded set (python -m ops.bench.critical runs more).
     cases = make_cases(seed=100, count=200, min_margin=0.1) + make_cases(101, 200, 0.1)
     uniform = run_budget(cases, paper_search(k=8), "K=8")
     adaptive = run_budget(cases, paper_search(budget="adaptive"), "adaptive")

@@ -55,7 +55,7 @@ from learner.train import make_optimizer, on_policy_step, ppo_update
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
 
-DEMO_CONFIG = Path(__file__).resolve().parent / "configs" / "demo.toml"
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, samples, learner, mbs, on_policy_step(policy, learner))
     print("\n" + text)
     if args.write_results:
-        from ops.results import bench_body, markdown_table, write_section
+        from ops.harness import bench_body, markdown_table, write_section
 
         table = markdown_table(HEADER, table_rows(rows))
         path = write_section("bench-learner", bench_body("learner", argv, table, text))

@@ -45,7 +45,7 @@ from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT = 300.0
 """Seconds all actors of a trial get to publish their first batch (loaded 2-core machine)."""
 TRAJECTORY_BACKLOG = 100_000
@@ -416,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paragraph = reading(rows, trials)
     print(f"{text}\n\n{paragraph}")
     if args.write_results:
-        from ops.results import machine_line, write_section
+        from ops.harness import machine_line, write_section
 
         command = " ".join(["gpo bench scaling", *argv])
         body = f"Command: `{command}`\n\nMachine: {machine_line()}\n\n{text}\n\n{paragraph}"

@@ -1,6 +1,6 @@
 """What `gpo experiment offline` reports, as pure functions over its per-seed results: the
 pairs spread over prompts, the mean and spread per arm, the tables, the verdict and the
-reading written into docs/RESULTS.md (ops/experiment_offline.py runs the seeds)."""
+reading written into docs/RESULTS.md (ops/experiments/offline.py runs the seeds)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from ops.results import markdown_table
+from ops.harness import markdown_table
 
 ARMS = ("base", "critical", "whole")
 LABELS = {"base": "base policy", "critical": "critical-step DPO", "whole": "whole-trajectory DPO"}

@@ -63,7 +63,7 @@ from ops.generation_replay import (
     shape_from_config,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PPO = "PPO"
 
 
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{text}\n\n{paragraph}")
     print(f"took {time.perf_counter() - start:.0f} s")
     if args.write_results:
-        from ops.results import machine_line, write_section
+        from ops.harness import machine_line, write_section
 
         command = " ".join(["gpo bench gpo-overhead", *argv])
         body = f"Command: `{command}`\n\nMachine: {machine_line()}\n\n{text}\n\n{paragraph}"

@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, base_mib)
     print("\n" + text)
     if args.write_results:
-        from ops.results import bench_body, markdown_table, write_section
+        from ops.harness import bench_body, markdown_table, write_section
 
         table = markdown_table(HEADER, table_rows(rows))
         path = write_section("bench-broadcast", bench_body("broadcast", argv, table, text))

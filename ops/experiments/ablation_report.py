@@ -1,6 +1,6 @@
 """The ablation's read-out: one run's curve from its logs, and a study's tables and plot.
 
-`gpo experiment ablation` (ops/experiment_ablation.py) runs the arms and keeps each run's
+`gpo experiment ablation` (ops/experiments/ablation.py) runs the arms and keeps each run's
 `Curve` as a summary; this module turns the curves of a `Study` into its markdown section:
 pass@1 per arm at equal time and at the end, paired differences by seed at equal time,
 updates and generated tokens (the mean of the evaluations in the last third of the window,
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ops.harness import PLOTS, machine_line, markdown_table
 from ops.report import read_jsonl
-from ops.results import PLOTS, machine_line, markdown_table
 
 PLAIN_PPO = "ppo"
 """The arm every study that has it is also compared against."""

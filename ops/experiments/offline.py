@@ -51,8 +51,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ops.offline_report import ARMS, LABELS, cut_to_equal, report
-from ops.results import machine_line, write_section
+from ops.experiments.offline_report import ARMS, LABELS, cut_to_equal, report
+from ops.harness import machine_line, write_section
 
 SECTION = "offline-dpo"
 

@@ -1,12 +1,12 @@
 """The ablation's arms and studies: what `gpo experiment ablation` runs
-(ops/experiment_ablation.py runs them, ops/ablation_report.py reads them out). An arm is a
+(ops/experiments/ablation.py runs them, ops/experiments/ablation_report.py reads them out). An arm is a
 set of `--set` fields on a study's config; a study is its arms, the pairs it compares and
 the config it runs.
 """
 
 from __future__ import annotations
 
-from ops.ablation_report import Study
+from ops.experiments.ablation_report import Study
 
 NO_RESETS = {"learner.reset_fraction": "0.0"}
 """Arms without resets train all-fresh batches: the learner does not wait for resets."""

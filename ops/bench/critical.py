@@ -1,4 +1,4 @@
-"""Benchmark: critical-step accuracy against MC cost (`python -m ops.bench_critical`).
+"""Benchmark: critical-step accuracy against MC cost (`python -m ops.bench.critical`).
 
 Part (a), always: scripted policies (`actors.scripted`) with a known pivotal step. Each case
 is a random problem and one trajectory sampled from it; its ground truth is the exact argmax
@@ -39,7 +39,7 @@ from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.mc_config import McConfig, paper_search
 from actors.mc_search import StepTrajectory, find_critical_step
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
-from ops.results import PLOTS
+from ops.harness import PLOTS
 
 PART_B_MODULES = (
     "actors.tasks.arithmetic",
@@ -461,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parts += [text] if text else []
         print(f"part (c) took {time.perf_counter() - start:.1f} s")
     if args.write_results:
-        from ops.results import machine_line, write_section
+        from ops.harness import machine_line, write_section
 
         argv_text = " ".join(argv if argv is not None else sys.argv[1:])
         command = f"`gpo bench critical-step {argv_text}`".replace(" `", "`")

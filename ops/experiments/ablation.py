@@ -40,7 +40,7 @@ leaves a small summary in docs/results/ablation/<config>/ (commit it): a run who
 has the same settings is not run again, so an experiment resumes after an interruption, on
 another machine too, and the report is rebuilt from the summaries.
 
-Read-out (ops/ablation_report.py), from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
+Read-out (ops/experiments/ablation_report.py), from each run's own learner log (`learner/run_log.jsonl`): held-out pass@1 (500
 prompts, temperature 1) every `--eval-every` updates, the same cadence for every arm. "Equal
 wall-clock" compares the arms at the training time every run of the study reached (T),
 where training time is the learner's clock less the time it spent evaluating (an evaluation
@@ -65,13 +65,13 @@ import time
 from pathlib import Path
 
 from actors.estimator import EstimatorConfig
-from ops.ablation_report import Curve, read_curve, study_report
-from ops.ablation_studies import STUDIES, arm_sets
-from ops.results import PLOTS, write_section
+from ops.experiments.ablation_report import Curve, read_curve, study_report
+from ops.experiments.ablation_studies import STUDIES, arm_sets
+from ops.harness import PLOTS, write_section
 from ops.run_setup import split_sets, validate_roles
 from protocol.config import apply_sets, from_mapping, load_toml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SUMMARIES = PLOTS / "ablation"
 """One small JSON per finished run (`<arm>-s<seed>.json`: its settings and its curve),
 committed with the results: a rerun skips a run whose summary has the same settings, so an

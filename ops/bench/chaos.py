@@ -23,7 +23,7 @@ Then the faults stop, the system drains (bounded: every worker up, two updates a
 last fault, every entry pending at that moment acknowledged or dead-lettered), every worker
 gets SIGTERM, and the ledger is read from Redis and the learner's run log. The streams are
 trimmed as in any run: an audit group copies every entry before a trim may delete it
-(ops/chaos_audit.py), and Redis memory is sampled; `--set launch.redis_maxmemory=32mb`
+(ops/bench/chaos_audit.py), and Redis memory is sampled; `--set launch.redis_maxmemory=32mb`
 puts the run under memory pressure (writers wait at maxmemory, counted as refused writes).
 
 The ledger (ops/ledger.py has the definitions) follows every message id hop by hop: passed
@@ -54,7 +54,8 @@ from pathlib import Path
 import msgpack
 
 from actors.rollout import RolloutConfig
-from ops.chaos_audit import Auditor, MemoryTrace
+from ops.bench.chaos_audit import Auditor, MemoryTrace
+from ops.harness import machine_line, markdown_table, write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
 from ops.ledger import (
@@ -67,13 +68,12 @@ from ops.ledger import (
     pending_entries,
     read_runlog,
 )
-from ops.results import machine_line, markdown_table, write_section
 from ops.run_setup import split_sets, validate_roles
 from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
 from protocol.streams import WORK_STREAMS, Keys
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = ("kill-actor", "kill-estimator", "kill-learner", "pause-redis", "kill-redis", "poison")
 POISON = b"gpo-chaos-poison:"
 POISON_RE = re.compile(rb"gpo-chaos-poison:[a-z]+:\d+")
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    # the streams are trimmed as in any run: the audit group (ops/chaos_audit.py) keeps copies
+    # the streams are trimmed as in any run: the audit group (ops/bench/chaos_audit.py) keeps copies
     sets = [*worker_sets, "learner.log_sample_ids=true"]
     launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
     command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])

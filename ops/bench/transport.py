@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.bench_broadcast import safetensors_blob
+from ops.bench.broadcast import safetensors_blob
 from protocol.adapters import fetch_adapter, publish_adapter
 from protocol.codec import encode
 from protocol.config import RedisConfig
@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (secs, peak) in fetch.items():
         print(f"{name:<20}{secs:>10.2f}{peak / 2**20:>26.1f}")
     if args.write_results:
-        from ops.results import bench_body, write_section
+        from ops.harness import bench_body, write_section
 
         tables, text = results_markdown(args, size, c, r, rb, fetch)
         path = write_section("bench-transport", bench_body("transport", argv, tables, text))
@@ -339,7 +339,7 @@ def results_markdown(
     fetch: dict[str, tuple[float, int]],
 ) -> tuple[str, str]:
     """The RESULTS.md tables and reading; `client` and `raw` are (msg/s, p50 ms, p99 ms)."""
-    from ops.results import markdown_table
+    from ops.harness import markdown_table
 
     rows = [
         ["gpo client (encode, MULTI, strict decode, ack script)", *_cells(client, size), "1.00"],

@@ -10,7 +10,7 @@ Two measurements in one run, on a tiny random Llama (or `--model DIR`):
    `generate(num_return_sequences=...)` does), `request` and `shared`.
 
 Run: `gpo bench engine [--model DIR] [--device cuda] [--write-results]` (or
-`python -m ops.bench_engine`). The cases run round-robin, `--repeats` rounds after one
+`python -m ops.bench.engine`). The cases run round-robin, `--repeats` rounds after one
 warm-up round, and each figure is the median of its rounds. `--write-results` writes the
 table into section `bench-engine` of docs/RESULTS.md.
 """
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(args, model_dir)
     print(format_table(rows))
     if args.write_results:
-        from ops.results import bench_body, write_section
+        from ops.harness import bench_body, write_section
 
         text = reading(rows, args)
         body = bench_body("engine", argv, markdown(rows, args), text)
@@ -260,7 +260,7 @@ def format_table(rows: list[Row]) -> str:
 
 def markdown(rows: list[Row], args: argparse.Namespace) -> str:
     """The RESULTS.md table: the same figures as `format_table`, and what was measured on."""
-    from ops.results import markdown_table
+    from ops.harness import markdown_table
 
     speed = {r.case: r.tokens / r.seconds for r in rows}
     cells = [
