@@ -1,6 +1,11 @@
-"""docs/RESULTS.md: sections that the project's own commands write and rewrite.
+"""The harness every benchmark and experiment shares: its command line, alternating timed
+rounds, console and markdown tables, the machine line, and the RESULTS.md sections.
 
-Every experiment or benchmark that reports into RESULTS.md owns one section, delimited by
+Command line: `parser(prog, doc)` with the flags all of them take (`--write-results`, and
+`--repeats` where rounds are timed). Timing: `alternate` runs the cases in turn, one round
+after another, so drift on a shared machine hits every case alike; figures are medians.
+
+docs/RESULTS.md: every experiment or benchmark that reports into RESULTS.md owns one section, delimited by
 
     <!-- gpo:NAME begin -->
     ...
@@ -14,13 +19,18 @@ markers (the reading, the paper comparison) is written by hand. Plots go to
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import re
 import shlex
+import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "RESULTS.md"
@@ -85,3 +95,92 @@ def bench_body(name: str, argv: Sequence[str], table: str, reading: str) -> str:
     and a one-paragraph reading of it."""
     command = " ".join(["gpo", "bench", name, *(shlex.quote(a) for a in argv)])
     return f"Command: `{command}`\n\nMachine: {machine_line()}\n\n{table}\n\n{reading}"
+
+
+def console_table(header: Sequence[str], rows: Sequence[Sequence[object]], left: int = 0) -> str:
+    """A fixed-width console table: the first `left` columns aligned left, the rest right."""
+    body = [[str(c) for c in header], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(line[i]) for line in body) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        )
+        for line in body
+    )
+
+
+# ---------------------------------------------------------------- timing
+
+
+def alternate(
+    cases: Sequence[Callable[[], T]],
+    repeats: int,
+    warmup: bool = True,
+    before_each: Callable[[], object] | None = None,
+) -> list[list[T]]:
+    """Run every case once per round, in turn, for `repeats` rounds (after one untimed
+    warm-up round unless `warmup` is off); `before_each` runs before every call (a reset of
+    shared state). Returns each case's results, round by round."""
+    rounds = ([0] if warmup else []) + list(range(1, repeats + 1))
+    out: list[list[T]] = [[] for _ in cases]
+    for k in rounds:
+        for i, case in enumerate(cases):
+            if before_each is not None:
+                before_each()
+            result = case()
+            if k:
+                out[i].append(result)
+    return out
+
+
+async def alternate_async(
+    cases: Sequence[Callable[[], Awaitable[T]]], repeats: int, warmup: bool = True
+) -> list[list[T]]:
+    """`alternate` for coroutine functions."""
+    out: list[list[T]] = [[] for _ in cases]
+    for k in ([0] if warmup else []) + list(range(1, repeats + 1)):
+        for i, case in enumerate(cases):
+            result = await case()
+            if k:
+                out[i].append(result)
+    return out
+
+
+def timed(call: Callable[[], T]) -> Callable[[], tuple[float, T]]:
+    """`call` returning (seconds it took, its result)."""
+
+    def run() -> tuple[float, T]:
+        start = time.perf_counter()
+        result = call()
+        return time.perf_counter() - start, result
+
+    return run
+
+
+def median_seconds(results: Sequence[tuple[float, object]]) -> float:
+    """The median of the seconds of `timed` results."""
+    return statistics.median(seconds for seconds, _ in results)
+
+
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def parser(
+    prog: str, doc: str | None, repeats: int | None = None, what: str = ""
+) -> argparse.ArgumentParser:
+    """The argument parser of `gpo bench|experiment NAME`: its module doc as the help, and
+    the common flags: `--write-results` (its RESULTS.md section), and `--repeats` (timed
+    rounds, medians reported) when `repeats` gives its default."""
+    p = argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if repeats is not None:
+        p.add_argument(
+            "--repeats", type=int, default=repeats, help=what or "timed rounds per case (median)"
+        )
+    p.add_argument(
+        "--write-results", action="store_true", help="write its section of docs/RESULTS.md"
+    )
+    return p

@@ -28,8 +28,8 @@ two versions while a publish runs plus readers x 4 GETs x 4 MiB of reply buffers
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import itertools
 import statistics
 import sys
 import tempfile
@@ -40,6 +40,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ops.harness import (
+    alternate_async,
+    bench_body,
+    console_table,
+    markdown_table,
+    parser,
+    write_section,
+)
 from protocol.adapters import CHUNK_BYTES, AdapterFollower, fetch_adapter, publish_adapter
 from protocol.config import RedisConfig
 from protocol.streams import Keys, Link
@@ -129,9 +137,7 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
 
 def format_table(rows: Sequence[Row]) -> str:
     """Fixed-width console table of the rows."""
-    body = [HEADER, *table_rows(rows)]
-    widths = [max(len(line[i]) for line in body) for i in range(len(HEADER))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in body)
+    return console_table(HEADER, table_rows(rows))
 
 
 # --- memory high-water marks (Linux; NaN elsewhere) ------------------------------------
@@ -224,12 +230,16 @@ async def broadcast_case(
     await publish_adapter(publisher, keys, 1, blob, {"r": 8}, "bench", keep=1)
     for f in followers:
         await f.poll()
-    await one_round(2)
-    memory_copies(blob, readers)
-    rounds = []
-    for k in range(repeats):  # alternate, so drift on a shared machine hits both alike
-        publish, fetch, total = await one_round(3 + k)
-        rounds.append((publish, fetch, total, memory_copies(blob, readers)))
+    versions = itertools.count(2)
+
+    async def broadcast() -> tuple[float, float, float]:
+        return await one_round(next(versions))
+
+    async def copies() -> float:
+        return memory_copies(blob, readers)
+
+    sent, copied = await alternate_async([broadcast, copies], repeats)
+    rounds = [(*b, c) for b, c in zip(sent, copied, strict=True)]
     peak = peak_rss_mib()
     await admin.aclose()
     for link in [publisher, *links]:
@@ -327,17 +337,9 @@ def _ints(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="gpo bench broadcast",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("gpo bench broadcast", __doc__, repeats=3)
     p.add_argument("--sizes", type=_ints, default=[1, 16, 64, 256], help="adapter MiB, commas")
     p.add_argument("--readers", type=_ints, default=[1, 8], help="reader counts, commas")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per case (median)")
-    p.add_argument(
-        "--write-results", action="store_true", help="write the table into docs/RESULTS.md"
-    )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
 
@@ -359,8 +361,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, base_mib)
     print("\n" + text)
     if args.write_results:
-        from ops.harness import bench_body, markdown_table, write_section
-
         table = markdown_table(HEADER, table_rows(rows))
         path = write_section("bench-broadcast", bench_body("broadcast", argv, table, text))
         print(f"\nwrote section bench-broadcast of {path}")

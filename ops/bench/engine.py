@@ -20,10 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +31,16 @@ from transformers import AutoModelForCausalLM
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
 from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+from ops.harness import (
+    alternate,
+    bench_body,
+    console_table,
+    markdown_table,
+    median_seconds,
+    parser,
+    timed,
+    write_section,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +55,7 @@ class Row:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="gpo bench engine", description=__doc__.split("\n\n")[0])
+    p = parser("gpo bench engine", __doc__.split("\n\n")[0], repeats=3)
     p.add_argument("--model", help="model directory (default: build a tiny random Llama)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--device", default="cpu")
@@ -58,7 +66,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=8, help="continuations per prefix")
     p.add_argument("--step-tokens", type=int, default=48, help="tokens per reasoning step")
     p.add_argument("--mc-tokens", type=int, default=32, help="max new tokens per continuation")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds per case (median)")
     p.add_argument("--hidden-size", type=int, default=256, help="tiny model width")
     p.add_argument("--layers", type=int, default=4, help="tiny model depth")
     p.add_argument(
@@ -67,9 +74,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="torch CPU threads (0: torch default); 1 because two threads collapse when other "
         "work shares the cores (measured: the floor case 19 s with 2 threads, 1 s with 1)",
-    )
-    p.add_argument(
-        "--write-results", action="store_true", help="write the table into docs/RESULTS.md"
     )
     return p.parse_args(argv)
 
@@ -84,8 +88,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(args, model_dir)
     print(format_table(rows))
     if args.write_results:
-        from ops.harness import bench_body, write_section
-
         text = reading(rows, args)
         body = bench_body("engine", argv, markdown(rows, args), text)
         print(f"\nwrote section bench-engine of {write_section('bench-engine', body)}")
@@ -234,34 +236,36 @@ def _count_until_eos(rows: list[list[int]], eos: int | list[int] | None) -> int:
 
 
 def _timed_round_robin(cases: list[tuple[str, Callable[[], int], str]], repeats: int) -> list[Row]:
-    """Median time of each case over `repeats` rounds, after one warm-up call of each."""
-    times: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    tokens = {name: call() for name, call, _ in cases}  # warm-up: allocator, kernels, imports
-    for _ in range(repeats):
-        for name, call, _ in cases:
-            start = time.perf_counter()
-            tokens[name] = call()
-            times[name].append(time.perf_counter() - start)
+    """Median time of each case over `repeats` alternating rounds, after a warm-up round
+    (allocator, kernels, imports); tokens as the last call generated them."""
+    results = alternate([timed(call) for _, call, _ in cases], repeats)
     return [
-        Row(name, statistics.median(times[name]), tokens[name], baseline)
-        for name, _, baseline in cases
+        Row(name, median_seconds(got), got[-1][1], baseline)
+        for (name, _, baseline), got in zip(cases, results, strict=True)
     ]
 
 
 def format_table(rows: list[Row]) -> str:
     """Rows as a fixed-width table; `vs` is speed relative to the row's baseline."""
     speed = {r.case: r.tokens / r.seconds for r in rows}
-    lines = [f"{'case':32} {'seconds':>8} {'tokens':>7} {'tokens/s':>9} {'vs':>6}"]
-    for r in rows:
-        ratio = f"{speed[r.case] / speed[r.baseline]:.2f}x" if r.baseline else ""
-        lines.append(f"{r.case:32} {r.seconds:8.3f} {r.tokens:7d} {speed[r.case]:9.0f} {ratio:>6}")
-    return "\n".join(lines)
+    return console_table(
+        ["case", "seconds", "tokens", "tokens/s", "vs"],
+        [
+            [
+                r.case,
+                f"{r.seconds:.3f}",
+                r.tokens,
+                f"{speed[r.case]:.0f}",
+                f"{speed[r.case] / speed[r.baseline]:.2f}x" if r.baseline else "",
+            ]
+            for r in rows
+        ],
+        left=1,
+    )
 
 
 def markdown(rows: list[Row], args: argparse.Namespace) -> str:
     """The RESULTS.md table: the same figures as `format_table`, and what was measured on."""
-    from ops.harness import markdown_table
-
     speed = {r.case: r.tokens / r.seconds for r in rows}
     cells = [
         [

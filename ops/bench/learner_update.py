@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -52,6 +51,16 @@ from learner.composition import batch_targets, plan_batch
 from learner.config import LearnerConfig
 from learner.policy import Policy, build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
+from ops.harness import (
+    alternate,
+    bench_body,
+    console_table,
+    markdown_table,
+    median_seconds,
+    parser,
+    timed,
+    write_section,
+)
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
 
@@ -103,14 +112,7 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
 
 def format_table(rows: Sequence[Row]) -> str:
     """Fixed-width console table; the first row is the floor the ratios refer to."""
-    body = [HEADER, *table_rows(rows)]
-    widths = [max(len(line[i]) for line in body) for i in range(len(HEADER))]
-    return "\n".join(
-        "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths))
-        )
-        for line in body
-    )
+    return console_table(HEADER, table_rows(rows), left=1)
 
 
 # --- the batch --------------------------------------------------------------------------
@@ -230,20 +232,6 @@ def learner_call(
     return call
 
 
-def timed_alternating(calls: Sequence[Callable[[], None]], repeats: int) -> list[float]:
-    """Median seconds of each call over `repeats` rounds (one call of each per round, in
-    turn), after one untimed warm-up round."""
-    for call in calls:
-        call()
-    times: list[list[float]] = [[] for _ in calls]
-    for _ in range(repeats):
-        for i, call in enumerate(calls):
-            start = time.perf_counter()
-            call()
-            times[i].append(time.perf_counter() - start)
-    return [statistics.median(t) for t in times]
-
-
 def run(policy: Policy, samples: list[Sample], cfg: LearnerConfig, repeats: int) -> list[Row]:
     plan = plan_micro_batches([len(s.token_ids) for s in samples], cfg.token_budget)
     adv = sample_advantages(samples, cfg.advantage)
@@ -256,7 +244,7 @@ def run(policy: Policy, samples: list[Sample], cfg: LearnerConfig, repeats: int)
             policy, optimizer, samples, cfg, old_pass=True
         ),
     }
-    seconds = timed_alternating(list(cases.values()), repeats)
+    seconds = [median_seconds(r) for r in alternate([timed(c) for c in cases.values()], repeats)]
     tokens = sum(len(s.token_ids) for s in samples)
     trained = int(sum(int(mb.mask.sum()) for mb in mbs))
     return [Row(name, s, tokens, trained) for name, s in zip(cases, seconds, strict=True)]
@@ -302,25 +290,17 @@ def reading(
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="gpo bench learner",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("gpo bench learner", __doc__, repeats=5)
     p.add_argument("--model", help="base model directory (default: gpo bootstrap's, cached)")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="TOML with [learner], [actor]")
     p.add_argument("--batch-size", type=int, help="override learner.batch_size")
     p.add_argument("--max-new-tokens", type=int, help="override actor.rollout.max_new_tokens")
-    p.add_argument("--repeats", type=int, default=5, help="timed rounds per case (median)")
     p.add_argument(
         "--threads",
         type=int,
         default=1,
         help="torch CPU threads (0: torch default); 1 because these small matmuls gain "
         "little from a second thread and two threads collapse when other work shares the cores",
-    )
-    p.add_argument(
-        "--write-results", action="store_true", help="write the table into docs/RESULTS.md"
     )
     return p.parse_args(argv)
 
@@ -366,8 +346,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, samples, learner, mbs, on_policy_step(policy, learner))
     print("\n" + text)
     if args.write_results:
-        from ops.harness import bench_body, markdown_table, write_section
-
         table = markdown_table(HEADER, table_rows(rows))
         path = write_section("bench-learner", bench_body("learner", argv, table, text))
         print(f"\nwrote section bench-learner of {path}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import shutil
 import statistics
 import subprocess
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ops.bench.broadcast import safetensors_blob
+from ops.harness import alternate, bench_body, parser, write_section
 from protocol.adapters import fetch_adapter, publish_adapter
 from protocol.codec import encode
 from protocol.config import RedisConfig
@@ -243,22 +245,14 @@ def pct(xs: list[float], q: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="gpo bench transport",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("gpo bench transport", __doc__, 3, "runs per path; the median is reported")
     p.add_argument("--messages", type=int, default=4000, help="messages per run")
     p.add_argument("--tokens", type=int, default=2048, help="completion tokens per Trajectory")
     p.add_argument("--batch", type=int, default=64, help="messages per XADD pipeline / XREADGROUP")
-    p.add_argument("--repeats", type=int, default=3, help="runs per path; the median is reported")
     p.add_argument(
         "--adapter-mb", type=int, default=64, help="adapter size for the fetch test (MiB)"
     )
     p.add_argument("--readers", type=int, default=8, help="concurrent adapter readers")
-    p.add_argument(
-        "--write-results", action="store_true", help="write the tables into docs/RESULTS.md"
-    )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
 
@@ -276,18 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(Path(tmp) / "redis", extra=("--maxmemory", "0")).start()
         try:
-            client_runs, raw_runs, rb_runs, fetch_runs = [], [], [], []
-            for k in range(args.repeats):  # alternate, so drift on a shared machine hits all
-                server.client().flushall()
-                raw_runs.append(asyncio.run(run_raw(server.url, f"r{k}", payloads, args.batch)))
-                server.client().flushall()
-                client_runs.append(asyncio.run(run_client(server.url, f"c{k}", msgs, args.batch)))
-                server.client().flushall()
-                rb_runs.append(redis_benchmark(server.port, size, min(args.messages, 20000)))
-                server.client().flushall()
-                fetch_runs.append(
-                    asyncio.run(adapter_fetch(server.url, args.adapter_mb, args.readers))
-                )
+            k = itertools.count()
+            cases = [
+                lambda: asyncio.run(run_raw(server.url, f"r{next(k)}", payloads, args.batch)),
+                lambda: asyncio.run(run_client(server.url, f"c{next(k)}", msgs, args.batch)),
+                lambda: redis_benchmark(server.port, size, min(args.messages, 20000)),
+                lambda: asyncio.run(adapter_fetch(server.url, args.adapter_mb, args.readers)),
+            ]
+            flush = lambda: server.client().flushall()  # noqa: E731
+            raw_runs, client_runs, rb_runs, fetch_runs = alternate(
+                cases, args.repeats, warmup=False, before_each=flush
+            )
             rb = statistics.median(rb_runs) if all(rb_runs) else None
             fetch = median_fetch(fetch_runs)
         finally:
@@ -322,8 +315,6 @@ def main(argv: list[str] | None = None) -> int:
     for name, (secs, peak) in fetch.items():
         print(f"{name:<20}{secs:>10.2f}{peak / 2**20:>26.1f}")
     if args.write_results:
-        from ops.harness import bench_body, write_section
-
         tables, text = results_markdown(args, size, c, r, rb, fetch)
         path = write_section("bench-transport", bench_body("transport", argv, tables, text))
         print(f"\nwrote section bench-transport of {path}")
