@@ -162,8 +162,6 @@ def median_seconds(results: Sequence[tuple[float, object]]) -> float:
     return statistics.median(seconds for seconds, _ in results)
 
 
-
-
 # ---------------------------------------------------------------- the command line
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -47,7 +46,9 @@ from ops.run_setup import (
     split_sets,
     validate_roles,
 )
+from ops.worker import Worker, tail
 from protocol.config import ConfigError, from_mapping, load_toml
+from protocol.streams import redact
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,51 +95,6 @@ class LaunchConfig:
             from actors.bootstrap import BootstrapConfig
 
             from_mapping(BootstrapConfig, dict(self.bootstrap), "launch.bootstrap")
-
-
-@dataclass
-class Worker:
-    """One supervised process."""
-
-    name: str
-    module: str
-    args: list[str]
-    log: Path
-    port: int
-    env: dict = field(default_factory=dict)
-    proc: subprocess.Popen | None = None
-    restarts: int = 0
-    next_start: float = 0.0
-    started: float = 0.0
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                self.module,
-                *self.args,
-                "--name",
-                self.name,
-                "--metrics-port",
-                str(self.port),
-                "--metrics-host",
-                "127.0.0.1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, **self.env},
-            start_new_session=True,  # Ctrl-C in the terminal goes to the launcher alone
-            preexec_fn=_die_with_parent,
-        )
-        out.close()
-        self.started = time.monotonic()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 class Launcher:
@@ -193,7 +149,7 @@ class Launcher:
                     "run_id": self.run_id,
                     "config": str(self.config_path),
                     "model": model,  # resolved base model dir; "": set in each process config
-                    "redis_url": _redact(self.redis_url),
+                    "redis_url": redact(self.redis_url),
                     "workers": {w.name: {"port": w.port, "log": str(w.log)} for w in self.workers},
                     "sets": self.sets,
                     "software": software(),
@@ -281,12 +237,12 @@ class Launcher:
                 # while the worker started (a Redis restart), and it is restarted like a crash.
                 if code == 2 and w.restarts == 0:
                     self.failed = True
-                    return f"{w.name} refused to start (exit 2):\n{_tail(w.log)}"
+                    return f"{w.name} refused to start (exit 2):\n{tail(w.log)}"
                 if w.restarts >= self.cfg.max_restarts:
                     self.failed = True
                     return (
                         f"{w.name} exited with code {code} after {w.restarts} restarts; giving "
-                        f"up (launch.max_restarts):\n{_tail(w.log)}"
+                        f"up (launch.max_restarts):\n{tail(w.log)}"
                     )
                 delay = min(self.cfg.restart_backoff_max, 2.0 ** min(w.restarts, 10))
                 w.next_start = now + delay
@@ -371,30 +327,6 @@ class Launcher:
             print(f"report: {report}")
         print(f"results: {self.run_dir}")
         return 1 if self.failed else 0
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM it if the launcher dies (even by SIGKILL), so a
-    crashed or killed launcher never leaves workers behind (Linux prctl PR_SET_PDEATHSIG)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def _tail(path: Path, lines: int = 5) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _redact(url: str) -> str:
-    from protocol.streams import redact
-
-    return redact(url)
 
 
 def main(argv: list[str] | None = None) -> int:

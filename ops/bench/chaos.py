@@ -41,29 +41,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import random
-import re
 import shlex
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
 from actors.rollout import RolloutConfig
-from ops.bench.chaos_audit import Auditor, MemoryTrace
-from ops.harness import machine_line, markdown_table, write_section
+from ops.bench.chaos_audit import Auditor
+from ops.bench.chaos_faults import POISON_RE, ChaosConfig, Fault, plan_faults, poison_payload
+from ops.bench.chaos_report import Outcome, render, summary
+from ops.harness import write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
 from ops.ledger import (
-    Ledger,
     accuracy,
     dump_stream,
     final_checkpoint,
-    ledger_tables,
     make_ledger,
     pending_entries,
     read_runlog,
@@ -74,83 +68,8 @@ from protocol.consumer import FIELD
 from protocol.streams import WORK_STREAMS, Keys
 
 ROOT = Path(__file__).resolve().parents[2]
-KINDS = ("kill-actor", "kill-estimator", "kill-learner", "pause-redis", "kill-redis", "poison")
-POISON = b"gpo-chaos-poison:"
-POISON_RE = re.compile(rb"gpo-chaos-poison:[a-z]+:\d+")
 DRAIN_UPDATES = 2
 """Updates the learner must make after the last fault before the run is stopped."""
-
-
-@dataclass(frozen=True)
-class ChaosConfig:
-    """The soak's shape (flags of `gpo bench chaos`)."""
-
-    minutes: float = 10.0
-    """Length of the fault phase, in minutes."""
-    seed: int = 0
-    """Seed of the fault schedule: times, kinds, targets, durations, poison streams."""
-    mean_gap: float = 20.0
-    """Mean seconds between two faults."""
-    warmup_minutes: float = 15.0
-    """Longest wait for the learner's first update before the faults start."""
-    drain_minutes: float = 5.0
-    """Longest wait after the faults for the system to catch up before it is stopped."""
-    progress_seconds: float = 30.0
-    """Seconds between progress lines."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One scheduled fault."""
-
-    at: float
-    """Seconds after the fault phase began."""
-    kind: str
-    """One of KINDS."""
-    target: str = ""
-    """kill-actor/estimator/learner: the worker's name; poison: the work stream."""
-    seconds: float = 0.0
-    """pause-redis: how long Redis stays stopped; kill-redis: how long it stays down."""
-    count: int = 0
-    """poison: how many malformed entries."""
-
-
-def plan_faults(seed: int, seconds: float, mean_gap: float, workers: list[str]) -> list[Fault]:
-    """The fault schedule: one fault in each of max(6, seconds // mean_gap) equal slots, at a
-    random point of its first 80 %, kinds dealt from decks of all six kinds shuffled."""
-    rng = random.Random(f"chaos:{seed}")
-    slots = max(len(KINDS), int(seconds // mean_gap))
-    width = seconds / slots
-    deck: list[str] = []
-    out = []
-    for i in range(slots):
-        if not deck:
-            deck = list(KINDS)
-            rng.shuffle(deck)
-        kind = deck.pop()
-        at = round((i + rng.uniform(0.0, 0.8)) * width, 1)
-        if kind.startswith("kill-") and kind != "kill-redis":
-            role = kind.removeprefix("kill-")
-            out.append(Fault(at, kind, rng.choice([w for w in workers if w.startswith(role)])))
-        elif kind == "pause-redis":
-            out.append(Fault(at, kind, seconds=round(rng.uniform(2.0, 8.0), 1)))
-        elif kind == "kill-redis":
-            out.append(Fault(at, kind, seconds=round(rng.uniform(0.0, 5.0), 1)))
-        else:
-            out.append(Fault(at, kind, rng.choice(WORK_STREAMS), count=rng.randint(1, 5)))
-    return out
-
-
-def poison_payload(stream: str, number: int) -> bytes:
-    """Malformed bytes carrying the marker `gpo-chaos-poison:<stream>:<number>`, in one of
-    three shapes: a byte msgpack never uses, a truncated map, an unknown schema version."""
-    marker = f"{POISON.decode()}{stream}:{number}"
-    shape = number % 3
-    if shape == 0:
-        return b"\xc1" + marker.encode()
-    if shape == 1:
-        return msgpack.packb({"v": 1, "type": "prompt", "id": marker, "text": "x" * 40})[:-7]
-    return msgpack.packb({"v": 999, "type": "sample", "id": marker})
 
 
 class Aborted(RuntimeError):
@@ -309,39 +228,6 @@ class Soak:
 # ---------------------------------------------------------------- the run
 
 
-@dataclass
-class Outcome:
-    command: str
-    run_dir: Path
-    faults: list[dict]
-    restarts: dict[str, int]
-    exit_codes: dict[str, int | None]
-    drain: str
-    resumed: bool
-    """The learner trained after the last fault."""
-    ledger: Ledger | None
-    accuracy: tuple[float | None, float | None, int]
-    memory: MemoryTrace = dataclasses.field(default_factory=MemoryTrace)
-    aborted: str = ""
-
-    @property
-    def unforced_restarts(self) -> dict[str, int]:
-        """Restarts of each worker beyond the kills the soak dealt it (crashes: OOM, bugs)."""
-        kills = Counter(f["target"] for f in self.faults if f["kind"].startswith("kill-"))
-        return {w: n - kills[w] for w, n in self.restarts.items() if n > kills[w]}
-
-    @property
-    def failures(self) -> list[str]:
-        out = [f"aborted: {self.aborted}"] if self.aborted else []
-        if not self.resumed:
-            out.append("training did not resume after the faults")
-        if self.unforced_restarts:
-            out.append(f"restarts beyond the kills: {self.unforced_restarts}")
-        if not self.memory.plateaued:
-            out.append("Redis memory did not plateau")
-        return out + (self.ledger.failures if self.ledger else ["no ledger"])
-
-
 def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) -> Outcome:
     """Start the run, warm up, inflict the faults, drain, stop; read the ledger."""
     s = Soak(launcher, cfg)
@@ -397,88 +283,6 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
         memory=s.auditor.memory,
         aborted=aborted,
     )
-
-
-# ---------------------------------------------------------------- the report
-
-
-def render(o: Outcome) -> str:
-    """The report as markdown: command, machine, faults, the ledger, accuracy, verdict."""
-    done = Counter(f["kind"] for f in o.faults if not f["note"])
-    skipped = Counter(f["kind"] for f in o.faults if f["note"])
-    faults = markdown_table(
-        ["fault", "applied", "skipped (target already down)"],
-        [[k, done[k], skipped[k]] for k in KINDS],
-    )
-    learner_kills = [f for f in o.faults if f["kind"] == "kill-learner" and not f["note"]]
-    window = sum(bool(f.get("uncommitted")) for f in learner_kills)
-    restarts = ", ".join(f"{k} {v}" for k, v in o.restarts.items())
-    unforced = ", ".join(f"{k} {v}" for k, v in o.unforced_restarts.items()) or "none"
-    mib = lambda b: f"{b / 2**20:.1f}"  # noqa: E731
-    m = o.memory
-    cap = f"maxmemory {mib(m.maxmemory)} MiB" if m.maxmemory else "no maxmemory"
-    memory = (
-        f"Redis memory ({cap}, streams trimmed every `redis.trim_interval`): peak used per "
-        f"quarter of the run {' / '.join(mib(q) for q in m.quarters()) or '-'} MiB; writes "
-        f"refused at maxmemory (OOM, waited out by the writers): {m.oom_refusals}; "
-        f"plateaued: {'yes' if m.plateaued else 'no'}."
-    )
-    codes = ", ".join(f"{k} {v}" for k, v in o.exit_codes.items())
-    base, last, n = o.accuracy
-    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
-    improved = base is not None and last is not None and last > base
-    return "\n\n".join(
-        [
-            f"Command: `{o.command}`",
-            f"Machine: {machine_line()}",
-            faults,
-            f"Learner kills between a publish and its commit (an update out that the restart "
-            f"rolls back): {window} of {len(learner_kills)}.",
-            f"Supervisor restarts: {restarts} (beyond the kills: {unforced}). Drain after the "
-            f"faults: {o.drain or 'complete'}. Exit codes at the final SIGTERM: {codes}.",
-            memory,
-            ledger_tables(o.ledger) if o.ledger else "No ledger (Redis was not up at the end).",
-            f"Held-out pass@1: base policy (step 0) {fmt(base)}, mean of the last {n} "
-            f"evaluations {fmt(last)}: {'improved' if improved else 'not improved'}.",
-            f"Verdict: {'PASS' if not o.failures else 'FAIL: ' + '; '.join(o.failures)}.",
-        ]
-    )
-
-
-def summary(o: Outcome) -> dict:
-    """The figures as JSON (runs/<id>/chaos.json): what tests assert on."""
-    led = o.ledger
-    return {
-        "faults": o.faults,
-        "restarts": o.restarts,
-        "exit_codes": o.exit_codes,
-        "drain": o.drain,
-        "resumed": o.resumed,
-        "aborted": o.aborted,
-        "failures": o.failures,
-        "accuracy": dict(zip(("base", "last", "n_last"), o.accuracy, strict=True)),
-        "unforced_restarts": o.unforced_restarts,
-        "memory": {
-            "maxmemory": o.memory.maxmemory,
-            "quarters": o.memory.quarters(),
-            "oom_refusals": o.memory.oom_refusals,
-            "plateaued": o.memory.plateaued,
-        },
-        "ledger": None
-        if led is None
-        else {
-            "hops": {s: dataclasses.asdict(h) for s, h in led.hops.items()},
-            "trained": led.trained,
-            "lost": led.lost,
-            "trained_twice": led.trained_twice,
-            "dead_poison": led.dead_poison,
-            "unexpected_dead": led.unexpected_dead,
-            "poison_injected": led.poison_injected,
-            "poison_in_flight": led.poison_in_flight,
-            "poison_missing": led.poison_missing,
-            "checkpoint_agrees": led.checkpoint_agrees,
-        },
-    }
 
 
 def rollouts_per_prompt(data: dict, worker_sets: list[str]) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.chaos import KINDS
+from ops.bench.chaos_faults import KINDS
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,8 @@ import pytest
 from actors.mc_config import McConfig
 from actors.rollout import RolloutConfig
 from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
-from ops.bench.gpo_overhead import PPO, Measure, reading, run_repeats, summarise, variants
+from ops.bench.gpo_overhead import run_repeats, variants
+from ops.bench.gpo_overhead_report import PPO, Measure, reading, summarise
 from ops.generation_replay import Cost, Rollout, Shape, Workload, duplicate_states
 
 PROMPTS, N, BATCH, K, N_RESET, EST_BATCH = 5, 4, 3, 2, 3, 6

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops.bench.scaling import Trial, flattens_at, format_table, marginal, summarise
+from ops.bench.scaling_report import Trial, flattens_at, format_table, marginal, summarise
 
 
 def trial(actors: int, repeat: int, trajectories: int) -> Trial:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ops.bench.chaos import KINDS, POISON_RE, Outcome, plan_faults, poison_payload
 from ops.bench.chaos_audit import MemoryTrace
+from ops.bench.chaos_faults import KINDS, POISON_RE, plan_faults, poison_payload
+from ops.bench.chaos_report import Outcome
 from ops.ledger import StreamDump, accuracy, checkpoint_agrees, make_ledger, trained_history
 from protocol.codec import ProtocolError, decode, encode
 from protocol.messages import Trajectory

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ops.launch import LaunchConfig, Launcher, Worker
+from ops.launch import LaunchConfig, Launcher
+from ops.worker import Worker
 
 
 class ExitedProc:
