@@ -90,6 +90,13 @@ def markdown_table(header: list[str], rows: list[list[object]]) -> str:
     return "\n".join(lines)
 
 
+def write_bench_section(name: str, argv: Sequence[str], table: str, reading: str) -> Path:
+    """Write the section `bench-NAME` of `gpo bench NAME ARGV...` (`bench_body`), and say so."""
+    path = write_section(f"bench-{name}", bench_body(name, argv, table, reading))
+    print(f"\nwrote section bench-{name} of {path}")
+    return path
+
+
 def bench_body(name: str, argv: Sequence[str], table: str, reading: str) -> str:
     """The section of `gpo bench NAME ARGV...`: the exact command, where it ran, the table
     and a one-paragraph reading of it."""
@@ -160,6 +167,13 @@ def timed(call: Callable[[], T]) -> Callable[[], tuple[float, T]]:
 def median_seconds(results: Sequence[tuple[float, object]]) -> float:
     """The median of the seconds of `timed` results."""
     return statistics.median(seconds for seconds, _ in results)
+
+
+def timed_rounds(calls: Sequence[Callable[[], T]], repeats: int) -> list[tuple[float, T]]:
+    """Each call's median seconds over `repeats` alternating rounds (after a warm-up round),
+    with what its last call returned."""
+    rounds = alternate([timed(call) for call in calls], repeats)
+    return [(median_seconds(got), got[-1][1]) for got in rounds]
 
 
 # ---------------------------------------------------------------- the command line

@@ -40,14 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.harness import (
-    alternate_async,
-    bench_body,
-    console_table,
-    markdown_table,
-    parser,
-    write_section,
-)
+from ops.harness import alternate_async, console_table, markdown_table, parser, write_bench_section
 from protocol.adapters import CHUNK_BYTES, AdapterFollower, fetch_adapter, publish_adapter
 from protocol.config import RedisConfig
 from protocol.streams import Keys, Link
@@ -361,9 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, base_mib)
     print("\n" + text)
     if args.write_results:
-        table = markdown_table(HEADER, table_rows(rows))
-        path = write_section("bench-broadcast", bench_body("broadcast", argv, table, text))
-        print(f"\nwrote section bench-broadcast of {path}")
+        write_bench_section("broadcast", argv, markdown_table(HEADER, table_rows(rows)), text)
     return 0
 
 

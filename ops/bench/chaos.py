@@ -38,7 +38,6 @@ memory did not plateau.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shlex
@@ -51,7 +50,7 @@ from actors.rollout import RolloutConfig
 from ops.bench.chaos_audit import Auditor
 from ops.bench.chaos_faults import POISON_RE, ChaosConfig, Fault, plan_faults, poison_payload
 from ops.bench.chaos_report import Outcome, render, summary
-from ops.harness import write_section
+from ops.harness import parser, write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
 from ops.ledger import (
@@ -297,11 +296,7 @@ def rollouts_per_prompt(data: dict, worker_sets: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    p = argparse.ArgumentParser(
-        prog="gpo bench chaos",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("gpo bench chaos", __doc__)
     p.add_argument("--minutes", type=float, default=ChaosConfig.minutes, help="fault phase")
     p.add_argument("--seed", type=int, default=ChaosConfig.seed, help="fault schedule seed")
     p.add_argument("--mean-gap", type=float, default=ChaosConfig.mean_gap, help="s between faults")
@@ -317,7 +312,6 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECTION.KEY=VALUE",
         help="override a config value, as for gpo launch (launch.* here, the rest to workers)",
     )
-    p.add_argument("--write-results", action="store_true", help="section chaos of RESULTS.md")
     args = p.parse_args(argv)
     cfg = ChaosConfig(
         minutes=args.minutes,

@@ -31,16 +31,7 @@ from transformers import AutoModelForCausalLM
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
 from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
-from ops.harness import (
-    alternate,
-    bench_body,
-    console_table,
-    markdown_table,
-    median_seconds,
-    parser,
-    timed,
-    write_section,
-)
+from ops.harness import console_table, markdown_table, parser, timed_rounds, write_bench_section
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows = run(args, model_dir)
     print(format_table(rows))
     if args.write_results:
-        text = reading(rows, args)
-        body = bench_body("engine", argv, markdown(rows, args), text)
-        print(f"\nwrote section bench-engine of {write_section('bench-engine', body)}")
+        write_bench_section("engine", argv, markdown(rows, args), reading(rows, args))
     return 0
 
 
@@ -162,11 +151,16 @@ def _engine_call(
     return call
 
 
+def _load_model(model_dir: str, args: argparse.Namespace):
+    """The base model for the plain-generate and floor cases, in the bench's dtype/device."""
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+
+
 def _plain_generate(
     model_dir: str, args: argparse.Namespace, prompts: list[list[int]]
 ) -> Callable[[], int]:
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+    model = _load_model(model_dir, args)
     width = max(len(p) for p in prompts)
     pad = model.config.pad_token_id or 0
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=args.device)
@@ -195,8 +189,7 @@ def _forward_floor(
     model_dir: str, args: argparse.Namespace, prompts: list[list[int]]
 ) -> Callable[[], int]:
     """Prefill plus `new_tokens` cached forward passes and nothing else: the bound of any loop."""
-    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(args.device).eval()
+    model = _load_model(model_dir, args)
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts], device=args.device)
     mask = torch.tensor(
@@ -238,10 +231,10 @@ def _count_until_eos(rows: list[list[int]], eos: int | list[int] | None) -> int:
 def _timed_round_robin(cases: list[tuple[str, Callable[[], int], str]], repeats: int) -> list[Row]:
     """Median time of each case over `repeats` alternating rounds, after a warm-up round
     (allocator, kernels, imports); tokens as the last call generated them."""
-    results = alternate([timed(call) for _, call, _ in cases], repeats)
+    results = timed_rounds([call for _, call, _ in cases], repeats)
     return [
-        Row(name, median_seconds(got), got[-1][1], baseline)
-        for (name, _, baseline), got in zip(cases, results, strict=True)
+        Row(name, seconds, tokens, baseline)
+        for (name, _, baseline), (seconds, tokens) in zip(cases, results, strict=True)
     ]
 
 

@@ -66,7 +66,7 @@ from ops.generation_replay import (
     reset_rollouts,
     shape_from_config,
 )
-from ops.harness import bench_body, parser, write_section
+from ops.harness import parser, write_bench_section
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -234,8 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{text}\n\n{paragraph}")
     print(f"took {time.perf_counter() - start:.0f} s")
     if args.write_results:
-        body = bench_body("gpo-overhead", argv, text, paragraph)
-        print(f"wrote {write_section('bench-gpo-overhead', body)}")
+        write_bench_section("gpo-overhead", argv, text, paragraph)
     return 0
 
 

@@ -51,16 +51,7 @@ from learner.composition import batch_targets, plan_batch
 from learner.config import LearnerConfig
 from learner.policy import Policy, build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
-from ops.harness import (
-    alternate,
-    bench_body,
-    console_table,
-    markdown_table,
-    median_seconds,
-    parser,
-    timed,
-    write_section,
-)
+from ops.harness import console_table, markdown_table, parser, timed_rounds, write_bench_section
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
 
@@ -244,7 +235,7 @@ def run(policy: Policy, samples: list[Sample], cfg: LearnerConfig, repeats: int)
             policy, optimizer, samples, cfg, old_pass=True
         ),
     }
-    seconds = [median_seconds(r) for r in alternate([timed(c) for c in cases.values()], repeats)]
+    seconds = [s for s, _ in timed_rounds(list(cases.values()), repeats)]
     tokens = sum(len(s.token_ids) for s in samples)
     trained = int(sum(int(mb.mask.sum()) for mb in mbs))
     return [Row(name, s, tokens, trained) for name, s in zip(cases, seconds, strict=True)]
@@ -346,9 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = reading(rows, samples, learner, mbs, on_policy_step(policy, learner))
     print("\n" + text)
     if args.write_results:
-        table = markdown_table(HEADER, table_rows(rows))
-        path = write_section("bench-learner", bench_body("learner", argv, table, text))
-        print(f"\nwrote section bench-learner of {path}")
+        write_bench_section("learner", argv, markdown_table(HEADER, table_rows(rows)), text)
     return 0
 
 

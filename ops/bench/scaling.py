@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ops.bench.scaling_report import Trial, format_table, reading, summarise
-from ops.harness import bench_body, parser, write_section
+from ops.harness import parser, write_bench_section
 from ops.launch import LaunchConfig
 from ops.redis_server import RedisServer, free_port
 from ops.run_setup import resolve_model, validate_roles
@@ -272,8 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     paragraph = reading(rows, trials)
     print(f"{text}\n\n{paragraph}")
     if args.write_results:
-        body = bench_body("scaling", argv, text, paragraph)
-        print(f"wrote {write_section('bench-scaling', body)}")
+        write_bench_section("scaling", argv, text, paragraph)
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from ops.bench.broadcast import safetensors_blob
-from ops.harness import alternate, bench_body, parser, write_section
+from ops.harness import alternate, parser, write_bench_section
 from protocol.adapters import fetch_adapter, publish_adapter
 from protocol.codec import encode
 from protocol.config import RedisConfig
@@ -315,9 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, (secs, peak) in fetch.items():
         print(f"{name:<20}{secs:>10.2f}{peak / 2**20:>26.1f}")
     if args.write_results:
-        tables, text = results_markdown(args, size, c, r, rb, fetch)
-        path = write_section("bench-transport", bench_body("transport", argv, tables, text))
-        print(f"\nwrote section bench-transport of {path}")
+        write_bench_section("transport", argv, *results_markdown(args, size, c, r, rb, fetch))
     return 0
 
 

@@ -67,7 +67,7 @@ from pathlib import Path
 from actors.estimator import EstimatorConfig
 from ops.experiments.ablation_report import Curve, read_curve, study_report
 from ops.experiments.ablation_studies import STUDIES, arm_sets
-from ops.harness import PLOTS, write_section
+from ops.harness import PLOTS, parser, write_section
 from ops.run_setup import split_sets, validate_roles
 from protocol.config import apply_sets, from_mapping, load_toml
 
@@ -294,11 +294,7 @@ def launch_one(
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     doc = __doc__.split("\n\n")
-    p = argparse.ArgumentParser(
-        prog="gpo experiment ablation",
-        description="\n\n".join(doc[:3]),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = parser("gpo experiment ablation", "\n\n".join(doc[:3]))
     p.add_argument("--study", choices=[*STUDIES, "all"], default="all", help="all: the demo's")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--minutes", type=float, default=3.0, help="training minutes per run")
@@ -308,7 +304,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", help="run config (default: the study's, under ops/configs/)")
     p.add_argument("--out", default="runs/ablation", help="directory of the runs")
     p.add_argument("--report-only", action="store_true", help="rebuild tables from the runs")
-    p.add_argument("--write-results", action="store_true", help="write docs/RESULTS.md sections")
     args = p.parse_args(argv)
     if args.minutes <= 0 or args.eval_every < 1 or not args.seeds:
         p.error("--minutes must be > 0, --eval-every >= 1, and at least one seed given")

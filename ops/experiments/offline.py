@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ops.experiments.offline_report import ARMS, LABELS, cut_to_equal, report
-from ops.harness import machine_line, write_section
+from ops.harness import machine_line, parser, write_section
 
 SECTION = "offline-dpo"
 
@@ -278,11 +278,7 @@ def load_results(out: Path, seeds: Sequence[int] | None = None) -> list[dict]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(
-        prog="gpo experiment offline",
-        description=__doc__.split("\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    ap = parser("gpo experiment offline", __doc__.split("\n")[0])
     d = Settings()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--model", default="bootstrap", help="base policy dir with bootstrap.json")
@@ -293,7 +289,6 @@ def _parser() -> argparse.ArgumentParser:
         )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--report-only", action="store_true", help="rebuild the report from DIR")
-    ap.add_argument("--write-results", action="store_true", help="write docs/RESULTS.md")
     return ap
 
 
