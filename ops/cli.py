@@ -23,11 +23,11 @@ SUBCOMMANDS = {
     "experiment": ("ops.experiments", "run an experiment (arms x seeds) into docs/RESULTS.md"),
     "eval": ("ops.evaluate", "held-out pass@1 of a base model, optionally with a LoRA adapter"),
     "offline": (
-        "learner.offline",
+        "learner.offline.cli",
         "offline GPO: critical-step preference pairs; DPO/KTO/SimPO/ORPO adapter training",
     ),
     "bootstrap": (
-        "actors.bootstrap",
+        "ops.tiny_policy.bootstrap",
         "build (or reuse) the tiny base policy on the synthetic task",
     ),
 }

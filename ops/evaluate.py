@@ -38,6 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ops.tiny_policy import resolve_model
 from protocol.process import UserError, cli_entry
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -102,7 +103,7 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
 
     if args.prompts < 1 or args.batch < 1 or args.temperature <= 0:
         raise UserError("need --prompts >= 1, --batch >= 1 and --temperature > 0")
-    model_dir = resolve_model(args.model)
+    model_dir = find_model_dir(args.model)
     try:
         task = load_task(args.task, **_task_options(model_dir, args.task))
     except ValueError as e:
@@ -139,15 +140,10 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
     }
 
 
-def resolve_model(model: str) -> Path:
-    """`bootstrap` -> the tiny base policy's directory (built once, cached); else the path,
-    which must be a model directory."""
-    if model == "bootstrap":
-        from actors.bootstrap import BootstrapConfig, bootstrap
-
-        print("tiny base policy: building or reusing the cached one ...", file=sys.stderr)
-        return bootstrap(BootstrapConfig())
-    path = Path(model).expanduser()
+def find_model_dir(model: str) -> Path:
+    """The base model's directory: `bootstrap` (the tiny base policy, built once, cached) or
+    a model directory; anything else is a user error."""
+    path = Path(resolve_model(model)).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"--model {model}: not a model directory (no config.json)")
     return path

@@ -196,7 +196,7 @@ def find_model(run_dir: Path, launch: dict, override: str | None) -> str:
             or ""
         )
     if model == "bootstrap":  # the cached tiny policy; inspecting never trains one
-        from actors.bootstrap import BootstrapConfig
+        from ops.tiny_policy.bootstrap import BootstrapConfig
 
         cfg = BootstrapConfig()
         model = str(Path(cfg.cache_dir).expanduser() / cfg.cache_key())

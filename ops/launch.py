@@ -40,12 +40,12 @@ from ops.run_setup import (
     MODEL_KEYS,
     check_redis,
     prepare_run_dir,
-    resolve_model,
     set_flags,
     software,
     split_sets,
     validate_roles,
 )
+from ops.tiny_policy import resolve_model
 from ops.worker import Worker, tail
 from protocol.config import ConfigError, from_mapping, load_toml
 from protocol.streams import redact
@@ -92,7 +92,7 @@ class LaunchConfig:
         if self.actors < 1 or self.estimators < 0:
             raise ConfigError("launch.actors must be >= 1 and launch.estimators >= 0")
         if self.bootstrap:  # a mistake here is refused before anything starts
-            from actors.bootstrap import BootstrapConfig
+            from ops.tiny_policy.bootstrap import BootstrapConfig
 
             from_mapping(BootstrapConfig, dict(self.bootstrap), "launch.bootstrap")
 

@@ -125,20 +125,6 @@ def set_flags(fields: dict[str, str]) -> list[str]:
     return [a for k, v in fields.items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
-def resolve_model(model: str, fields: dict | None = None) -> str:
-    """`bootstrap` -> the directory of the tiny built-in policy that `fields` (BootstrapConfig
-    fields; none: the arithmetic one) describe, built once, then cached."""
-    if model != "bootstrap":
-        return model
-    from actors.bootstrap import BootstrapConfig, bootstrap
-
-    print("tiny base policy: building or reusing the cached one (gpo bootstrap) ...", flush=True)
-    path = bootstrap(from_mapping(BootstrapConfig, dict(fields or {}), "launch.bootstrap"))
-    record = json.loads((path / "bootstrap.json").read_text())
-    print(f"tiny base policy: {path} (held-out pass@1 {record.get('pass_at_1')})", flush=True)
-    return str(path)
-
-
 def check_redis(url: str) -> None:
     """A Redis the user named must answer before anything starts: ConfigError with the same
     line a worker would print (`cannot reach Redis at ...`, the password redacted)."""

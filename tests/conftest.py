@@ -36,7 +36,7 @@ def redis_tls(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random character-level Llama saved with save_pretrained (no downloads)."""
-    from actors.engines.tiny_model import build_tiny_model_dir
+    from ops.tiny_policy.tiny_model import build_tiny_model_dir
 
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-model") / "model")
 

@@ -26,7 +26,7 @@ from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from actors.engines.base import Engine, GenerationRequest, GenerationResult, SamplingSettings
-from actors.engines.tiny_model import build_tiny_model_dir
+from ops.tiny_policy.tiny_model import build_tiny_model_dir
 
 LOGPROB_TOLERANCE = 1e-4
 PROMPTS = ("what is 12+30?", "count: 1 2 3", "abc def")

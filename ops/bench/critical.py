@@ -1,6 +1,6 @@
 """Benchmark: critical-step accuracy against MC cost (`python -m ops.bench.critical`).
 
-Part (a), always: scripted policies (`actors.scripted`) with a known pivotal step. Each case
+Part (a), always: scripted policies (`actors.engines.scripted`) with a known pivotal step. Each case
 is a random problem and one trajectory sampled from it; its ground truth is the exact argmax
 |A| (`oracle_critical_step`), kept only when it beats the runner-up by `--min-margin` so that
 the "right" step is well defined. Every budget runs on the same cases with the same seeds
@@ -13,7 +13,7 @@ of `[estimator.mc]`: bisection (`budget = "bisect"`), screening by behaviour log
 successful trajectory gets no search, no step, no cost).
 
 Part (b), only when the modules exist: the tiny base policy on the synthetic arithmetic task
-(`actors.bootstrap`, built once and cached, minutes on a CPU) in the transformers engine; on
+(`ops.tiny_policy.bootstrap`, built once and cached, minutes on a CPU) in the transformers engine; on
 its failed trajectories, the chosen step against the ground-truth first wrong step and a
 random-step baseline. `--skip-b` leaves it out. Part (c), with `--pivot`: the same on the
 pivot task's policy, the truth being the pivot step (how often the search finds the one
@@ -34,9 +34,15 @@ import numpy as np
 
 from actors.critical import choose_critical_step, derive_seed, searched
 from actors.engines.base import GenerationRequest, SamplingSettings
+from actors.engines.scripted import (
+    ScriptedEngine,
+    ScriptedProblem,
+    ScriptedTask,
+    decode,
+    step_spans,
+)
 from actors.mc_config import McConfig, paper_search
 from actors.mc_search import StepTrajectory, find_critical_step
-from actors.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 from ops.harness import machine_line, parser, write_section
 
 

@@ -21,7 +21,7 @@ from ops.harness import PLOTS
 
 PART_B_MODULES = (
     "actors.tasks.arithmetic",
-    "actors.bootstrap",
+    "ops.tiny_policy.bootstrap",
     "actors.engines.transformers_engine",
 )
 
@@ -45,9 +45,9 @@ def part_b(args: argparse.Namespace, pivot: bool = False) -> str | None:
     if missing:
         print(f"part (b) skipped: missing {', '.join(missing)}")
         return None
-    from actors.bootstrap import BootstrapConfig, bootstrap
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
     from actors.steps import StepConfig, token_spans
+    from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     boot = BootstrapConfig(task="pivot") if pivot else BootstrapConfig()
     task = boot.load_task()

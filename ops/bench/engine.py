@@ -29,9 +29,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from actors.engines.base import GenerationRequest, SamplingSettings
-from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
 from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
 from ops.harness import console_table, markdown_table, parser, timed_rounds, write_bench_section
+from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 
 
 @dataclass(frozen=True, slots=True)

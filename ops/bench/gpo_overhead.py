@@ -203,8 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from actors.bootstrap import BootstrapConfig, bootstrap
     from actors.engines.transformers_engine import TransformersEngine, TransformersEngineConfig
+    from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     torch.set_num_threads(args.threads)
     shape = shape_from_config(args.config, args.set)

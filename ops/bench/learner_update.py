@@ -319,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from actors.bootstrap import BootstrapConfig, bootstrap
+    from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     boot = BootstrapConfig()
     model = args.model or str(bootstrap(boot))

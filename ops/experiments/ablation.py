@@ -154,7 +154,7 @@ def pinned_policy(config: Path, sets: dict[str, str], build: bool = False) -> Pa
     `build`, a missing one is built (`gpo bootstrap`) and copied there, to be committed."""
     if config.name not in PINNED:
         return None
-    from actors.bootstrap import BootstrapConfig, bootstrap
+    from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     data = apply_sets(load_toml(config), [f"{k}={v}" for k, v in sets.items()])
     fields = data.get("launch", {}).get("bootstrap", {})

@@ -15,7 +15,7 @@ policy (`gpo bootstrap`). For each seed:
    superset of the critical arm's);
 2. both arms are cut to the same number of pairs, taking prompts round-robin (`spread`) so a
    cut drops pairs of prompts that gave many, not whole prompts;
-3. DPO (`learner.offline_train`, TRL) trains one LoRA adapter per arm with the same steps,
+3. DPO (`learner.offline.train`, TRL) trains one LoRA adapter per arm with the same steps,
    batch, learning rate, beta and seed;
 4. held-out pass@1 (`ops.evaluate`, the learner's evaluation: 500 held-out prompts, one
    sample each at temperature 1) of the base policy and of both adapters, with the same
@@ -113,7 +113,7 @@ async def collect_pairs(
     from actors.mc_config import paper_search
     from actors.steps import StepConfig, token_spans
     from actors.tasks.base import StepSplitter
-    from learner.offline_pairs import PairConfig, critical_step_pairs, whole_trajectory_pairs
+    from learner.offline.pairs import PairConfig, critical_step_pairs, whole_trajectory_pairs
 
     task = base_task(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -173,7 +173,7 @@ def _throttled(label: str, start: float, every: float = 10.0) -> Callable[[int, 
 
 def train_arm(model_dir: Path, pairs_file: Path, out: Path, settings: Settings, seed: int):
     """DPO on one arm's pairs; the TRL log goes to `out`.log. Returns (first, last) loss."""
-    from learner.offline_train import TrainArgs, train
+    from learner.offline.train import TrainArgs, train
 
     log = out.with_suffix(".log")
     with open(log, "w") as f, contextlib.redirect_stdout(f):
@@ -298,7 +298,7 @@ def run_all(args: argparse.Namespace, out: Path, command: str) -> int:
     from datasets.utils.logging import disable_progress_bar
     from transformers.utils import logging as hf_logging
 
-    from ops.evaluate import resolve_model
+    from ops.evaluate import find_model_dir
     from protocol.process import UserError
 
     torch.set_num_threads(args.threads)
@@ -306,7 +306,7 @@ def run_all(args: argparse.Namespace, out: Path, command: str) -> int:
     hf_logging.disable_progress_bar()
     settings = Settings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Settings)})
     try:
-        model_dir = resolve_model(args.model)
+        model_dir = find_model_dir(args.model)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

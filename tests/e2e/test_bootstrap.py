@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from actors.bootstrap import BootstrapConfig, bootstrap, main
+from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap, main
 from actors.tasks import load_task
 
 

@@ -80,7 +80,7 @@ pytestmark = pytest.mark.timeout(300)  # a cold cache adds building the policy (
 @pytest.fixture(scope="module")
 def tiny_policy() -> str:
     """The base policy of `gpo bootstrap` (default config): built once, cached on disk."""
-    from actors.bootstrap import BootstrapConfig, bootstrap
+    from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     return str(bootstrap(BootstrapConfig()))
 

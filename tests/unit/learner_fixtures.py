@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.engines.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
+from ops.tiny_policy.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
 from learner.config import LearnerConfig
 from protocol.messages import Sample
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from actors.actor import ActorConfig
-from actors.bootstrap import BootstrapConfig
+from ops.tiny_policy.bootstrap import BootstrapConfig
 from actors.estimator import EstimatorConfig
 from actors.tasks.base import load_task
 from learner.config import LearnerConfig

@@ -1,4 +1,4 @@
-"""MC critical-step search (actors/mc_search.py) and its scripted policy (actors/scripted.py)."""
+"""MC critical-step search (actors/mc_search.py) and its scripted policy (actors/engines/scripted.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from actors.mc_search import (
     find_critical_steps,
     merge_shared,
 )
-from actors.scripted import (
+from actors.engines.scripted import (
     BAD,
     BOS,
     EOS,

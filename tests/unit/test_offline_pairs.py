@@ -4,7 +4,7 @@ import asyncio
 
 from actors.engines.base import SamplingSettings
 from actors.mc_config import McConfig
-from actors.scripted import (
+from actors.engines.scripted import (
     BOS,
     ScriptedEngine,
     ScriptedProblem,
@@ -12,7 +12,7 @@ from actors.scripted import (
     decode,
     step_spans,
 )
-from learner.offline_pairs import (
+from learner.offline.pairs import (
     PairConfig,
     critical_step_pairs,
     read_pairs,

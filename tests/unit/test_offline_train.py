@@ -11,7 +11,7 @@ pytest.importorskip("trl", reason="the `offline` extra (TRL) is not installed")
 from peft import PeftModel  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
-from learner.offline_train import TrainArgs, read_adapter, train  # noqa: E402
+from learner.offline.train import TrainArgs, read_adapter, train  # noqa: E402
 
 PAIRS = [
     {"prompt": "Q: 1+2\n", "chosen": "1+2=3\nA: 3", "rejected": "1+2=4\nA: 4"},

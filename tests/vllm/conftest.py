@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import vllm  # noqa: F401  (fails collection loudly where vLLM is missing)
 
-from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
+from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 
 # vLLM's CPU attention supports head sizes 32, 64, 80, ...: the default tiny model's head
 # size of 8 cannot run there, so these tests use a tiny model with head size 32.

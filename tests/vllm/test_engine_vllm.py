@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.engines.factory import EngineConfig, build_engine
-from actors.engines.tiny_model import TinyModelConfig, build_tiny_model_dir
+from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 from actors.engines.vllm import VllmEngine, VllmEngineConfig
 from tests.engine_contract import *  # noqa: F403
 from tests.engine_contract import PROMPTS, Learner, _as_json, _check_teacher_forced, _request

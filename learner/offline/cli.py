@@ -2,10 +2,10 @@
 
 gpo offline pairs --model M --task T --out pairs.jsonl [--prompts N] [--baseline]
     sample trajectories with the transformers engine, branch at each one's critical step,
-    write preference pairs (`learner.offline_pairs`); `--baseline` writes whole-trajectory
+    write preference pairs (`learner.offline.pairs`); `--baseline` writes whole-trajectory
     pairs instead.
 gpo offline train --method dpo|kto|simpo|orpo --pairs pairs.jsonl --model M --out DIR
-    train a LoRA adapter on the pairs with TRL (`learner.offline_train`, the `offline`
+    train a LoRA adapter on the pairs with TRL (`learner.offline.train`, the `offline`
     extra); DIR is a peft adapter directory.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from actors.engines.base import SamplingSettings
 from actors.mc_config import paper_search
-from learner.offline_pairs import (
+from learner.offline.pairs import (
     PairConfig,
     PreferencePair,
     critical_step_pairs,
@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "whole-trajectory" if args.baseline else "critical-step"
         print(f"wrote {n} {kind} pairs from {args.prompts} prompts to {args.out}")
         return 0
-    from learner.offline_train import TrainArgs, train
+    from learner.offline.train import TrainArgs, train
 
     losses = train(
         TrainArgs(

@@ -26,7 +26,7 @@ import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from learner.offline_pairs import read_pairs
+from learner.offline.pairs import read_pairs
 
 Method = Literal["dpo", "kto", "simpo", "orpo"]
 
