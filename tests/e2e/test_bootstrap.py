@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap, main
 from actors.tasks import load_task
+from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap, main
 
 
 def _fast_config(cache_dir) -> BootstrapConfig:

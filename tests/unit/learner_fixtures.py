@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.tiny_policy.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
 from learner.config import LearnerConfig
+from ops.tiny_policy.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
 from protocol.messages import Sample
 
 TINY = TinyModelConfig(

@@ -10,9 +10,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from actors.engines.scripted import (
+    ScriptedEngine,
+    ScriptedProblem,
+    ScriptedTask,
+    decode,
+    step_spans,
+)
 from actors.mc_config import McConfig
 from actors.rollout import RolloutConfig
-from actors.engines.scripted import ScriptedEngine, ScriptedProblem, ScriptedTask, decode, step_spans
 from ops.bench.gpo_overhead import run_repeats, variants
 from ops.bench.gpo_overhead_report import PPO, Measure, reading, summarise
 from ops.generation_replay import Cost, Rollout, Shape, Workload, duplicate_states

@@ -8,9 +8,9 @@ import argparse
 import numpy as np
 import pytest
 
-from ops.tiny_policy.bootstrap import TASK_SPECS
 from actors.tasks.base import load_task
 from ops.bench import learner_update as bl
+from ops.tiny_policy.bootstrap import TASK_SPECS
 from tests.unit.learner_fixtures import tiny_model
 
 

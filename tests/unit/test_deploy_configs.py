@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from actors.actor import ActorConfig
-from ops.tiny_policy.bootstrap import BootstrapConfig
 from actors.estimator import EstimatorConfig
 from actors.tasks.base import load_task
 from learner.config import LearnerConfig
 from ops.launch import LaunchConfig
+from ops.tiny_policy.bootstrap import BootstrapConfig
 from protocol.config import from_mapping, load_toml
 from protocol.process import common_parser, load_config
 

@@ -18,11 +18,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from actors.engines.base import GenerationRequest, SamplingSettings  # noqa: E402
-from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir  # noqa: E402
 from actors.engines.transformers_engine import (  # noqa: E402
     TransformersEngine,
     TransformersEngineConfig,
 )
+from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir  # noqa: E402
 from tests.engine_contract import *  # noqa: E402, F403
 from tests.engine_contract import PROMPTS, Learner  # noqa: E402
 

@@ -18,14 +18,6 @@ from actors.engines.base import (
     GenerationResult,
     SamplingSettings,
 )
-from actors.mc_config import paper_search
-from actors.mc_search import (
-    CriticalStepResult,
-    StepTrajectory,
-    find_critical_step,
-    find_critical_steps,
-    merge_shared,
-)
 from actors.engines.scripted import (
     BAD,
     BOS,
@@ -37,6 +29,14 @@ from actors.engines.scripted import (
     ScriptedTask,
     decode,
     step_spans,
+)
+from actors.mc_config import paper_search
+from actors.mc_search import (
+    CriticalStepResult,
+    StepTrajectory,
+    find_critical_step,
+    find_critical_steps,
+    merge_shared,
 )
 from ops.bench.critical import make_cases, run_budget
 

@@ -3,7 +3,6 @@
 import asyncio
 
 from actors.engines.base import SamplingSettings
-from actors.mc_config import McConfig
 from actors.engines.scripted import (
     BOS,
     ScriptedEngine,
@@ -12,6 +11,7 @@ from actors.engines.scripted import (
     decode,
     step_spans,
 )
+from actors.mc_config import McConfig
 from learner.offline.pairs import (
     PairConfig,
     critical_step_pairs,

@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM
 
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.engines.factory import EngineConfig, build_engine
-from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 from actors.engines.vllm import VllmEngine, VllmEngineConfig
+from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 from tests.engine_contract import *  # noqa: F403
 from tests.engine_contract import PROMPTS, Learner, _as_json, _check_teacher_forced, _request
 from tests.vllm.conftest import KV_CACHE_BYTES, VLLM_TINY
