@@ -2,7 +2,7 @@
 
     python -m ops.dashboard > ops/grafana/gpo-dashboard.json
 
-Every metric family the processes export has a panel (tests/unit/test_dashboard.py checks
+Every metric family the processes export has a panel (tests/unit/ops/test_dashboard.py checks
 it against the live registries), including the adapter version of every actor and estimator
 next to the learner's, so an actor stuck on an old policy stands out. Import the JSON in
 Grafana and pick the Prometheus data source that scrapes ops/prometheus.yml.

@@ -5,7 +5,7 @@
 
 The config reference walks the typed config dataclasses (nested ones become sub-tables) and
 takes each field's one-line docstring from the source; the metrics reference lists every
-family the processes register, with its type and help text. tests/unit/test_reference.py
+family the processes register, with its type and help text. tests/unit/ops/test_reference.py
 fails when the committed files drift from the code.
 """
 

@@ -18,8 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.integration.test_learner_process import free_port
+from tests.support.learner import tiny_model
 from tests.support.ledger import ROOT
-from tests.unit.learner_fixtures import tiny_model
 
 WORKER = """
 import sys, torch
@@ -28,7 +28,7 @@ from peft.utils import get_peft_model_state_dict
 from learner.distributed import init_world, broadcast_samples
 from learner.policy import build_policy
 from learner.train import make_optimizer, ppo_update
-from tests.unit.learner_fixtures import make_sample, tiny_config
+from tests.support.learner import make_sample, tiny_config
 
 torch.set_num_threads(1)
 model, mode, out = sys.argv[1:4]

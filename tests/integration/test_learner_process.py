@@ -24,9 +24,9 @@ import pytest
 from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, SAMPLES, WEIGHTS, Keys
+from tests.support.learner import make_sample, tiny_model
 from tests.support.ledger import ROOT
 from tests.support.waits import poll
-from tests.unit.learner_fixtures import make_sample, tiny_model
 
 KEYS = Keys("t")
 
@@ -351,28 +351,30 @@ def test_a_sample_that_kills_the_learner_is_bisected_out_and_dead_lettered_alone
     ids = [f"s{i}" for i in range(10)]  # the 9 innocent ones fill whole batches of 4
     inject(r, [make_sample(sid, seed=i, reward=float(i % 2)) for i, sid in enumerate(ids)])
     innocent = set(ids) - {"s1"}
-    deaths = 0
-    for _ in range(6):  # bounded: a batch of 4 takes at most deaths_to_isolate(4) = 3
-        learner = Learner(redis_server.url, config, log, fault="train_sample:s1")
-        done = poll(
-            lambda proc=learner.proc: (
-                proc.poll() is not None
-                or (runlog.exists() and set(trained_history(runlog)) >= innocent)
-            ),
-            90,
-        )
-        assert done, log.read_text()[-3000:]
-        if learner.proc.poll() is None:
-            break
-        assert learner.proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
-        deaths += 1
+    deaths, started = 0, []
     try:
+        for _ in range(6):  # bounded: a batch of 4 takes at most deaths_to_isolate(4) = 3
+            learner = Learner(redis_server.url, config, log, fault="train_sample:s1")
+            started.append(learner)
+            done = poll(
+                lambda proc=learner.proc: (
+                    proc.poll() is not None
+                    or (runlog.exists() and set(trained_history(runlog)) >= innocent)
+                ),
+                90,
+            )
+            assert done, log.read_text()[-3000:]
+            if learner.proc.poll() is None:
+                break
+            assert learner.proc.returncode == -signal.SIGKILL, log.read_text()[-3000:]
+            deaths += 1
         assert poll(lambda: r.xlen(KEYS.dead(SAMPLES)) >= 1, 30), log.read_text()[-3000:]
         assert learner.metric("gpo_learner_messages_dead_lettered_total") == 1
         assert learner.stop() == 0
     finally:
-        if learner.proc.poll() is None:
-            learner.proc.kill()
+        for each in started:  # none outlives the test, whatever failed
+            if each.proc.poll() is None:
+                each.proc.kill()
     assert 2 <= deaths <= 3, log.read_text()[-3000:]
     dead = r.xrange(KEYS.dead(SAMPLES))
     assert len(dead) == 1 and dead[0][1][b"reason"].startswith(b"crashed_learner: ")

@@ -23,7 +23,7 @@ from ops.tiny_policy.bootstrap import BootstrapConfig
 from protocol.config import from_mapping, load_toml
 from protocol.process import common_parser, load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "ops" / "deploy"
 CONFIGS = sorted([*(ROOT / "ops" / "configs").glob("*.toml"), *(DEPLOY / "configs").glob("*.toml")])
 PROCESSES = {"learner": LearnerConfig, "actor": ActorConfig, "estimator": EstimatorConfig}

@@ -12,7 +12,7 @@ from ops.launch import main
 from ops.run_setup import prepare_run_dir, prior_state
 from protocol.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def earlier_run(run_dir: Path, step: int = 10, version: int = 51) -> None:

@@ -11,7 +11,7 @@ import pytest
 from actors.tasks.base import load_task
 from ops.bench import learner_update as bl
 from ops.tiny_policy.bootstrap import TASK_SPECS
-from tests.unit.learner_fixtures import tiny_model
+from tests.support.learner import tiny_model
 
 
 @pytest.fixture(scope="module")

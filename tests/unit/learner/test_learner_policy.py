@@ -21,7 +21,7 @@ from learner.feeder import Feeder, epoch_order
 from learner.policy import build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
 from protocol.config import ConfigError
-from tests.unit.learner_fixtures import make_sample, tiny_config, tiny_model
+from tests.support.learner import make_sample, tiny_config, tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from ops.ledger import StreamDump, accuracy, checkpoint_agrees, make_ledger, tra
 from protocol.codec import ProtocolError, decode, encode
 from protocol.messages import Trajectory
 from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES
+from tests.support.learner import make_sample
 from tests.support.ledger import prompt
-from tests.unit.learner_fixtures import make_sample
 
 WORKERS = ["learner", "actor-0", "actor-1", "estimator-0"]
 

@@ -9,7 +9,7 @@ import pytest
 from learner.checkpoint import load_lineage, save_lineage
 from learner.dedup import TrainedIds, admit, dedup_floor
 from learner.lineage import NO_RESTARTS
-from tests.unit.learner_fixtures import make_sample
+from tests.support.learner import make_sample
 
 # Checkpoint every 5 updates: the checkpoint holds step 5 (version 5); versions 6..9 are
 # published and lost with a kill; the restart publishes version 10 holding step 5.

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 # `tests` is not a package on the import path; the contract module lives next to this folder.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 from actors.engines.base import GenerationRequest, SamplingSettings  # noqa: E402
 from actors.engines.transformers_engine import (  # noqa: E402

@@ -188,6 +188,6 @@ def _trajectory(spans, reward):
 
 
 def _sample(kind, n):
-    from tests.unit.learner_fixtures import make_sample
+    from tests.support.learner import make_sample
 
     return make_sample(f"{kind}{n}", prompt_len=2, completion_len=n - 2, kind=kind)

@@ -15,7 +15,7 @@ from learner.batches import (
 )
 from learner.dedup import TrainedIds, admit, dedup_floor
 from learner.feeder import epoch_order
-from tests.unit.learner_fixtures import make_sample
+from tests.support.learner import make_sample
 
 
 def test_group_advantages_subtract_the_prompt_mean():

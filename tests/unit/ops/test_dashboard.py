@@ -18,7 +18,7 @@ from protocol.adapters import AdapterMetrics
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import Keys
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 class _Engine:

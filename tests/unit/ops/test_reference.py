@@ -8,7 +8,7 @@ import pytest
 
 from ops.reference import config_reference, field_docs, metrics_reference
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_docs_are_generated():

@@ -11,7 +11,7 @@ from ops.launch import main
 from ops.run_setup import validate_roles
 from protocol.config import ConfigError, load_toml
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = [
     ROOT / "ops" / "configs" / "demo.toml",
     ROOT / "ops" / "configs" / "pivot.toml",

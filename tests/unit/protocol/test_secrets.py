@@ -16,7 +16,7 @@ from protocol.config import ConfigError
 from protocol.metrics import Metrics
 from protocol.process import common_parser, load_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_workers_get_the_redis_url_from_the_environment_not_argv(tmp_path):
