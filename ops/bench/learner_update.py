@@ -317,6 +317,7 @@ def load_configs(
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    load_configs(args, args.model or "bootstrap")  # a config mistake: one line, before a build
     if args.threads:
         torch.set_num_threads(args.threads)
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from actors import scripted
+from actors.engines import scripted
 from actors.estimator import EstimatorConfig, EstimatorMetrics, estimate, estimate_batch
 from actors.mc_config import paper_search
 from actors.mc_search import find_critical_step

@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from actors.tasks.base import TaskPrompt
 from ops.evaluate import EvalArgs, evaluate, load_policy, main
 
-TASK = "tests.unit.test_eval:DigitTask"
+TASK = "tests.unit.ops.test_eval:DigitTask"
 
 
 @dataclass
