@@ -61,7 +61,7 @@ from learner.lineage import Lineage
 from learner.policy import Policy
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, ppo_update
-from protocol.adapters import AdapterFollower, AdapterMetrics, publish_adapter
+from learner.weights import WeightsChannel
 from protocol.codec import encode
 from protocol.consumer import Consumer, Delivery, end, repeat
 from protocol.messages import Sample
@@ -93,7 +93,8 @@ class Parts:
     state: LearnerState
     trained: TrainedIds
     metrics: LearnerMetrics
-    adapter_metrics: AdapterMetrics
+    weights: WeightsChannel
+    """Where adapter versions go (`newest`, `publish`): the weights stream."""
     runlog: RunLog
     lease: LearnerLease
     """The run's learner key, held (acquired by `main`) and renewed while the loop runs."""
@@ -371,24 +372,14 @@ async def publish(p: Parts, version: int) -> None:
     if not all(bool(torch.isfinite(q).all()) for q in p.policy.trainable()):
         raise RuntimeError("the policy's weights are not finite: refusing to publish them")
     blob, lora = p.policy.export_adapter()
-    pointer = await publish_adapter(
-        p.rt.link,
-        p.rt.keys,
-        version,
-        blob,
-        lora,
-        p.cfg.base_id,
-        keep=p.cfg.adapter_keep,
-        metrics=p.adapter_metrics,
-    )
+    pointer = await p.weights.publish(version, blob, lora)
     p.state.version = version
     p.metrics.published(version, pointer.sha256)
 
 
 async def announce(p: Parts) -> None:
     """On start: republish the resumed adapter above every version followers may hold."""
-    newest = await AdapterFollower(p.rt.link, p.rt.keys).poll()
-    stream_version = newest.version if newest else 0
+    stream_version = await p.weights.newest()
     p.runlog.write(
         "resume", step=p.state.step, version=p.state.version, stream_version=stream_version
     )

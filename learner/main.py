@@ -31,6 +31,7 @@ from learner.loop import Parts, run
 from learner.policy import Policy, build_policy, load_tokenizer
 from learner.telemetry import LearnerMetrics, RunLog
 from learner.train import World, make_optimizer, ppo_update
+from learner.weights import WeightsChannel
 from protocol.adapters import AdapterMetrics
 from protocol.codec import CodecLimits
 from protocol.config import RedisConfig
@@ -108,7 +109,9 @@ async def learner(
             state=state,
             trained=TrainedIds(committed=dict(state.trained_ids)),
             metrics=LearnerMetrics(rt.metrics),
-            adapter_metrics=AdapterMetrics(rt.metrics),
+            weights=WeightsChannel(
+                rt.link, rt.keys, cfg.base_id, cfg.adapter_keep, AdapterMetrics(rt.metrics)
+            ),
             runlog=RunLog(Path(cfg.checkpoint_dir) / "run_log.jsonl", cfg.tensorboard_dir),
             lease=lease,
             committed_step=state.step,

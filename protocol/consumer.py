@@ -131,6 +131,8 @@ class Consumer:
         self._last_error: dict[str, str] = {}
         self._next_pending_check = 0.0  # at start: drain the own pending list first
         self._next_trim = time.monotonic() + cfg.trim_interval
+        if cfg.trim_interval:  # at maxmemory, free what every group acknowledged (Link)
+            link.add_oom_relief(self.trim)
 
     # ------------------------------------------------------------ group management
 

@@ -172,7 +172,11 @@ class Link:
     A call Redis refuses at `maxmemory` (OOM) is backpressure, not a crash: Redis refuses a
     command (or a script, at its first write) before it changes anything, so the call is
     simply retried after a backoff, counted, and logged once per episode. Acks and trims are
-    not refused (they free memory), so consumers keep draining meanwhile.
+    not refused (they free memory), so consumers keep draining meanwhile. While refused, the
+    process also runs its *reliefs* (`add_oom_relief`: each consumer registers its trim), so
+    entries every group has acknowledged are freed even when no ack comes (every process
+    may be waiting on a write, and trims otherwise follow acks): without them, a Redis full
+    of acknowledged but untrimmed entries deadlocks the run.
     """
 
     def __init__(self, cfg: RedisConfig, metrics: TransportMetrics | None = None):
@@ -185,6 +189,26 @@ class Link:
         self.give_up_at: float | None = None
         """Set when the process is stopping: reconnect attempts end at this monotonic time,
         so SIGTERM cannot hang on an unreachable Redis (unacked work is redelivered)."""
+        self._reliefs: list[Callable[[], Awaitable[object]]] = []
+        self._relieving = False
+
+    def add_oom_relief(self, relief: Callable[[], Awaitable[object]]) -> None:
+        """Run `relief` (a trim: it must free memory without writing) while Redis refuses
+        writes at maxmemory."""
+        self._reliefs.append(relief)
+
+    async def _relieve(self) -> None:
+        if self._relieving:  # a relief's own calls never start another round
+            return
+        self._relieving = True
+        try:
+            for relief in self._reliefs:
+                try:
+                    await relief()
+                except Exception as e:  # best effort: the refused call is retried anyway
+                    log.debug("OOM relief %r failed: %s", relief, e)
+        finally:
+            self._relieving = False
 
     async def connect(self, attempts: int = 3) -> None:
         """Check the server answers (PING), failing fast with a clear message if not."""
@@ -237,6 +261,7 @@ class Link:
                     )
                 if self.metrics:
                     self.metrics.oom_waits.inc()
+                await self._relieve()
                 await self._sleep(oom_delay * (0.5 + random.random()))
                 oom_delay = min(oom_delay * 2, self.cfg.reconnect_backoff_max)
             except _FATAL_ERRORS as e:

@@ -124,3 +124,30 @@ def test_a_redis_at_maxmemory_holds_writes_back_until_memory_frees(redis_server)
     assert blocked and waited >= 2, waited
     assert len(ids) == 3 and r.xlen(KEYS.stream("in")) == 3
     assert int(r.get(KEYS.produced("in"))) == 3
+
+
+def test_at_maxmemory_a_process_trims_what_was_acked_so_its_write_goes_through(redis_server):
+    """Every process may wait on a write at once (an actor on its trajectories, the learner
+    on its adapter): no ack comes, so no trim follows one. A Redis full of acknowledged but
+    untrimmed entries then deadlocks the run unless a refused write trims first: here the
+    consumer acked 400 big entries with its periodic trim far away, and the producer's
+    next send must go through on its own."""
+    r = redis_server.client()
+
+    async def go():
+        cfg, tm, link = parts(redis_server.url, trim_interval=3600.0)
+        prod = Producer(link, KEYS, cfg, tm)
+        cons = Consumer(link, KEYS, "in", "g", "c", cfg, tm)
+        await cons.ensure_group()
+        for k in range(4):
+            await prod.send("in", [prompt(100 * k + i, text="x" * 4096) for i in range(100)])
+            await cons.ack(await cons.read(count=100))
+        r.config_set("maxmemory", str(int(r.info("memory")["used_memory"]) - 2**19))
+        r.config_set("maxmemory-policy", "noeviction")
+        ids = await asyncio.wait_for(prod.send("in", prompt(999, text="x" * 4096)), 10)
+        await link.close()
+        return ids, tm.oom_waits._value.get()
+
+    ids, waited = asyncio.run(go())
+    assert len(ids) == 1 and waited >= 1  # refused once, then relieved by the trim
+    assert r.xlen(KEYS.stream("in")) == 1  # the 400 acked entries went

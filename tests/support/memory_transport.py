@@ -13,6 +13,7 @@ unless a test gives `clock`.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -125,6 +126,9 @@ class MemoryConsumer:
         count = count or self.cfg.batch_size
         g, now = self._g, self.redis.clock()
         fresh = [eid for eid in self._s.entries if _seq(eid) > g.last_delivered][:count]
+        if not fresh:  # BLOCK: nothing new; give the event loop to the other tasks a while
+            block = self.cfg.block_ms if block_ms is None else block_ms
+            await asyncio.sleep(min(block, 20) / 1000)
         for eid in fresh:
             g.last_delivered = _seq(eid)
             g.pending[eid] = Pending(self.name, 1, now)
