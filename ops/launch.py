@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ops.launch_progress import backlogs, done, progress_line, scrape
-from ops.redis_server import RedisServer, free_port
+from ops.redis_server import RedisServer, free_port, is_memory_size
 from ops.run_setup import (
     MODEL_KEYS,
     check_redis,
@@ -46,7 +46,7 @@ from ops.run_setup import (
     validate_roles,
 )
 from ops.tiny_policy import resolve_model
-from ops.worker import Worker, tail
+from ops.worker import Worker, prometheus_targets, tail
 from protocol.config import ConfigError, from_mapping, load_toml
 from protocol.streams import redact
 
@@ -91,6 +91,11 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         if self.actors < 1 or self.estimators < 0:
             raise ConfigError("launch.actors must be >= 1 and launch.estimators >= 0")
+        if not is_memory_size(self.redis_maxmemory):
+            raise ConfigError(
+                "launch.redis_maxmemory must be a whole number of bytes with an optional unit "
+                f"(e.g. 2gb, 512mb, 4608kb), got {self.redis_maxmemory!r}"
+            )
         if self.bootstrap:  # a mistake here is refused before anything starts
             from ops.tiny_policy.bootstrap import BootstrapConfig
 
@@ -202,18 +207,7 @@ class Launcher:
     def write_targets(self) -> None:
         """Prometheus file_sd list: one target per process, labelled with its role and name;
         kept as runs/<id>/prometheus_targets.json and served to Prometheus as `sd_file`."""
-        targets = [
-            {
-                "targets": [f"127.0.0.1:{w.port}"],
-                "labels": {
-                    "job": "gpo",
-                    "run": self.run_id,
-                    "process": w.name.split("-")[0],
-                    "name": w.name,
-                },
-            }
-            for w in self.workers
-        ]
+        targets = prometheus_targets(self.run_id, self.workers)
         for path in (self.run_dir / "prometheus_targets.json", self.sd_file):
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".json.tmp")

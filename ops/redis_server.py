@@ -7,6 +7,7 @@ on the same port and directory, so they can check what survives and who recovers
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -255,3 +256,9 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.chmod(path, 0o600)
+
+
+def is_memory_size(value: str) -> bool:
+    """A size redis-server takes (maxmemory): a whole number, optionally with b, k, kb, m,
+    mb, g or gb; it refuses anything else at start."""
+    return re.fullmatch(r"[1-9]\d*(b|[kmg]b?)?", value, re.IGNORECASE) is not None

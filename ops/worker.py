@@ -76,3 +76,20 @@ def tail(path: Path, lines: int = 5) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def prometheus_targets(run_id: str, workers: list[Worker]) -> list[dict]:
+    """The Prometheus file_sd entries of a run: one target per worker's metrics port,
+    labelled with its role (`process`) and name."""
+    return [
+        {
+            "targets": [f"127.0.0.1:{w.port}"],
+            "labels": {
+                "job": "gpo",
+                "run": run_id,
+                "process": w.name.split("-")[0],
+                "name": w.name,
+            },
+        }
+        for w in workers
+    ]

@@ -37,6 +37,8 @@ def test_the_shipped_configs_validate(config):
         ("actor.max_policy_lag=9", "actor.max_policy_lag (9) exceeds learner.max_policy_lag (4)"),
         # producers stop at the limit: 5 unacked updates of 64 samples would never arrive
         ("learner.checkpoint_every=5", "samples backlog limit (256"),
+        # redis-server would refuse it at start (it takes whole numbers with a unit)
+        ('launch.redis_maxmemory="4.5mb"', "launch.redis_maxmemory must be a whole number"),
     ],
 )
 def test_a_mistake_in_any_role_is_one_line_before_anything_starts(tmp_path, capsys, flag, message):
