@@ -178,7 +178,8 @@ def test_take_back_claims_the_named_entries_first(side):
         a, b = await started(side, "a"), side.consumer("b")
         await side.producer().send(PROMPTS, [prompt(i) for i in range(3)])
         held = await a.read(count=3)
-        back = await b.take_back([held[2].entry_id, held[0].entry_id])
+        await a.ack(held[1:2])  # acked before the take-back: skipped
+        back = await b.take_back([held[2].entry_id, held[1].entry_id, held[0].entry_id])
         assert ids(back) == [("p2", 2), ("p0", 2)]
         assert await b.take_back([held[2].entry_id]) == []  # held here already
 
