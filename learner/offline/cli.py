@@ -27,7 +27,14 @@ from learner.offline.pairs import (
     whole_trajectory_pairs,
     write_pairs,
 )
+from learner.offline.settings import TrainArgs, field_defaults
 from protocol.process import UserError
+
+PAIRS = field_defaults(PairConfig)
+TRAIN = field_defaults(TrainArgs)
+MAX_NEW_TOKENS = 128
+"""Longest sampled completion for pairs: room for the steps of any task (the demo's actors
+stop at 48 on the arithmetic task)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,24 +46,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output JSONL file")
     p.add_argument("--prompts", type=int, default=32, help="training prompts to use")
     p.add_argument("--baseline", action="store_true", help="whole-trajectory pairs")
-    p.add_argument("--samples", type=int, default=4, help="trajectories per prompt")
-    p.add_argument("--k", type=int, default=4, help="MC continuations per boundary")
-    p.add_argument("--branch-n", type=int, default=4, help="continuations per extra round")
-    p.add_argument("--branch-rounds", type=int, default=3, help="extra rounds at most")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=PAIRS["samples"], help="trajectories per prompt")
+    p.add_argument("--k", type=int, default=PAIRS["mc"].k, help="MC continuations per boundary")
+    p.add_argument(
+        "--branch-n", type=int, default=PAIRS["branch_n"], help="continuations per extra round"
+    )
+    p.add_argument(
+        "--branch-rounds", type=int, default=PAIRS["branch_rounds"], help="extra rounds at most"
+    )
+    p.add_argument("--temperature", type=float, default=PAIRS["sampling"].temperature)
+    p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
+    p.add_argument("--seed", type=int, default=PAIRS["seed"])
     t = sub.add_parser("train", help="train a LoRA adapter on pairs with TRL")
     t.add_argument("--method", required=True, choices=["dpo", "kto", "simpo", "orpo"])
     t.add_argument("--pairs", required=True, help="pairs JSONL file")
     t.add_argument("--model", required=True, help="base model directory")
     t.add_argument("--out", required=True, help="adapter output directory")
-    t.add_argument("--steps", type=int, default=100, help="optimizer steps")
-    t.add_argument("--batch", type=int, default=8, help="pairs per step")
-    t.add_argument("--lr", type=float, default=5e-4, help="AdamW learning rate")
-    t.add_argument("--beta", type=float, default=0.1, help="preference strength")
-    t.add_argument("--lora-rank", type=int, default=8)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, default=TRAIN["steps"], help="optimizer steps")
+    t.add_argument("--batch", type=int, default=TRAIN["batch"], help="pairs per step")
+    t.add_argument("--lr", type=float, default=TRAIN["lr"], help="AdamW learning rate")
+    t.add_argument("--beta", type=float, default=TRAIN["beta"], help="preference strength")
+    t.add_argument("--lora-rank", type=int, default=TRAIN["lora_rank"])
+    t.add_argument("--seed", type=int, default=TRAIN["seed"])
     return ap
 
 
@@ -123,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "whole-trajectory" if args.baseline else "critical-step"
         print(f"wrote {n} {kind} pairs from {args.prompts} prompts to {args.out}")
         return 0
-    from learner.offline.train import TrainArgs, train
+    from learner.offline.train import train
 
     losses = train(
         TrainArgs(

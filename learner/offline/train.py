@@ -18,47 +18,14 @@ the engines' `load_adapter` read (`read_adapter`).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import torch
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from learner.offline.pairs import read_pairs
-
-Method = Literal["dpo", "kto", "simpo", "orpo"]
-
-
-@dataclass(frozen=True, slots=True)
-class TrainArgs:
-    """One offline preference training run."""
-
-    method: Method
-    """Loss: `dpo`, `kto`, `simpo` or `orpo`."""
-    pairs: str
-    """pairs.jsonl with prompt, chosen, rejected."""
-    model: str
-    """Base model directory (the policy the pairs were sampled from)."""
-    out: str
-    """Adapter output directory (peft save_pretrained)."""
-    steps: int = 100
-    """Optimizer steps."""
-    batch: int = 8
-    """Pairs per step (KTO: rows per step, two rows per pair)."""
-    lr: float = 5e-4
-    """AdamW learning rate, constant."""
-    beta: float = 0.1
-    """DPO/KTO/SimPO beta; ORPO's lambda on the odds-ratio term."""
-    simpo_gamma: float = 0.5
-    """SimPO target margin, in units of beta * mean logprob."""
-    lora_rank: int = 8
-    """LoRA rank r; alpha = 2r on the attention projections (as `LearnerConfig`)."""
-    max_length: int = 256
-    """Tokens per prompt + completion; longer rows are truncated."""
-    seed: int = 0
-    """Seed of LoRA init and data order."""
+from learner.offline.settings import TrainArgs
 
 
 def _trainer(args: TrainArgs, model, tokenizer, rows: list[dict], common: dict):

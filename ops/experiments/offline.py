@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from learner.offline.cli import PAIRS, TRAIN
 from ops.experiments.offline_report import ARMS, LABELS, cut_to_equal, report
 from ops.harness import machine_line, parser, write_section
 
@@ -65,25 +66,25 @@ class Settings:
     """Pairs per arm wanted; both arms are cut to the smaller count found."""
     max_prompts: int = 1000
     """Training prompts an arm reads at most while looking for `pairs` pairs."""
-    samples: int = 4
+    samples: int = PAIRS["samples"]
     """Trajectories per prompt in the critical-step arm (each gives at most one pair)."""
-    k: int = 4
+    k: int = PAIRS["mc"].k
     """MC continuations per step boundary (critical-step search)."""
-    branch_n: int = 4
+    branch_n: int = PAIRS["branch_n"]
     """Continuations per extra round when looking for a win and a loss."""
-    branch_rounds: int = 3
+    branch_rounds: int = PAIRS["branch_rounds"]
     """Extra rounds at most (the whole-trajectory arm gets one more: it starts empty)."""
     max_new_tokens: int = 48
     """Longest sampled completion, in tokens (as the demo's actors)."""
-    steps: int = 100
+    steps: int = TRAIN["steps"]
     """DPO optimizer steps (as `gpo offline train`; about 3 passes over 256 pairs)."""
-    batch: int = 8
+    batch: int = TRAIN["batch"]
     """Pairs per DPO step (as `gpo offline train`)."""
-    lr: float = 5e-4
+    lr: float = TRAIN["lr"]
     """AdamW learning rate of the LoRA weights, constant (as `gpo offline train`)."""
-    beta: float = 0.1
+    beta: float = TRAIN["beta"]
     """DPO beta (as `gpo offline train`)."""
-    lora_rank: int = 8
+    lora_rank: int = TRAIN["lora_rank"]
     """LoRA rank (alpha = 2r on the attention projections)."""
     eval_prompts: int = 500
     """Held-out prompts scored per evaluation."""
