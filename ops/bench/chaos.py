@@ -53,14 +53,7 @@ from ops.bench.chaos_report import Outcome, render, summary
 from ops.harness import parser, write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
-from ops.ledger import (
-    accuracy,
-    dump_stream,
-    final_checkpoint,
-    make_ledger,
-    pending_entries,
-    read_runlog,
-)
+from ops.ledger import accuracy, pending_entries, read_ledger, read_runlog
 from ops.run_setup import split_sets, validate_roles
 from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
@@ -258,15 +251,20 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
         ledger, records = None, read_runlog(s.runlog)
         if launcher.redis.proc.poll() is None:
             s.auditor.stop()  # the last entries copied; trimmed ones are put back below
-            r = launcher.redis.client()
-            dumps = {
-                stream: s.auditor.merged(stream, dump_stream(r, s.keys, stream))
-                for stream in WORK_STREAMS
-            }
-            r.close()
-            checkpoint = final_checkpoint(launcher.run_dir / "learner")
             injected = {m for markers in s.poison.values() for m in markers}
-            ledger = make_ledger(dumps, records, checkpoint, n_rollouts, injected, POISON_RE)
+            r = launcher.redis.client()
+            try:
+                ledger, records = read_ledger(
+                    r,
+                    s.keys,
+                    launcher.run_dir / "learner",
+                    n_rollouts,
+                    injected,
+                    POISON_RE,
+                    merge=s.auditor.merged,
+                )
+            finally:
+                r.close()
     finally:
         launcher.stop()  # whatever happened: no worker or redis-server outlives the bench
     return Outcome(

@@ -41,8 +41,8 @@ import yaml
 
 from ops.redis_server import free_port
 from protocol.streams import WORK_STREAMS, Keys
-from tests.support.ledger import ROOT
 from tests.support.waits import wait_until
+from tests.support.workload import ROOT
 
 RUN = "prom"
 ACTORS, ESTIMATORS = 2, 1

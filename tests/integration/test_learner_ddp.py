@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.integration.test_learner_process import free_port
 from tests.support.learner import tiny_model
-from tests.support.ledger import ROOT
+from tests.support.workload import ROOT
 
 WORKER = """
 import sys, torch

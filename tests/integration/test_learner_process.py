@@ -25,8 +25,8 @@ from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, SAMPLES, WEIGHTS, Keys
 from tests.support.learner import make_sample, tiny_model
-from tests.support.ledger import ROOT
 from tests.support.waits import poll
+from tests.support.workload import ROOT
 
 KEYS = Keys("t")
 
