@@ -54,8 +54,8 @@ from ops.harness import parser, write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
 from ops.ledger import accuracy, pending_entries, read_ledger, read_runlog
-from ops.run_setup import split_sets, validate_roles
-from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
+from ops.run_setup import base_model, launch_table, split_sets, validate_roles
+from protocol.config import ConfigError, apply_sets, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
 from protocol.streams import WORK_STREAMS, Keys
 
@@ -319,14 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         drain_minutes=args.drain_minutes,
     )
     try:
-        data = load_toml(args.config)
         overrides, worker_sets = split_sets(args.set)
-        launch = {**data.get("launch", {}), **overrides}
+        data = apply_sets(load_toml(args.config), worker_sets)
+        model = base_model(data)
+        launch = launch_table(data, overrides, model)
         launch |= {"max_minutes": 0.0, "max_updates": 0, "report": False}
         if args.runs_dir:
             launch["runs_dir"] = args.runs_dir
         launch_cfg = from_mapping(LaunchConfig, launch, "launch")
-        validate_roles(data, worker_sets, launch_cfg.model)
+        validate_roles(data, worker_sets, model)
     except ConfigError as e:
         print(f"gpo bench chaos: error: {e}", file=sys.stderr)
         return 2
@@ -339,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the streams are trimmed as in any run: the audit group (ops/bench/chaos_audit.py) keeps copies
     sets = [*worker_sets, "learner.log_sample_ids=true"]
-    launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
+    launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets, model)
     command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])
     outcome = soak(launcher, cfg, rollouts_per_prompt(data, worker_sets), command)
     body = render(outcome)

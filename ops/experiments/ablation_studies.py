@@ -62,11 +62,10 @@ def pivot_cell(steps: int, digits: int) -> dict[str, str]:
         'pivot_position = "random" }'
     )
     tokens = str(12 * steps + 8)  # a full canonical solution fits
+    # run-wide facts: every role and the base policy's bootstrap take them from [run]
     return {
-        "launch.bootstrap": options.replace("{ ", '{ task = "pivot", '),
-        **{f"{role}.task_options": options for role in ("learner", "actor", "estimator")},
-        "actor.rollout.max_new_tokens": tokens,
-        "estimator.rollout.max_new_tokens": tokens,
+        "run.task_options": options,
+        "run.sampling.max_new_tokens": tokens,
         "learner.eval_max_new_tokens": tokens,
     }
 

@@ -61,9 +61,9 @@ def write_run_config(tmp_path: Path, model: str) -> Path:
         f"""
 [run]
 id = "{RUN}"
+model = "{model}"
 
 [launch]
-model = "{model}"
 actors = {ACTORS}
 estimators = {ESTIMATORS}
 runs_dir = "{tmp_path / "runs"}"
