@@ -14,7 +14,7 @@ process builds its typed config, so an actor, an estimator and a learner read on
 sample alike. A section that states the same key itself must agree with [run]; a different
 value is a ConfigError that names both (one fact, one place). Facts [run] does not state are
 left to the sections, as before. The learner's evaluation budget
-(`learner.eval_max_new_tokens`) is its own: a run may evaluate with shorter completions than
+(`learner.eval.max_new_tokens`) is its own: a run may evaluate with shorter completions than
 it trains on. `model = "bootstrap"` is resolved by `gpo launch` (it builds the tiny built-in
 policy); a process started on its own needs a model directory.
 """

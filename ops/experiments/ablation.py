@@ -107,7 +107,7 @@ def run_sets(arm: str, seed: int, eval_every: int) -> dict[str, str]:
         "learner.seed": str(seed),
         "actor.rollout.seed": str(seed),
         "estimator.rollout.seed": str(seed),
-        "learner.eval_every": str(eval_every),
+        "learner.eval.every": str(eval_every),
         **arm_sets(arm),
     }
 

@@ -142,8 +142,8 @@ def test_01_kill9_actor_holding_five_all_redelivered_and_trained_once(redis_serv
             "redis.pending_check_interval": 0.5,
             "redis.backlog_limits": {"trajectories": 4},
             "actor.batch_messages": 5,
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0", "actor-1")
@@ -173,7 +173,7 @@ def test_02_sigterm_mid_batch_exits_zero_fast_nothing_pending_for_long(redis_ser
     limits = {"trajectories": 4, "samples": 6}
     # prompts always waiting: the learner is stopped right after an update, when its feeder
     # may not have topped up yet, and the samples it waits for must still be produced
-    feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+    feed = {"learner.feeder.backlog_target": 12, "learner.feeder.backlog_bound": 24}
     system = make_system(redis_server.url, {"redis.backlog_limits": limits, **feed})
     names = ("learner", "estimator-0", "actor-0")
     system.start(*names)
@@ -229,8 +229,8 @@ def test_03_restarted_actor_drains_its_own_pending_first(redis_server, make_syst
             "redis.claim_idle": 600.0,  # nobody claims: only the own pending list gets them back
             "redis.backlog_limits": {"trajectories": 4},
             "actor.batch_messages": 5,
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0")
@@ -423,8 +423,8 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
             "redis.claim_idle": 600.0,
             "actor.max_reset_n": 2048,
             # prompts always waiting: the poison's first batch is full of other work
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0")
@@ -577,7 +577,7 @@ def test_15_learner_stalled_producers_throttle_memory_bounded_backlog_drains(tmp
         limits = {"trajectories": 8, "samples": 8}
         # prompts always waiting, so the producers have work to hold once the learner stops
         # (its feeder stops with it)
-        feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+        feed = {"learner.feeder.backlog_target": 12, "learner.feeder.backlog_bound": 24}
         system = make_system(
             server.url, {"redis.backlog_limits": limits, "redis.claim_idle": 3.0, **feed}
         )

@@ -59,19 +59,27 @@ pending_check_interval = 1.0
 
 [learner]
 model = "{model_dir}"
-lora_rank = 4
-lora_alpha = 8.0
-lr = 1e-3
 batch_size = 4
 token_budget = 256
 max_policy_lag = 100
 checkpoint_dir = "{tmp_path / "ckpt"}"
 checkpoint_every = 1
-eval_every = 0
-feeder_backlog_target = 2
-feeder_backlog_bound = 4
 task = "arithmetic"
 log_sample_ids = true
+
+[learner.lora]
+rank = 4
+alpha = 8.0
+
+[learner.ppo]
+lr = 1e-3
+
+[learner.eval]
+every = 0
+
+[learner.feeder]
+backlog_target = 2
+backlog_bound = 4
 
 [actor]
 task = "arithmetic"

@@ -161,7 +161,7 @@ def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
         assert roles[role]["task"] == "pivot" and roles[role]["task_options"] == options, role
     for role in ("actor", "estimator"):
         assert roles[role]["rollout"]["max_new_tokens"] == 12 * 16 + 8
-    assert roles["learner"]["eval_max_new_tokens"] == 12 * 16 + 8
+    assert roles["learner"]["eval"]["max_new_tokens"] == 12 * 16 + 8
     boot = bootstrap_fields(data["run"], data.get("launch", {}).get("bootstrap", {}))
     assert boot == {"task": "pivot", **options}
 

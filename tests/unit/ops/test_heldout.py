@@ -114,9 +114,11 @@ def test_a_checkpoints_alpha_comes_from_its_runs_config(tmp_path):
     from ops.heldout import _run_lora_alpha
 
     config = tmp_path / "demo.toml"
-    config.write_text("[learner]\nlora_rank = 8\nlora_alpha = 32.0\n")
+    config.write_text("[learner.lora]\nrank = 8\nalpha = 32.0\n")
     run = tmp_path / "runs" / "r1"
     (run / "learner" / "step-000002").mkdir(parents=True)
     (run / "launch.json").write_text(f'{{"config": "{config}"}}')
     assert _run_lora_alpha(run / "learner" / "step-000002") == 32.0
     assert _run_lora_alpha(tmp_path / "elsewhere" / "step-1") == 16.0  # the learner default
+    config.write_text("[learner]\nlora_rank = 8\nlora_alpha = 24.0\n")  # a run of before
+    assert _run_lora_alpha(run / "learner" / "step-000002") == 24.0

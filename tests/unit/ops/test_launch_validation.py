@@ -28,7 +28,7 @@ def test_the_shipped_configs_validate(config):
     ("flag", "message"),
     [
         ("nosuch.key=1", "unknown section(s) nosuch"),
-        ("learner.lr=abc", "learner.lr: expected float"),
+        ("learner.ppo.lr=abc", "learner.ppo.lr: expected float"),
         ("learner.nokey=1", "[learner] unknown key(s): nokey"),
         ("actor.rollout.nokey=1", "[actor.rollout] unknown key(s): nokey"),
         ('estimator.mc.budget="zz"', "estimator.mc.budget: must be one of"),

@@ -27,7 +27,7 @@ def test_every_fact_lands_in_every_section_that_uses_it():
     for role in ("learner", "actor", "estimator"):
         assert (data[role]["task"], data[role]["task_options"]) == ("pivot", OPTIONS), role
     assert data["learner"]["model"] == "/m" and data["learner"]["temperature"] == 0.7
-    assert "eval_max_new_tokens" not in data["learner"]  # the learner's evaluation is its own
+    assert "eval" not in data["learner"]  # the learner's evaluation is its own
     for role in ("actor", "estimator"):
         assert data[role]["engine"]["model"] == "/m"
         assert data[role]["rollout"] == {
