@@ -54,6 +54,7 @@ from learner.train import make_optimizer, on_policy_step, ppo_update
 from ops.harness import console_table, markdown_table, parser, timed_rounds, write_bench_section
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
+from protocol.run import expand_run
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
@@ -299,7 +300,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def load_configs(
     args: argparse.Namespace, model: str
 ) -> tuple[LearnerConfig, RolloutConfig, EstimatorConfig]:
-    data = load_toml(args.config)
+    data = expand_run(load_toml(args.config))
     learner = dict(data.get("learner", {}), model=model)
     if args.batch_size:
         learner["batch_size"] = args.batch_size
