@@ -38,7 +38,6 @@ from pathlib import Path
 
 from redis.exceptions import ResponseError
 
-from ops.harness import markdown_table
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
 from protocol.streams import (
@@ -374,49 +373,3 @@ def id_order(eid: str) -> tuple[int, int]:
     """A stream entry id as a sortable (milliseconds, sequence) pair."""
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
-
-
-def ledger_tables(led: Ledger) -> str:
-    """The totals, then what became of the ids of each stream."""
-    hops = led.hops
-    yes_no = lambda ok: "yes" if ok else "NO"  # noqa: E731
-    lost = ", ".join(i for h in hops.values() for i in h.lost[:5])
-    totals = markdown_table(
-        ["ledger", ""],
-        [
-            ["produced", ", ".join(f"{s} {h.produced}" for s, h in hops.items())],
-            ["trained (sample ids in the final weights)", led.trained],
-            ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
-            ["trained twice", len(led.trained_twice)],
-            [
-                "dropped stale: more updates behind than max_policy_lag (by lag)",
-                f"{hops[SAMPLES].stale} ({led.stale_reason()})" if hops[SAMPLES].stale else 0,
-            ],
-            ["dropped surplus resets (batch composition)", hops[SAMPLES].surplus],
-            ["in flight at the stop", sum(h.in_flight for h in hops.values())],
-            ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],
-            ["... all of them injected poison", yes_no(not led.unexpected_dead)],
-            [
-                "poison injected: dead-lettered / in flight / vanished",
-                f"{led.poison_injected}: {led.dead_poison} / {led.poison_in_flight} / "
-                f"{len(led.poison_missing)}",
-            ],
-            [
-                "final checkpoint's trained ids agree with the run log",
-                yes_no(led.checkpoint_agrees),
-            ],
-        ],
-    )
-    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale"]
-    header += ["surplus", "lost"]
-    rows = [
-        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, h.surplus, len(h.lost)]
-        for s, h in hops.items()
-    ]
-    note = (
-        "Passed on: a prompt's or reset's trajectories exist, a trajectory's sample exists, "
-        "a sample is trained. Unexpected dead entries: "
-        + ("; ".join(led.unexpected_dead[:5]) or "none")
-        + "."
-    )
-    return f"{totals}\n\n{markdown_table(header, rows)}\n\n{note}"
