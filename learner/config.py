@@ -1,8 +1,11 @@
 """`LearnerConfig`: every knob of `gpo-learner` (TOML section `[learner]`), checked once.
 
-Invariants checked in `__post_init__` (a violation is a `ConfigError` naming the field):
-positive sizes and rates, `reset_fraction` in [0, 1], `feeder_backlog_target` <= bound,
-and the `gae` mode's need for a value head.
+Its parts have their own tables: the adapter (`[learner.lora]`), the optimizer and loss
+(`[learner.ppo]`), the held-out evaluation (`[learner.eval]`) and the prompt feeder
+(`[learner.feeder]`); what stays in `[learner]` is the model, the advantages, the batch
+composition, staleness, checkpoints and the run's plumbing. Invariants are checked in each
+`__post_init__` (a violation is a `ConfigError` naming the field): positive sizes and rates,
+`reset_fraction` in [0, 1], the feeder's target <= its bound, minibatches <= batch size.
 """
 
 from __future__ import annotations
@@ -19,6 +22,99 @@ ResetBaseline = Literal["loo", "value"]
 
 
 @dataclass(frozen=True)
+class LoraSettings:
+    """TOML table `[learner.lora]`: the adapter the learner trains and broadcasts."""
+
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 16.0
+    """LoRA alpha (the update is scaled by alpha / r)."""
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    """Module names that get a LoRA adapter (lora_dropout is always 0)."""
+
+    def __post_init__(self) -> None:
+        if self.rank < 1 or not self.alpha > 0:
+            raise ConfigError("learner.lora.rank must be >= 1 and learner.lora.alpha > 0")
+        if not self.target_modules:
+            raise ConfigError("learner.lora.target_modules must name at least one module")
+
+
+@dataclass(frozen=True)
+class PpoSettings:
+    """TOML table `[learner.ppo]`: the optimizer and the clipped PPO loss."""
+
+    lr: float = 1e-4
+    """AdamW learning rate of the LoRA (and value head) parameters."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip per optimizer step; 0 turns it off."""
+    epochs: int = 1
+    """Passes over each batch."""
+    minibatches: int = 1
+    """Optimizer steps per epoch: the batch is split into this many minibatches."""
+    clip_eps: float = 0.2
+    """PPO ratio clip width (r in [1 - eps, 1 + eps])."""
+    tis_cap: float = 2.0
+    """Cap of the truncated importance weight pi_old / mu against the actors' logprobs."""
+    kl_coef: float = 0.0
+    """Weight of the k3 KL to the reference (adapter disabled); 0 skips the reference pass."""
+    value_coef: float = 0.5
+    """Weight of the clipped value loss (`gae` mode)."""
+    value_clip: float = 0.2
+    """Value clip width in reward units (`gae` mode)."""
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ConfigError("learner.ppo.epochs and learner.ppo.minibatches must be >= 1")
+        for name in ("lr", "clip_eps", "tis_cap"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"learner.ppo.{name} must be > 0")
+        for name in ("kl_coef", "max_grad_norm", "weight_decay", "value_coef"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"learner.ppo.{name} must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """TOML table `[learner.eval]`: the held-out evaluation inside the learner."""
+
+    every: int = 0
+    """Updates between held-out evaluations; 0 turns evaluation off."""
+    count: int = 64
+    """Held-out prompts per evaluation (the first n of the task's held-out split)."""
+    max_new_tokens: int = 64
+    """Longest completion sampled during evaluation, in tokens."""
+    batch: int = 32
+    """Prompts decoded together during evaluation."""
+
+    def __post_init__(self) -> None:
+        if self.every < 0:
+            raise ConfigError("learner.eval.every must be >= 0")
+        for name in ("count", "max_new_tokens", "batch"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"learner.eval.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class FeederSettings:
+    """TOML table `[learner.feeder]`: how the learner keeps the `prompts` stream topped up."""
+
+    backlog_target: int = 64
+    """The feeder tops the `prompts` backlog (produced - acked) up to this many."""
+    backlog_bound: int = 256
+    """The feeder never lets the `prompts` backlog pass this many."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.backlog_target <= self.backlog_bound:
+            raise ConfigError(
+                "need 1 <= learner.feeder.backlog_target <= learner.feeder.backlog_bound"
+            )
+
+
+@dataclass(frozen=True)
 class LearnerConfig:
     """What the learner trains, how, and how it checkpoints, evaluates and feeds prompts."""
 
@@ -30,30 +126,14 @@ class LearnerConfig:
     """Dtype of the frozen base weights; LoRA weights, logprobs and the value head stay fp32."""
     device: str = "cpu"
     """Torch device (`cpu`, `cuda`); with torch.distributed, `cuda` means `cuda:<local rank>`."""
-    lora_rank: int = 8
-    """LoRA rank r."""
-    lora_alpha: float = 16.0
-    """LoRA alpha (the update is scaled by alpha / r)."""
-    lora_target_modules: list[str] = field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
-    """Module names that get a LoRA adapter (lora_dropout is always 0)."""
-    lr: float = 1e-4
-    """AdamW learning rate of the LoRA (and value head) parameters."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    max_grad_norm: float = 1.0
-    """Global gradient-norm clip per optimizer step; 0 turns it off."""
-    ppo_epochs: int = 1
-    """Passes over each batch."""
-    minibatches: int = 1
-    """Optimizer steps per epoch: the batch is split into this many minibatches."""
-    clip_eps: float = 0.2
-    """PPO ratio clip width (r in [1 - eps, 1 + eps])."""
-    tis_cap: float = 2.0
-    """Cap of the truncated importance weight pi_old / mu against the actors' logprobs."""
-    kl_coef: float = 0.0
-    """Weight of the k3 KL to the reference (adapter disabled); 0 skips the reference pass."""
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    """`[learner.lora]`: the adapter's rank, alpha and target modules."""
+    ppo: PpoSettings = field(default_factory=PpoSettings)
+    """`[learner.ppo]`: the optimizer, the epochs and minibatches, the clipped loss."""
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    """`[learner.eval]`: the held-out evaluation's cadence and size."""
+    feeder: FeederSettings = field(default_factory=FeederSettings)
+    """`[learner.feeder]`: the prompts backlog the feeder keeps."""
     advantage: AdvantageMode = "mc"
     """`mc`: the Sample's per-token advantages (fresh samples); `group`: reward - mean reward
     of the group in the batch, a group being a prompt's fresh rollouts; `gae`: a value head
@@ -69,10 +149,6 @@ class LearnerConfig:
     """GAE discount per token (`gae` mode)."""
     lam: float = 0.95
     """GAE lambda (`gae` mode)."""
-    value_coef: float = 0.5
-    """Weight of the clipped value loss (`gae` mode)."""
-    value_clip: float = 0.2
-    """Value clip width in reward units (`gae` mode)."""
     temperature: float = 1.0
     """Sampling temperature of the actors; logprobs are recomputed under the same one."""
     token_budget: int = 4096
@@ -116,18 +192,6 @@ class LearnerConfig:
     `checkpoint_every` x the largest batch pending entries (checked at start)."""
     keep_checkpoints: int = 2
     """Checkpoints kept on disk (older ones are deleted)."""
-    eval_every: int = 0
-    """Updates between held-out evaluations; 0 turns evaluation off."""
-    eval_count: int = 64
-    """Held-out prompts per evaluation (the first n of the task's held-out split)."""
-    eval_max_new_tokens: int = 64
-    """Longest completion sampled during evaluation, in tokens."""
-    eval_batch: int = 32
-    """Prompts decoded together during evaluation."""
-    feeder_backlog_target: int = 64
-    """The feeder tops the `prompts` backlog (produced - acked) up to this many."""
-    feeder_backlog_bound: int = 256
-    """The feeder never lets the `prompts` backlog pass this many."""
     task: str = "arithmetic"
     """Task plugin spec (`module:Class` or a built-in name); gives prompts and the verifier."""
     task_options: dict = field(default_factory=dict)
@@ -148,16 +212,10 @@ class LearnerConfig:
 
     def __post_init__(self) -> None:
         positive = (
-            "lora_rank",
-            "ppo_epochs",
-            "minibatches",
             "token_budget",
             "batch_size",
             "checkpoint_every",
             "keep_checkpoints",
-            "eval_count",
-            "eval_max_new_tokens",
-            "eval_batch",
             "adapter_keep",
             "read_count",
             "read_ahead",
@@ -165,29 +223,17 @@ class LearnerConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ConfigError(f"learner.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "clip_eps", "tis_cap", "temperature", "lora_alpha", "lease_seconds"):
+        for name in ("temperature", "lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"learner.{name} must be > 0")
-        for name in (
-            "kl_coef",
-            "max_grad_norm",
-            "weight_decay",
-            "value_coef",
-            "eval_every",
-            "compose_patience",
-        ):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"learner.{name} must be >= 0")
+        if self.compose_patience < 0:
+            raise ConfigError("learner.compose_patience must be >= 0")
         if not 0.0 <= self.reset_fraction <= 1.0:
             raise ConfigError("learner.reset_fraction must lie in [0, 1]")
         if not (0.0 < self.gamma <= 1.0 and 0.0 <= self.lam <= 1.0):
             raise ConfigError("learner.gamma must lie in (0, 1] and learner.lam in [0, 1]")
         if self.max_policy_lag < 0 or self.max_sample_tokens < 0:
             raise ConfigError("learner.max_policy_lag and learner.max_sample_tokens must be >= 0")
-        if not 1 <= self.feeder_backlog_target <= self.feeder_backlog_bound:
-            raise ConfigError(
-                "need 1 <= learner.feeder_backlog_target <= learner.feeder_backlog_bound"
-            )
         if self.batch_mode not in ("share", "fresh"):
             raise ConfigError(f"learner.batch_mode must be share or fresh, got {self.batch_mode!r}")
         if self.batch_mode == "fresh" and self.reset_fraction >= 1.0:
@@ -201,10 +247,8 @@ class LearnerConfig:
             raise ConfigError(
                 f"learner.reset_baseline must be loo or value, got {self.reset_baseline!r}"
             )
-        if self.minibatches > self.batch_size:
-            raise ConfigError("learner.minibatches must not exceed learner.batch_size")
-        if not self.lora_target_modules:
-            raise ConfigError("learner.lora_target_modules must name at least one module")
+        if self.ppo.minibatches > self.batch_size:
+            raise ConfigError("learner.ppo.minibatches must not exceed learner.batch_size")
 
     @property
     def largest_batch(self) -> int:

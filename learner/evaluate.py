@@ -3,9 +3,9 @@
 Why in the learner (and not `gpo eval` following the weights stream): the learner holds the
 exact weights of each version already, so there is no fetch, no second copy of the model
 and no race with publishing; on the demo's 2 CPU cores a separate evaluator would compete
-for the same cores anyway. The cost is paid every `eval_every` updates: `eval_count`
+for the same cores anyway. The cost is paid every `eval.every` updates: `eval.count`
 prompts, one sample each at temperature 1 (pass@1 of the sampling policy the actors use;
-no top-k, no top-p), `eval_max_new_tokens` at most. Sampling is seeded by (seed, step), so
+no top-k, no top-p), `eval.max_new_tokens` at most. Sampling is seeded by (seed, step), so
 two evaluations of the same weights give the same number.
 """
 

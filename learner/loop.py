@@ -123,7 +123,7 @@ async def run(p: Parts) -> int:
     """Train until SIGTERM; returns the exit code."""
     cfg, st = p.cfg, p.state
     await announce(p)
-    if cfg.eval_every and st.step == 0:
+    if cfg.eval.every and st.step == 0:
         await evaluate(p)  # the base policy's score: the "before" of every learning curve
     stop_leases = asyncio.Event()
     leases = asyncio.create_task(
@@ -173,7 +173,7 @@ async def run(p: Parts) -> int:
         if st.step % cfg.checkpoint_every == 0:
             await commit(p)
         # 8. held-out evaluation
-        if cfg.eval_every and st.step % cfg.eval_every == 0:
+        if cfg.eval.every and st.step % cfg.eval.every == 0:
             await evaluate(p)
     # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
     await commit(p)
@@ -426,8 +426,8 @@ async def evaluate(p: Parts) -> None:
             p.task,
             p.tokenizer,
             p.heldout,
-            p.cfg.eval_max_new_tokens,
-            p.cfg.eval_batch,
+            p.cfg.eval.max_new_tokens,
+            p.cfg.eval.batch,
             p.cfg.temperature,
             p.cfg.seed * 1_000_003 + p.state.step,
         )

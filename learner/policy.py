@@ -44,10 +44,10 @@ class Forward:
 def lora_config_dict(cfg: LearnerConfig) -> dict:
     """The LoraConfig fields an engine needs, as msgpack-safe scalars and lists."""
     return {
-        "r": cfg.lora_rank,
-        "lora_alpha": cfg.lora_alpha,
+        "r": cfg.lora.rank,
+        "lora_alpha": cfg.lora.alpha,
         "lora_dropout": 0.0,
-        "target_modules": sorted(cfg.lora_target_modules),
+        "target_modules": sorted(cfg.lora.target_modules),
         "bias": "none",
         "task_type": "CAUSAL_LM",
     }

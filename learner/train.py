@@ -1,5 +1,5 @@
 """One PPO update on a batch of samples: prepare (pi_old, reference, values, advantages),
-then `ppo_epochs` passes of minibatch optimizer steps with gradient accumulation. When the
+then `ppo.epochs` passes of minibatch optimizer steps with gradient accumulation. When the
 update is one optimizer step on a policy without a value head (the default: one epoch, one
 minibatch), pi_old is the policy being trained and its no-grad pass is skipped: the training
 forward's own log-probs, detached, are pi_old (ratio 1, the same gradient).
@@ -67,7 +67,7 @@ class Prepared:
 
 def make_optimizer(policy: Policy, cfg: LearnerConfig) -> torch.optim.AdamW:
     """AdamW over the trainable parameters (LoRA, value head), in `Policy.trainable` order."""
-    return torch.optim.AdamW(policy.trainable(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(policy.trainable(), lr=cfg.ppo.lr, weight_decay=cfg.ppo.weight_decay)
 
 
 def ppo_update(
@@ -98,10 +98,10 @@ def ppo_update(
     totals: dict[str, Tensor] = {}
     steps = 0
     rng = random.Random(f"{cfg.seed}:{step}")  # the same minibatch order on every rank
-    for _epoch in range(cfg.ppo_epochs):
+    for _epoch in range(cfg.ppo.epochs):
         order = list(range(len(plan)))
         rng.shuffle(order)
-        for part in np.array_split(np.array(order), min(cfg.minibatches, len(plan))):
+        for part in np.array_split(np.array(order), min(cfg.ppo.minibatches, len(plan))):
             stats = optimizer_step(policy, optimizer, prepared, [int(i) for i in part], cfg, world)
             for k, v in stats.items():
                 totals[k] = totals.get(k, 0.0) + v
@@ -112,7 +112,7 @@ def ppo_update(
     out = {k: float(v / tokens.clamp(min=1)) for k, v in totals.items()}
     out["grad_norm"] = float(grad_norm) / max(steps - float(skipped), 1)
     out["skipped_steps"] = float(skipped)
-    out["tokens"] = float(tokens) / cfg.ppo_epochs
+    out["tokens"] = float(tokens) / cfg.ppo.epochs
     return out
 
 
@@ -120,7 +120,7 @@ def on_policy_step(policy: Policy, cfg: LearnerConfig) -> bool:
     """True when the update is a single optimizer step without a value head: the weights do
     not change between pi_old's pass and the training pass, so pi_old's log-probs equal the
     training forward's (LoRA dropout is 0) and the separate no-grad pass is skipped."""
-    return cfg.ppo_epochs == 1 and cfg.minibatches == 1 and policy.value_head is None
+    return cfg.ppo.epochs == 1 and cfg.ppo.minibatches == 1 and policy.value_head is None
 
 
 @torch.no_grad()
@@ -129,7 +129,7 @@ def prepare(policy: Policy, mb: MicroBatch, cfg: LearnerConfig, old_pass: bool =
     Without `old_pass` only the reference pass runs (see `on_policy_step`)."""
     policy.model.eval()
     ref = None
-    if cfg.kl_coef > 0:
+    if cfg.ppo.kl_coef > 0:
         with policy.reference():
             ref = policy.forward(mb.input_ids, mb.attention_mask).logprobs
     if not old_pass:
@@ -186,7 +186,7 @@ def optimizer_step(
         flat = torch.cat([q.grad.reshape(-1) for q in params])
         world.all_sum(flat)
         torch.nn.utils.vector_to_parameters(flat, [q.grad for q in params])
-    norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+    norm = torch.nn.utils.clip_grad_norm_(params, cfg.ppo.max_grad_norm or float("inf"))
     # a non-finite loss or gradient never reaches the weights: the step is skipped (every
     # rank sees the same all-reduced gradient, so every rank skips it)
     finite = bool(torch.isfinite(norm)) and bool(torch.isfinite(sums).all())
@@ -216,22 +216,22 @@ def minibatch_loss(policy: Policy, p: Prepared, cfg: LearnerConfig, tokens: floa
         old,
         mb.advantages,
         mb.mask,
-        clip_eps=cfg.clip_eps,
+        clip_eps=cfg.ppo.clip_eps,
         behaviour_logprobs=mb.behaviour,
-        tis_cap=cfg.tis_cap,
+        tis_cap=cfg.ppo.tis_cap,
         token_count=tokens,
     )
     loss = pg
     kl = torch.zeros(())
     if p.ref_logprobs is not None:
         kl = masked_k3_kl(fwd.logprobs, p.ref_logprobs, mb.mask, token_count=tokens)
-        loss = loss + cfg.kl_coef * kl
+        loss = loss + cfg.ppo.kl_coef * kl
     vl = torch.zeros(())
     if fwd.values is not None:
         vl, _ = clipped_value_loss(
-            fwd.values, p.old_values, p.returns, mb.mask, cfg.value_clip, token_count=tokens
+            fwd.values, p.old_values, p.returns, mb.mask, cfg.ppo.value_clip, token_count=tokens
         )
-        loss = loss + cfg.value_coef * vl
+        loss = loss + cfg.ppo.value_coef * vl
     loss.backward()
     with torch.no_grad():
         n = mb.mask.sum().double()

@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "inspect": ("ops.inspect_run", "write runs/<id>/inspect.html: steps, values, critical step"),
     "bench": ("ops.bench", "run a benchmark and print side-by-side ratios"),
     "experiment": ("ops.experiments", "run an experiment (arms x seeds) into docs/RESULTS.md"),
-    "eval": ("ops.evaluate", "held-out pass@1 of a base model, optionally with a LoRA adapter"),
+    "eval": ("ops.heldout", "held-out pass@1 of a base model, optionally with a LoRA adapter"),
     "offline": (
         "learner.offline.cli",
         "offline GPO: critical-step preference pairs; DPO/KTO/SimPO/ORPO adapter training",

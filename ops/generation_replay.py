@@ -30,6 +30,7 @@ from actors.samples import answerable, is_target
 from learner.composition import batch_targets
 from learner.config import LearnerConfig
 from protocol.config import apply_sets, from_mapping, load_toml
+from protocol.run import expand_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +252,7 @@ async def reset_rollouts(engine: Engine, resets: list[tuple[str, list[int]]], sh
 def shape_from_config(path: str | Path, sets: Sequence[str] = ()) -> Shape:
     """The generation shape of a run config (the sections actors and estimators read), with
     `--set SECTION.KEY=VALUE` overrides."""
-    data = apply_sets(load_toml(path), list(sets))
+    data = expand_run(apply_sets(load_toml(path), list(sets)))
     actor, estimator = data.get("actor", {}), data.get("estimator", {})
     learner = from_mapping(LearnerConfig, data.get("learner", {}), "learner")
     est = from_mapping(EstimatorConfig, estimator, "estimator")

@@ -40,7 +40,7 @@ import redis
 from ops.inspect_render import render
 from ops.redis_server import RedisServer
 from protocol.codec import ProtocolError, decode
-from protocol.config import ConfigError, load_toml
+from protocol.config import ConfigError, from_mapping, load_toml
 from protocol.messages import ResetRequest, Sample, Trajectory
 from protocol.streams import RESETS, SAMPLES, TRAJECTORIES, Keys, redact
 
@@ -184,22 +184,30 @@ def open_redis(run_dir: Path, url: str | None) -> Iterator[tuple[redis.Redis, st
 def find_model(run_dir: Path, launch: dict, override: str | None) -> str:
     """The base model directory whose tokenizer decodes the run's token ids."""
     model = override or launch.get("model") or ""
+    cfg: dict = {}
     if not model and launch.get("config"):
         try:
             cfg = load_toml(launch["config"])
         except (ConfigError, OSError) as e:
             raise InspectError(f"cannot read the run config: {e}") from None
         model = (
-            cfg.get("launch", {}).get("model")
+            cfg.get("run", {}).get("model")
             or cfg.get("actor", {}).get("engine", {}).get("model")
             or cfg.get("learner", {}).get("model")
             or ""
         )
-    if model == "bootstrap":  # the cached tiny policy; inspecting never trains one
+    if model == "bootstrap":  # the cached tiny policy of the run's task; never trained here
+        from ops.run_setup import bootstrap_fields
         from ops.tiny_policy.bootstrap import BootstrapConfig
 
-        cfg = BootstrapConfig()
-        model = str(Path(cfg.cache_dir).expanduser() / cfg.cache_key())
+        try:
+            fields = bootstrap_fields(
+                cfg.get("run", {}), cfg.get("launch", {}).get("bootstrap", {})
+            )
+            boot = from_mapping(BootstrapConfig, fields, "launch.bootstrap")
+        except ConfigError as e:
+            raise InspectError(f"the run config's base policy: {e}") from None
+        model = str(Path(boot.cache_dir).expanduser() / boot.cache_key())
     if not model or not Path(model).is_dir():
         raise InspectError(
             f"base model {model or '(none)'} of {run_dir} not found; pass --model DIR"

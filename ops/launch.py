@@ -37,8 +37,9 @@ from pathlib import Path
 from ops.launch_progress import backlogs, done, progress_line, scrape
 from ops.redis_server import RedisServer, free_port, is_memory_size
 from ops.run_setup import (
-    MODEL_KEYS,
+    base_model,
     check_redis,
+    launch_table,
     prepare_run_dir,
     set_flags,
     software,
@@ -47,7 +48,7 @@ from ops.run_setup import (
 )
 from ops.tiny_policy import resolve_model
 from ops.worker import Worker, prometheus_targets, tail
-from protocol.config import ConfigError, from_mapping, load_toml
+from protocol.config import ConfigError, apply_sets, from_mapping, load_toml
 from protocol.streams import redact
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,12 +58,9 @@ ROOT = Path(__file__).resolve().parents[1]
 class LaunchConfig:
     """TOML section `[launch]`: the shape of a local run."""
 
-    model: str = ""
-    """Base model directory for every process (overrides their own settings); `bootstrap`
-    builds or reuses the tiny built-in policy of `gpo bootstrap`."""
     bootstrap: dict = field(default_factory=dict)
-    """With `model = "bootstrap"`: fields of `gpo bootstrap`'s config, e.g.
-    `{ task = "pivot", max_steps = 12 }` (the defaults build the arithmetic policy)."""
+    """With `run.model = "bootstrap"`: fields of `gpo bootstrap`'s config beyond the run's
+    task and task options (which it takes from `[run]`), e.g. `{ seed = 1 }`."""
     actors: int = 1
     """Rollout actor processes."""
     estimators: int = 1
@@ -110,8 +108,12 @@ class Launcher:
         run_id: str,
         redis_url: str | None,
         sets: list[str] = (),
+        model: str = "",
     ):
         self.cfg, self.config_path, self.run_id = cfg, config_path, run_id
+        self.model = model
+        """The base model every worker gets (`run.model`); `bootstrap`: the tiny policy of
+        `cfg.bootstrap`, built or reused at start; "": each worker's own setting."""
         self.sets = list(sets)
         """`SECTION.KEY=VALUE` overrides passed to every worker (each reads its sections)."""
         self.run_dir = Path(cfg.runs_dir).resolve() / run_id  # relative to where gpo launch runs
@@ -141,7 +143,7 @@ class Launcher:
             )
         if before_workers is not None:
             before_workers()
-        model = resolve_model(self.cfg.model, self.cfg.bootstrap)
+        model = resolve_model(self.model, self.cfg.bootstrap)
         for name, module, args, env in self.worker_specs(model):
             w = Worker(name, module, args, self.run_dir / "logs" / f"{name}.log", free_port(), env)
             w.start()
@@ -183,10 +185,8 @@ class Launcher:
             "MKL_NUM_THREADS": str(self.cfg.torch_threads),
             "PYTHONUNBUFFERED": "1",
         }
-        args = {
-            role: [*common, *set_flags({key: model} if model else {})]
-            for role, key in zip(("learner", "actor", "estimator"), MODEL_KEYS, strict=True)
-        }
+        base = [*common, *set_flags({"run.model": model} if model else {})]
+        args = {role: list(base) for role in ("learner", "actor", "estimator")}
         args["learner"] += set_flags({"learner.checkpoint_dir": str(self.run_dir / "learner")})
         specs = [("learner", "learner.main", args["learner"], env)]
         specs += [
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--redis-url", help="use this Redis instead of starting a private redis-server")
     p.add_argument("--run-id", help="run id (default: [run] id, else a timestamp)")
-    p.add_argument("--model", help="base model directory, or `bootstrap` (overrides launch.model)")
+    p.add_argument("--model", help="base model directory, or `bootstrap` (overrides run.model)")
     p.add_argument("--actors", type=int, help="number of actors (overrides launch.actors)")
     p.add_argument(
         "--estimators", type=int, help="number of estimators (overrides launch.estimators)"
@@ -360,15 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     try:
-        data = load_toml(args.config)
-        launch = dict(data.get("launch", {}))
         overrides, worker_sets = split_sets(args.set)
-        launch.update(overrides)
-        for key in ("model", "actors", "estimators", "max_minutes", "max_updates"):
+        # the workers' --set flags count here too: `--set run.task=...` changes the policy
+        data = apply_sets(load_toml(args.config), worker_sets)
+        for key in ("actors", "estimators", "max_minutes", "max_updates"):
             if getattr(args, key) is not None:
-                launch[key] = getattr(args, key)
-        cfg = from_mapping(LaunchConfig, launch, "launch")
-        validate_roles(data, worker_sets, cfg.model)
+                overrides[key] = getattr(args, key)
+        model = base_model(data, args.model)
+        cfg = from_mapping(LaunchConfig, launch_table(data, overrides, model), "launch")
+        validate_roles(data, worker_sets, model)
         if args.redis_url:
             check_redis(args.redis_url)
     except ConfigError as e:
@@ -380,7 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"gpo launch: error: {e}", file=sys.stderr)
         return 2
-    launcher = Launcher(cfg, Path(args.config).resolve(), run_id, args.redis_url, worker_sets)
+    config_path = Path(args.config).resolve()
+    launcher = Launcher(cfg, config_path, run_id, args.redis_url, worker_sets, model)
     try:
         launcher.start()
     except Exception:

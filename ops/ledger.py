@@ -19,8 +19,12 @@ id of a work stream is
 - else *dropped surplus* (samples only) when the run log has it in a `surplus` record: reset
   samples the batch composition had no room for (learner/composition.py);
 - else **lost**: it was consumed and acknowledged, and nothing came of it.
-*Trained twice*: a sample id in more than one update of the final weights. A dead-letter
-entry is *expected* only when it carries the marker of injected poison.
+*Trained twice*: a sample id in more than one update of the final weights; *trained unknown*:
+a trained id that no entry of `samples` carries. A dead-letter entry is *expected* only when
+it carries the marker of injected poison.
+
+`read_ledger` reads it all from a Redis and a learner's directory; `gpo bench chaos` and the
+system fault tests (tests/support/pipeline.py) keep these books.
 """
 
 from __future__ import annotations
@@ -28,12 +32,12 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from redis.exceptions import ResponseError
 
-from ops.harness import markdown_table
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
 from protocol.streams import (
@@ -129,24 +133,50 @@ def final_checkpoint(learner_dir: Path) -> tuple[int, set[str]]:
     return int(state["step"]), set(state["trained_ids"])  # a list or {id: version}: its ids
 
 
+def read_ledger(
+    r,
+    keys: Keys,
+    learner_dir: Path,
+    n_rollouts: int,
+    injected: set[str] = frozenset(),
+    marker: re.Pattern[bytes] | None = None,
+    merge: Callable[[str, StreamDump], StreamDump] | None = None,
+) -> tuple[Ledger, list[dict]]:
+    """The ledger of a run whose workers stopped, and its run log: the work streams as `r`
+    holds them (each passed through `merge`, if given: entries trimmed away put back), the
+    learner's run log and final checkpoint in `learner_dir`."""
+    dumps = {s: dump_stream(r, keys, s) for s in WORK_STREAMS}
+    if merge is not None:
+        dumps = {s: merge(s, dump) for s, dump in dumps.items()}
+    records = read_runlog(learner_dir / "run_log.jsonl")
+    checkpoint = final_checkpoint(learner_dir)
+    return make_ledger(dumps, records, checkpoint, n_rollouts, injected, marker), records
+
+
 # ---------------------------------------------------------------- the ledger (pure)
 
 
-def surviving_updates(records: list[dict], final_step: int) -> list[dict]:
+def surviving_updates(records: list[dict], final_step: int | None = None) -> list[dict]:
     """The update records the final weights contain: a `resume` at step S voids the updates
-    past S (they never reached a checkpoint), and so does the end."""
+    past S (they never reached a checkpoint), and so does the end (`final_step`: the final
+    checkpoint's; None: a learner still running, every update so far counts)."""
     updates: list[dict] = []
     for rec in records:
         if rec["event"] == "resume":
             updates = [u for u in updates if u["step"] <= rec["step"]]
         elif rec["event"] == "update":
             updates.append(rec)
-    return [u for u in updates if u["step"] <= final_step]
+    return [u for u in updates if final_step is None or u["step"] <= final_step]
 
 
-def trained_history(records: list[dict], final_step: int) -> Counter:
+def trained_history(records: list[dict], final_step: int | None = None) -> Counter:
     """Sample ids of the updates the final weights contain, counted."""
     return Counter(i for u in surviving_updates(records, final_step) for i in u["sample_ids"])
+
+
+def repeated(counts: Counter) -> dict[str, int]:
+    """The ids counted more than once, with their counts."""
+    return {k: n for k, n in counts.items() if n > 1}
 
 
 def checkpoint_agrees(records: list[dict], checkpoint: tuple[int, set[str]]) -> bool:
@@ -186,6 +216,12 @@ class Ledger:
     """Injected poison markers neither dead-lettered nor in flight."""
     checkpoint_agrees: bool
     """The final checkpoint's trained ids are the run log's (`checkpoint_agrees`)."""
+    trained_ids: Counter = field(default_factory=Counter)
+    """Sample ids in the final weights, each with the number of updates that trained it."""
+    trained_unknown: set[str] = field(default_factory=set)
+    """Trained ids that no entry of `samples` carries."""
+    dead_sources: dict[str, list[str]] = field(default_factory=dict)
+    """Per work stream with dead letters, the entry ids they came from."""
     stale_lags: dict[int, int] = field(default_factory=dict)
     """Why samples were dropped stale: {lag in updates: samples}, from the `stale` records
     (each past the learner's `max_policy_lag`)."""
@@ -210,6 +246,8 @@ class Ledger:
             out.append(f"{self.lost} lost")
         if self.trained_twice:
             out.append(f"{len(self.trained_twice)} trained twice")
+        if self.trained_unknown:
+            out.append(f"{len(self.trained_unknown)} trained ids no sample carries")
         if self.unexpected_dead:
             out.append(f"{len(self.unexpected_dead)} dead-letter entries are not injected poison")
         if self.poison_missing:
@@ -224,11 +262,12 @@ def make_ledger(
     records: list[dict],
     checkpoint: tuple[int, set[str]],
     n_rollouts: int,
-    injected: set[str],
-    marker: re.Pattern[bytes],
+    injected: set[str] = frozenset(),
+    marker: re.Pattern[bytes] | None = None,
 ) -> Ledger:
     """Account for every id of every work stream (see the module doc). `injected`: the
-    markers of the poison written into the streams; `marker` finds one in an entry's bytes."""
+    markers of the poison written into the streams; `marker` finds one in an entry's bytes
+    (None: no poison was marked, every dead letter is unexpected)."""
     history = trained_history(records, checkpoint[0])
     stale_records = [rec for rec in records if rec["event"] == "stale"]
     stale = {i for rec in stale_records for i in rec["sample_ids"]}
@@ -237,7 +276,7 @@ def make_ledger(
     dead, unexpected = set(), []
     for stream, dump in dumps.items():
         for d in dump.dead:
-            if m := marker.search(d["raw"]):
+            if marker and (m := marker.search(d["raw"])):
                 dead.add(m.group().decode())
             else:
                 unexpected.append(f"{stream}: {d['reason'][:200]}")
@@ -245,18 +284,25 @@ def make_ledger(
         m.group().decode()
         for dump in dumps.values()
         for eid, raw in dump.entries
-        if dump.in_flight(eid) and (m := marker.search(raw))
+        if marker and dump.in_flight(eid) and (m := marker.search(raw))
     }
     return Ledger(
         hops=hops,
         trained=len(history),
-        trained_twice={k: v for k, v in history.items() if v > 1},
+        trained_twice=repeated(history),
         dead_poison=len(dead),
         unexpected_dead=unexpected,
         poison_injected=len(injected),
         poison_in_flight=len(in_flight),
         poison_missing=sorted(injected - dead - in_flight),
         checkpoint_agrees=checkpoint_agrees(records, checkpoint),
+        trained_ids=history,
+        trained_unknown=set(history) - set(by_id(dumps[SAMPLES])),
+        dead_sources={
+            stream: [d["source_id"] for d in dump.dead]
+            for stream, dump in dumps.items()
+            if dump.dead
+        },
         stale_lags=dict(Counter(lag for rec in stale_records for lag in rec.get("lags", []))),
         max_lag=next((rec["max_lag"] for rec in stale_records if "max_lag" in rec), None),
     )
@@ -327,49 +373,3 @@ def id_order(eid: str) -> tuple[int, int]:
     """A stream entry id as a sortable (milliseconds, sequence) pair."""
     ms, _, seq = eid.partition("-")
     return int(ms), int(seq or 0)
-
-
-def ledger_tables(led: Ledger) -> str:
-    """The totals, then what became of the ids of each stream."""
-    hops = led.hops
-    yes_no = lambda ok: "yes" if ok else "NO"  # noqa: E731
-    lost = ", ".join(i for h in hops.values() for i in h.lost[:5])
-    totals = markdown_table(
-        ["ledger", ""],
-        [
-            ["produced", ", ".join(f"{s} {h.produced}" for s, h in hops.items())],
-            ["trained (sample ids in the final weights)", led.trained],
-            ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
-            ["trained twice", len(led.trained_twice)],
-            [
-                "dropped stale: more updates behind than max_policy_lag (by lag)",
-                f"{hops[SAMPLES].stale} ({led.stale_reason()})" if hops[SAMPLES].stale else 0,
-            ],
-            ["dropped surplus resets (batch composition)", hops[SAMPLES].surplus],
-            ["in flight at the stop", sum(h.in_flight for h in hops.values())],
-            ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],
-            ["... all of them injected poison", yes_no(not led.unexpected_dead)],
-            [
-                "poison injected: dead-lettered / in flight / vanished",
-                f"{led.poison_injected}: {led.dead_poison} / {led.poison_in_flight} / "
-                f"{len(led.poison_missing)}",
-            ],
-            [
-                "final checkpoint's trained ids agree with the run log",
-                yes_no(led.checkpoint_agrees),
-            ],
-        ],
-    )
-    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale"]
-    header += ["surplus", "lost"]
-    rows = [
-        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, h.surplus, len(h.lost)]
-        for s, h in hops.items()
-    ]
-    note = (
-        "Passed on: a prompt's or reset's trajectories exist, a trajectory's sample exists, "
-        "a sample is trained. Unexpected dead entries: "
-        + ("; ".join(led.unexpected_dead[:5]) or "none")
-        + "."
-    )
-    return f"{totals}\n\n{markdown_table(header, rows)}\n\n{note}"

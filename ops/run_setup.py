@@ -7,6 +7,7 @@ move it aside, or refuse).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,6 +20,7 @@ from protocol.config import (
     from_mapping,
     parse_set_value,
 )
+from protocol.run import expand_run
 
 
 def prior_state(run_dir: Path) -> str | None:
@@ -81,10 +83,11 @@ SECTIONS = ("run", "launch", "redis", "metrics", "learner", "actor", "estimator"
 
 def validate_roles(data: dict, sets: list[str], model: str) -> None:
     """Every section the launcher's workers read, built as each process builds it (the
-    config, the workers' `--set` flags, the model the launcher passes), before anything
-    starts: an unknown section or key, a wrong type or a value out of range is one
-    ConfigError naming it. Across roles: an actor may not lag more versions than the learner
-    accepts (`actor.max_policy_lag` <= `learner.max_policy_lag`), or it generates samples the
+    config with its `[run]` facts written into the sections, the workers' `--set` flags, the
+    model the launcher passes), before anything starts: an unknown section or key, a wrong
+    type, a value out of range or a section contradicting `[run]` is one ConfigError naming
+    it. Across roles: an actor may not lag more versions than the learner accepts
+    (`actor.max_policy_lag` <= `learner.max_policy_lag`), or it generates samples the
     learner drops as stale; the samples backlog must hold what the learner keeps unacked."""
     from actors.actor import ActorConfig
     from actors.estimator import EstimatorConfig
@@ -92,14 +95,12 @@ def validate_roles(data: dict, sets: list[str], model: str) -> None:
 
     placeholders = ['learner.checkpoint_dir="checkpoints"']
     if model:
-        placeholders += [f"{k}={json.dumps(model)}" for k in MODEL_KEYS]
+        placeholders.append(f"run.model={json.dumps(model)}")
     data = apply_sets(copy.deepcopy(data), [*sets, *placeholders])
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    run = data.get("run", {})
-    if not isinstance(run, dict) or set(run) - {"id"}:
-        raise ConfigError("[run] takes only id")
+    data = expand_run(data)
     redis_cfg = from_mapping(
         RedisConfig, {"url": "redis://127.0.0.1:6379/0", **data.get("redis", {})}, "redis"
     )
@@ -116,8 +117,46 @@ def validate_roles(data: dict, sets: list[str], model: str) -> None:
         )
 
 
-MODEL_KEYS = ("learner.model", "actor.engine.model", "estimator.engine.model")
-"""Where the launcher puts the base model (`launch.model`) for each worker."""
+def base_model(data: dict, flag: str | None = None) -> str:
+    """The run's base model: `gpo launch --model`, else `[run] model` ("" when neither)."""
+    return flag or data.get("run", {}).get("model", "")
+
+
+def launch_table(data: dict, overrides: dict | None = None, model: str = "") -> dict:
+    """The `[launch]` table with the launcher's `--set launch.*` overrides and, when the base
+    `model` is `bootstrap`, its `bootstrap` recipe completed with the run's task and task
+    options (the base policy is trained on the task the run trains): the mapping
+    `LaunchConfig` is built from."""
+    launch = {**data.get("launch", {}), **(overrides or {})}
+    if "model" in launch:
+        raise ConfigError(
+            "launch.model is now run.model: the base model is a run-wide fact, set once in [run]"
+        )
+    if model == "bootstrap":
+        launch["bootstrap"] = bootstrap_fields(data.get("run", {}), launch.get("bootstrap", {}))
+    return launch
+
+
+def bootstrap_fields(run: dict, recipe: dict) -> dict:
+    """`gpo bootstrap` fields for the run's base policy: `recipe` (`launch.bootstrap`), with
+    the task and those task options the bootstrap knows taken from `[run]` when it states
+    them; a recipe that contradicts `[run]` is a ConfigError."""
+    from ops.tiny_policy.bootstrap import BootstrapConfig
+
+    known = {f.name for f in dataclasses.fields(BootstrapConfig)}
+    facts = {k: v for k, v in run.get("task_options", {}).items() if k in known}
+    if "task" in run:
+        facts["task"] = run["task"]
+    out = dict(recipe)
+    for key, value in facts.items():
+        if key in out and out[key] != value:
+            where = "task" if key == "task" else f"task_options.{key}"
+            raise ConfigError(
+                f"launch.bootstrap.{key} = {out[key]!r} contradicts run.{where} = {value!r}: "
+                "the base policy is trained on the run's task (remove it from launch.bootstrap)"
+            )
+        out[key] = value
+    return out
 
 
 def set_flags(fields: dict[str, str]) -> list[str]:

@@ -53,16 +53,9 @@ from ops.bench.chaos_report import Outcome, render, summary
 from ops.harness import parser, write_section
 from ops.launch import LaunchConfig, Launcher
 from ops.launch_progress import progress_line
-from ops.ledger import (
-    accuracy,
-    dump_stream,
-    final_checkpoint,
-    make_ledger,
-    pending_entries,
-    read_runlog,
-)
-from ops.run_setup import split_sets, validate_roles
-from protocol.config import ConfigError, from_mapping, load_toml, parse_set_value
+from ops.ledger import accuracy, pending_entries, read_ledger, read_runlog
+from ops.run_setup import base_model, launch_table, split_sets, validate_roles
+from protocol.config import ConfigError, apply_sets, from_mapping, load_toml, parse_set_value
 from protocol.consumer import FIELD
 from protocol.streams import WORK_STREAMS, Keys
 
@@ -258,15 +251,20 @@ def soak(launcher: Launcher, cfg: ChaosConfig, n_rollouts: int, command: str) ->
         ledger, records = None, read_runlog(s.runlog)
         if launcher.redis.proc.poll() is None:
             s.auditor.stop()  # the last entries copied; trimmed ones are put back below
-            r = launcher.redis.client()
-            dumps = {
-                stream: s.auditor.merged(stream, dump_stream(r, s.keys, stream))
-                for stream in WORK_STREAMS
-            }
-            r.close()
-            checkpoint = final_checkpoint(launcher.run_dir / "learner")
             injected = {m for markers in s.poison.values() for m in markers}
-            ledger = make_ledger(dumps, records, checkpoint, n_rollouts, injected, POISON_RE)
+            r = launcher.redis.client()
+            try:
+                ledger, records = read_ledger(
+                    r,
+                    s.keys,
+                    launcher.run_dir / "learner",
+                    n_rollouts,
+                    injected,
+                    POISON_RE,
+                    merge=s.auditor.merged,
+                )
+            finally:
+                r.close()
     finally:
         launcher.stop()  # whatever happened: no worker or redis-server outlives the bench
     return Outcome(
@@ -321,14 +319,15 @@ def main(argv: list[str] | None = None) -> int:
         drain_minutes=args.drain_minutes,
     )
     try:
-        data = load_toml(args.config)
         overrides, worker_sets = split_sets(args.set)
-        launch = {**data.get("launch", {}), **overrides}
+        data = apply_sets(load_toml(args.config), worker_sets)
+        model = base_model(data)
+        launch = launch_table(data, overrides, model)
         launch |= {"max_minutes": 0.0, "max_updates": 0, "report": False}
         if args.runs_dir:
             launch["runs_dir"] = args.runs_dir
         launch_cfg = from_mapping(LaunchConfig, launch, "launch")
-        validate_roles(data, worker_sets, launch_cfg.model)
+        validate_roles(data, worker_sets, model)
     except ConfigError as e:
         print(f"gpo bench chaos: error: {e}", file=sys.stderr)
         return 2
@@ -341,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # the streams are trimmed as in any run: the audit group (ops/bench/chaos_audit.py) keeps copies
     sets = [*worker_sets, "learner.log_sample_ids=true"]
-    launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets)
+    launcher = Launcher(launch_cfg, Path(args.config).resolve(), run_id, None, sets, model)
     command = " ".join(["gpo", "bench", "chaos", *(shlex.quote(a) for a in argv)])
     outcome = soak(launcher, cfg, rollouts_per_prompt(data, worker_sets), command)
     body = render(outcome)

@@ -11,7 +11,8 @@ from pathlib import Path
 from ops.bench.chaos_audit import MemoryTrace
 from ops.bench.chaos_faults import KINDS
 from ops.harness import machine_line, markdown_table
-from ops.ledger import Ledger, ledger_tables
+from ops.ledger import Ledger
+from protocol.streams import SAMPLES
 
 
 @dataclass
@@ -124,3 +125,49 @@ def summary(o: Outcome) -> dict:
             "checkpoint_agrees": led.checkpoint_agrees,
         },
     }
+
+
+def ledger_tables(led: Ledger) -> str:
+    """The totals, then what became of the ids of each stream."""
+    hops = led.hops
+    yes_no = lambda ok: "yes" if ok else "NO"  # noqa: E731
+    lost = ", ".join(i for h in hops.values() for i in h.lost[:5])
+    totals = markdown_table(
+        ["ledger", ""],
+        [
+            ["produced", ", ".join(f"{s} {h.produced}" for s, h in hops.items())],
+            ["trained (sample ids in the final weights)", led.trained],
+            ["lost", f"{led.lost} ({lost} ...)" if led.lost else 0],
+            ["trained twice", len(led.trained_twice)],
+            [
+                "dropped stale: more updates behind than max_policy_lag (by lag)",
+                f"{hops[SAMPLES].stale} ({led.stale_reason()})" if hops[SAMPLES].stale else 0,
+            ],
+            ["dropped surplus resets (batch composition)", hops[SAMPLES].surplus],
+            ["in flight at the stop", sum(h.in_flight for h in hops.values())],
+            ["dead-lettered", led.dead_poison + len(led.unexpected_dead)],
+            ["... all of them injected poison", yes_no(not led.unexpected_dead)],
+            [
+                "poison injected: dead-lettered / in flight / vanished",
+                f"{led.poison_injected}: {led.dead_poison} / {led.poison_in_flight} / "
+                f"{len(led.poison_missing)}",
+            ],
+            [
+                "final checkpoint's trained ids agree with the run log",
+                yes_no(led.checkpoint_agrees),
+            ],
+        ],
+    )
+    header = ["stream (ids)", "produced", "passed on", "in flight", "dead", "stale"]
+    header += ["surplus", "lost"]
+    rows = [
+        [s, h.produced, h.passed, h.in_flight, h.dead, h.stale, h.surplus, len(h.lost)]
+        for s, h in hops.items()
+    ]
+    note = (
+        "Passed on: a prompt's or reset's trajectories exist, a trajectory's sample exists, "
+        "a sample is trained. Unexpected dead entries: "
+        + ("; ".join(led.unexpected_dead[:5]) or "none")
+        + "."
+    )
+    return f"{totals}\n\n{markdown_table(header, rows)}\n\n{note}"

@@ -54,6 +54,7 @@ from learner.train import make_optimizer, on_policy_step, ppo_update
 from ops.harness import console_table, markdown_table, parser, timed_rounds, write_bench_section
 from protocol.config import from_mapping, load_toml
 from protocol.messages import Prompt, Sample, Trajectory
+from protocol.run import expand_run
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 
@@ -253,7 +254,7 @@ def reading(
         f"A batch of {len(samples)} samples ({resets} resets; {floor.tokens} tokens, "
         f"{min(lengths)}-{max(lengths)} per sample, {floor.trained} of them trained) in "
         f"{mbs} micro-batch(es) of at most {cfg.token_budget} tokens, LoRA rank "
-        f"{cfg.lora_rank} on {len(cfg.lora_target_modules)} module kinds. The learner's "
+        f"{cfg.lora.rank} on {len(cfg.lora.target_modules)} module kinds. The learner's "
         f"update ran at {learner.tokens_per_s:.0f} tokens/s, {speed_ratio(learner, floor):.2f}x "
         f"the {floor.tokens_per_s:.0f} tokens/s of a bare forward and backward of the same "
         f"micro-batches ({learner.seconds / floor.seconds:.2f}x its time)."
@@ -269,7 +270,7 @@ def reading(
         )
     else:
         text += (
-            f" Here ({cfg.ppo_epochs} epoch(s) of {cfg.minibatches} minibatch(es), advantage "
+            f" Here ({cfg.ppo.epochs} epoch(s) of {cfg.ppo.minibatches} minibatch(es), advantage "
             f"{cfg.advantage}) the no-grad pi_old pass is needed: the policy moves between "
             "optimizer steps, or the value head's old values feed GAE. Rows 2 and 3 are the "
             f"same update ({gap * 1000:.0f} ms above the floor)."
@@ -299,7 +300,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def load_configs(
     args: argparse.Namespace, model: str
 ) -> tuple[LearnerConfig, RolloutConfig, EstimatorConfig]:
-    data = load_toml(args.config)
+    data = expand_run(load_toml(args.config))
     learner = dict(data.get("learner", {}), model=model)
     if args.batch_size:
         learner["batch_size"] = args.batch_size

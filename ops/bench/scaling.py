@@ -45,6 +45,7 @@ from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
+from protocol.run import expand_run
 from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -210,12 +211,13 @@ def _actor_batch(config: str) -> int:
 
 
 def _feeder_args(config: str, model: str, target: int) -> dict:
-    """The learner's feeder as the run config sets it up (`[learner]` task and options)."""
+    """The learner's feeder as the run config sets it up (the task and options of `[run]`,
+    else `[learner]`)."""
     from transformers import AutoTokenizer
 
     from actors.tasks.base import load_task
 
-    learner = load_toml(config).get("learner", {})
+    learner = expand_run(load_toml(config)).get("learner", {})
     tokenizer = AutoTokenizer.from_pretrained(model)
     task = load_task(learner.get("task", "arithmetic"), **learner.get("task_options", {}))
     return dict(

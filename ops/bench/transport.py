@@ -89,7 +89,7 @@ async def run_client(
             now = time.perf_counter()
             for m in chunk:
                 sent_at[m.id] = now
-            await producer.send("trajectories", chunk)
+            await producer.send(TRAJECTORIES, chunk)
 
     async def consume():
         done = 0

@@ -68,7 +68,7 @@ from actors.estimator import EstimatorConfig
 from ops.experiments.ablation_report import Curve, read_curve, study_report
 from ops.experiments.ablation_studies import STUDIES, arm_sets
 from ops.harness import PLOTS, parser, write_section
-from ops.run_setup import split_sets, validate_roles
+from ops.run_setup import bootstrap_fields, split_sets, validate_roles
 from protocol.config import apply_sets, from_mapping, load_toml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -107,7 +107,7 @@ def run_sets(arm: str, seed: int, eval_every: int) -> dict[str, str]:
         "learner.seed": str(seed),
         "actor.rollout.seed": str(seed),
         "estimator.rollout.seed": str(seed),
-        "learner.eval_every": str(eval_every),
+        "learner.eval.every": str(eval_every),
         **arm_sets(arm),
     }
 
@@ -157,7 +157,7 @@ def pinned_policy(config: Path, sets: dict[str, str], build: bool = False) -> Pa
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     data = apply_sets(load_toml(config), [f"{k}={v}" for k, v in sets.items()])
-    fields = data.get("launch", {}).get("bootstrap", {})
+    fields = bootstrap_fields(data.get("run", {}), data.get("launch", {}).get("bootstrap", {}))
     boot = from_mapping(BootstrapConfig, fields, "launch.bootstrap")
     where = SUMMARIES / config.stem / "policies" / boot.cache_key()
     if not (where / "model.safetensors").is_file() and build:
@@ -247,7 +247,7 @@ def launch_one(
     sets = {"launch.runs_dir": json.dumps(str(run.parent)), "launch.report": "false"}
     sets |= settings["sets"]
     if policy is not None:
-        sets["launch.model"] = json.dumps(str(policy))
+        sets["run.model"] = json.dumps(str(policy))
     cmd = [
         sys.executable,
         "-m",

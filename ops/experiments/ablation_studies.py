@@ -33,8 +33,8 @@ ARMS: dict[str, dict[str, str]] = {
     # the reset baseline before: reward - V(s_m), the estimate that chose the step
     "gpo-value": {"learner.reset_baseline": '"value"'},
     # a regime where PPO's clip binds: 4 optimizer steps per batch (minibatches of 16)
-    "ppo-clip": {**NO_MC, "learner.advantage": '"group"', "learner.minibatches": "4"},
-    "gpo-clip": {"learner.advantage": '"group"', "learner.minibatches": "4"},
+    "ppo-clip": {**NO_MC, "learner.advantage": '"group"', "learner.ppo.minibatches": "4"},
+    "gpo-clip": {"learner.advantage": '"group"', "learner.ppo.minibatches": "4"},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
     # the paper's search: every rollout, uniform K, each search its own continuations, the
     # resets drawn by the actors
@@ -62,12 +62,11 @@ def pivot_cell(steps: int, digits: int) -> dict[str, str]:
         'pivot_position = "random" }'
     )
     tokens = str(12 * steps + 8)  # a full canonical solution fits
+    # run-wide facts: every role and the base policy's bootstrap take them from [run]
     return {
-        "launch.bootstrap": options.replace("{ ", '{ task = "pivot", '),
-        **{f"{role}.task_options": options for role in ("learner", "actor", "estimator")},
-        "actor.rollout.max_new_tokens": tokens,
-        "estimator.rollout.max_new_tokens": tokens,
-        "learner.eval_max_new_tokens": tokens,
+        "run.task_options": options,
+        "run.sampling.max_new_tokens": tokens,
+        "learner.eval.max_new_tokens": tokens,
     }
 
 

@@ -17,7 +17,7 @@ policy (`gpo bootstrap`). For each seed:
    cut drops pairs of prompts that gave many, not whole prompts;
 3. DPO (`learner.offline.train`, TRL) trains one LoRA adapter per arm with the same steps,
    batch, learning rate, beta and seed;
-4. held-out pass@1 (`ops.evaluate`, the learner's evaluation: 500 held-out prompts, one
+4. held-out pass@1 (`ops.heldout`, the learner's evaluation: 500 held-out prompts, one
    sample each at temperature 1) of the base policy and of both adapters, with the same
    sampling seed for the three, so they are compared on the same draws.
 
@@ -197,7 +197,7 @@ def train_arm(model_dir: Path, pairs_file: Path, out: Path, settings: Settings, 
 
 def run_seed(model_dir: Path, settings: Settings, seed: int, out: Path, command: str) -> dict:
     """Pairs, two DPO runs and three evaluations for one seed; writes out/results.json."""
-    from ops.evaluate import EvalArgs, evaluate
+    from ops.heldout import EvalArgs, evaluate
 
     out.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
@@ -299,7 +299,7 @@ def run_all(args: argparse.Namespace, out: Path, command: str) -> int:
     from datasets.utils.logging import disable_progress_bar
     from transformers.utils import logging as hf_logging
 
-    from ops.evaluate import find_model_dir
+    from ops.heldout import find_model_dir
     from protocol.process import UserError
 
     torch.set_num_threads(args.threads)

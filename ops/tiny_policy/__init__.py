@@ -2,8 +2,9 @@
 
 None of it is needed to run the system on a real model. `resolve_model` turns the model
 name `bootstrap` into the directory of a tiny policy; `bootstrap.py` builds (or reuses) one
-(`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is its character tokenizer;
-`tiny_model.py` builds a tiny random Llama for engine tests and benchmarks.
+(`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is the one character tokenizer;
+`tiny_model.py` holds the one tiny-Llama shape (`llama_config`, which the policies use too)
+and builds a tiny random Llama for engine tests and benchmarks.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from actors.tasks import arithmetic, pivot
 from actors.tasks.base import TaskPrompt
+from ops.tiny_policy.tiny_model import TinyModelConfig, llama_config
 
 if TYPE_CHECKING:  # it imports this module
     from ops.tiny_policy.bootstrap import BootstrapConfig
@@ -26,27 +27,18 @@ TASK_MODULES = {"arithmetic": arithmetic, "pivot": pivot}
 """The built-in tasks a tiny policy is trained on, by name."""
 
 
-log = logging.getLogger(__name__)
-
-TASK_MODULES = {"arithmetic": arithmetic, "pivot": pivot}
-"""The built-in tasks a tiny policy is trained on, by name."""
-
-
 def model_config(config: BootstrapConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
-    """A small Llama over the character vocabulary."""
-    return LlamaConfig(
-        vocab_size=len(tokenizer),
+    """A small Llama over the character vocabulary, embeddings tied (`llama_config`)."""
+    shape = TinyModelConfig(
         hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_heads,
         intermediate_size=config.intermediate_size,
-        num_hidden_layers=config.num_layers,
-        num_attention_heads=config.num_heads,
-        num_key_value_heads=config.num_heads,
-        max_position_embeddings=256 if config.task == "arithmetic" else 512,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        max_positions=256 if config.task == "arithmetic" else 512,
+        tie_embeddings=True,
     )
+    return llama_config(tokenizer, shape)
 
 
 def train(

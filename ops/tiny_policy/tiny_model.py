@@ -1,9 +1,10 @@
-"""A tiny random Llama and a character tokenizer, saved as a model directory; no downloads.
+"""The tiny Llama's shape (`llama_config`, also the tiny policies'), and a tiny *random* Llama
+with the character tokenizer saved as a model directory; no downloads.
 
-Engine tests and the engine benchmark load it like any Hugging Face model directory
-(`config.json`, safetensors weights, `tokenizer.json`), so the transformers engine and a vLLM
-engine read the same files. Token ids: 0 `<pad>`, 1 `<eos>`, 2 `<unk>`, then one id per
-character of `ALPHABET`.
+Engine tests and the engine benchmark load the random one like any Hugging Face model
+directory (`config.json`, safetensors weights, `tokenizer.json`), so the transformers engine
+and a vLLM engine read the same files. Its tokenizer has no `<bos>`: token ids 0 `<pad>`,
+1 `<eos>`, 2 `<unk>`, then one id per character of `ALPHABET` (ops/tiny_policy/tokenizer.py).
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
+from ops.tiny_policy.tokenizer import build_char_tokenizer
+
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 +-=*.,:;?!\n"
-SPECIAL_TOKENS = ("<pad>", "<eos>", "<unk>")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,8 @@ class TinyModelConfig:
     """Width of the MLP."""
     max_positions: int = 1024
     """Longest sequence (prompt plus completion), in tokens."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the output projection."""
     init_std: float = 0.02
     """Standard deviation of the random weights."""
     lm_head_std: float = 0.5
@@ -46,14 +49,25 @@ class TinyModelConfig:
 
 
 def char_tokenizer() -> PreTrainedTokenizerFast:
-    """A character-level fast tokenizer over `ALPHABET` with pad, eos and unk tokens."""
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    vocab.update({ch: len(SPECIAL_TOKENS) + i for i, ch in enumerate(ALPHABET)})
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-    backend.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>"
+    """The random model's tokenizer: one id per character of `ALPHABET`, no `<bos>`."""
+    return build_char_tokenizer(ALPHABET, bos=False)
+
+
+def llama_config(tokenizer: PreTrainedTokenizerFast, shape: TinyModelConfig) -> LlamaConfig:
+    """A Llama of `shape` over the tokenizer's vocabulary and special tokens."""
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_layers,
+        num_attention_heads=shape.num_heads,
+        num_key_value_heads=shape.num_kv_heads,
+        max_position_embeddings=shape.max_positions,
+        initializer_range=shape.init_std,
+        tie_word_embeddings=shape.tie_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
     )
 
 
@@ -62,20 +76,7 @@ def build_tiny_model_dir(path: str | Path, config: TinyModelConfig | None = None
     cfg = config or TinyModelConfig()
     path = Path(path)
     tokenizer = char_tokenizer()
-    model_config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=cfg.hidden_size,
-        intermediate_size=cfg.intermediate_size,
-        num_hidden_layers=cfg.num_layers,
-        num_attention_heads=cfg.num_heads,
-        num_key_value_heads=cfg.num_kv_heads,
-        max_position_embeddings=cfg.max_positions,
-        initializer_range=cfg.init_std,
-        tie_word_embeddings=False,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    model_config = llama_config(tokenizer, cfg)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     with torch.no_grad():

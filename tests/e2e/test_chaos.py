@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_chaos_soak_loses_nothing_and_trains_nothing_twice(tmp_path):
     args = ["--minutes", "2", "--mean-gap", "20", "--seed", "1", "--drain-minutes", "4"]
     args += ["--runs-dir", str(tmp_path / "runs"), "--run-id", "chaos-test"]
-    args += ["--set", "learner.eval_count=100"]
+    args += ["--set", "learner.eval.count=100"]
     proc = subprocess.run(
         [sys.executable, "-m", "ops.bench", "chaos", *args],
         cwd=ROOT,

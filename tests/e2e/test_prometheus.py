@@ -41,8 +41,8 @@ import yaml
 
 from ops.redis_server import free_port
 from protocol.streams import WORK_STREAMS, Keys
-from tests.support.ledger import ROOT
 from tests.support.waits import wait_until
+from tests.support.workload import ROOT
 
 RUN = "prom"
 ACTORS, ESTIMATORS = 2, 1
@@ -61,9 +61,9 @@ def write_run_config(tmp_path: Path, model: str) -> Path:
         f"""
 [run]
 id = "{RUN}"
+model = "{model}"
 
 [launch]
-model = "{model}"
 actors = {ACTORS}
 estimators = {ESTIMATORS}
 runs_dir = "{tmp_path / "runs"}"
@@ -79,17 +79,25 @@ backlog_limit = 32
 
 [learner]
 task = "arithmetic"
-lora_rank = 4
-lora_alpha = 8.0
-lr = 1e-3
 batch_size = {BATCH}
 token_budget = 256
 reset_fraction = 0.5
 max_policy_lag = 4
-eval_every = 0
-feeder_backlog_target = 8
-feeder_backlog_bound = 16
 log_sample_ids = true
+
+[learner.lora]
+rank = 4
+alpha = 8.0
+
+[learner.ppo]
+lr = 1e-3
+
+[learner.eval]
+every = 0
+
+[learner.feeder]
+backlog_target = 8
+backlog_bound = 16
 
 [actor]
 task = "arithmetic"

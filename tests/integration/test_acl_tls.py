@@ -16,9 +16,18 @@ import pytest
 import redis
 
 from ops.redis_server import RedisServer, free_port, make_tls_files
+from protocol.streams import (
+    GROUP_ESTIMATORS,
+    GROUP_LEARNER,
+    PROMPTS,
+    RESETS,
+    SAMPLES,
+    TRAJECTORIES,
+    WEIGHTS,
+)
 from tests.support import pipeline
-from tests.support.ledger import ROOT
 from tests.support.pipeline import KEYS
+from tests.support.workload import ROOT
 
 ROLES = ("admin", "actor", "estimator", "learner")
 PASSWORDS = {role: f"{role}-Pw-{i}x" for i, role in enumerate(ROLES)}
@@ -88,59 +97,59 @@ def test_pipeline_runs_with_a_user_per_role_over_tls(redis_acl_tls, tiny_model_d
         text = "\n".join(p.lines)
         assert "NOPERM" not in text and "Traceback" not in text, (role, p.lines[-30:])
     admin = server.client()
-    books = pipeline.ledger(admin, config)
-    assert (books.lost, books.twice, books.unexpected) == ({}, {}, set()), books
+    books = pipeline.books(admin, config)
+    assert (books.lost, books.trained_twice, books.trained_unknown) == (0, {}, set()), books
 
     # the default user is off: no anonymous access, even over TLS
     anonymous = redis.Redis(
         host="127.0.0.1", port=server.port, ssl=True, ssl_ca_certs=str(server.tls.ca), protocol=2
     )
     with pytest.raises(redis.RedisError, match="(?i)auth"):
-        anonymous.xlen(KEYS.stream("samples"))
+        anonymous.xlen(KEYS.stream(SAMPLES))
 
     # each role is refused writes outside its keys (and commands it does not need)
-    traj = KEYS.stream("trajectories")
+    traj = KEYS.stream(TRAJECTORIES)
     refused = {
         "actor": [
-            ("XADD", KEYS.stream("samples"), "*", "m", "x"),  # samples come from estimators
-            ("XADD", KEYS.stream("prompts"), "*", "m", "x"),  # it consumes prompts, not makes them
+            ("XADD", KEYS.stream(SAMPLES), "*", "m", "x"),  # samples come from estimators
+            ("XADD", KEYS.stream(PROMPTS), "*", "m", "x"),  # it consumes prompts, not makes them
             ("SET", KEYS.adapter_chunk(99, 0), "x"),  # adapters come from the learner
-            ("XADD", KEYS.stream("weights"), "*", "m", "x"),
+            ("XADD", KEYS.stream(WEIGHTS), "*", "m", "x"),
             # it writes trajectories, but may not read, ack or trim them as the estimators
-            ("XREADGROUP", "GROUP", "estimators", "x", "STREAMS", traj, ">"),
-            ("XACK", traj, "estimators", "0-1"),
+            ("XREADGROUP", "GROUP", GROUP_ESTIMATORS, "x", "STREAMS", traj, ">"),
+            ("XACK", traj, GROUP_ESTIMATORS, "0-1"),
             ("XTRIM", traj, "MINID", "0-1"),
             # each counter is its writer's: prompts' produced is the learner's, trajectories'
             # acked the estimators'
-            ("INCRBY", KEYS.produced("prompts"), "1"),
-            ("INCRBY", KEYS.acked("trajectories"), "1"),
+            ("INCRBY", KEYS.produced(PROMPTS), "1"),
+            ("INCRBY", KEYS.acked(TRAJECTORIES), "1"),
         ],
         "estimator": [
-            ("XADD", KEYS.stream("prompts"), "*", "m", "x"),
-            ("XADD", KEYS.stream("trajectories"), "*", "m", "x"),
+            ("XADD", KEYS.stream(PROMPTS), "*", "m", "x"),
+            ("XADD", KEYS.stream(TRAJECTORIES), "*", "m", "x"),
             ("SET", KEYS.adapter_chunk(99, 0), "x"),
-            ("DEL", KEYS.stream("samples")),
-            ("XACK", KEYS.stream("samples"), "learner", "0-1"),  # the learner's to ack
-            ("XTRIM", KEYS.stream("samples"), "MINID", "0-1"),
-            ("INCRBY", KEYS.acked("samples"), "1"),
+            ("DEL", KEYS.stream(SAMPLES)),
+            ("XACK", KEYS.stream(SAMPLES), GROUP_LEARNER, "0-1"),  # the learner's to ack
+            ("XTRIM", KEYS.stream(SAMPLES), "MINID", "0-1"),
+            ("INCRBY", KEYS.acked(SAMPLES), "1"),
         ],
         "learner": [
-            ("XADD", KEYS.stream("trajectories"), "*", "m", "x"),
-            ("XADD", KEYS.stream("resets"), "*", "m", "x"),
+            ("XADD", KEYS.stream(TRAJECTORIES), "*", "m", "x"),
+            ("XADD", KEYS.stream(RESETS), "*", "m", "x"),
             ("SET", "other:key", "x"),  # nothing outside the gpo: namespace
-            ("XACK", traj, "estimators", "0-1"),
-            ("XTRIM", KEYS.stream("prompts"), "MINID", "0-1"),  # it makes prompts: no trimming
-            ("INCRBY", KEYS.produced("samples"), "1"),
+            ("XACK", traj, GROUP_ESTIMATORS, "0-1"),
+            ("XTRIM", KEYS.stream(PROMPTS), "MINID", "0-1"),  # it makes prompts: no trimming
+            ("INCRBY", KEYS.produced(SAMPLES), "1"),
         ],
     }
     # trimming is a consumer's (redis.trim_interval; this pipeline keeps every entry for the
     # ledger): each role may trim the streams it consumes (MINID 0-1 trims nothing here)
-    for role, streams in (("actor", ("prompts", "resets")), ("estimator", ("trajectories",))):
+    for role, streams in (("actor", (PROMPTS, RESETS)), ("estimator", (TRAJECTORIES,))):
         for stream in streams:
             client = role_client(server, role)
             assert client.execute_command("XTRIM", KEYS.stream(stream), "MINID", "0-1") == 0
             client.execute_command("XINFO", "GROUPS", KEYS.stream(stream))
-    assert role_client(server, "learner").xtrim(KEYS.stream("samples"), minid="0-1") == 0
+    assert role_client(server, "learner").xtrim(KEYS.stream(SAMPLES), minid="0-1") == 0
     # nor through a script: every command inside one is checked against the caller's rules
     with pytest.raises(redis.exceptions.ResponseError, match="(?i)can't access|permission"):
         role_client(server, "actor").eval(
@@ -155,5 +164,5 @@ def test_pipeline_runs_with_a_user_per_role_over_tls(redis_acl_tls, tiny_model_d
             client.execute_command("FLUSHALL")
         with pytest.raises(redis.exceptions.NoPermissionError):
             client.execute_command("KEYS", "*")
-    assert admin.xlen(KEYS.stream("samples")) > 0  # nothing above reached the data
+    assert admin.xlen(KEYS.stream(SAMPLES)) > 0  # nothing above reached the data
     assert admin.get("other:key") is None

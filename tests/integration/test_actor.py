@@ -25,8 +25,8 @@ from protocol.consumer import FIELD
 from protocol.messages import Prompt, ResetRequest
 from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, TRAJECTORIES, Keys, Link
 from tests.engine_contract import Learner
-from tests.support.ledger import ROOT
 from tests.support.procs import GpoProcess
+from tests.support.workload import ROOT
 
 RUN = "t"
 KEYS = Keys(RUN)

@@ -23,7 +23,7 @@ from protocol.consumer import FIELD
 from protocol.messages import AdapterPointer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import WEIGHTS, Keys, Link
-from tests.support.ledger import ROOT
+from tests.support.workload import ROOT
 
 KEYS = Keys("t")
 CHUNK = 64 * 1024

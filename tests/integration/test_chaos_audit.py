@@ -12,8 +12,8 @@ from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import GROUPS, PROMPTS, Keys, Link
-from tests.support.ledger import prompt
 from tests.support.waits import poll
+from tests.support.workload import prompt
 
 
 def test_trimmed_entries_come_back_from_the_audit_and_memory_is_sampled(redis_server):

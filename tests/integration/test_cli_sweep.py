@@ -32,7 +32,7 @@ def configs(tmp: Path, section: str) -> dict[str, Path]:
     files["invalid TOML"].write_text(BAD_TOML)
     files["unknown key"].write_text(f"[{section}]\nnosuch_key = 1\n")
     key = {"bootstrap": "seed", "actor": "batch_messages", "estimator": "n_reset"}
-    files["wrong type"].write_text(f'[{section}]\n{key.get(section, "lr")} = "abc"\n')
+    files["wrong type"].write_text(f'[{section}]\n{key.get(section, "batch_size")} = "abc"\n')
     return files
 
 

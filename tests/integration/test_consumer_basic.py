@@ -10,7 +10,7 @@ from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import Keys, Link
-from tests.support.ledger import prompt
+from tests.support.workload import prompt
 
 
 def parts(url, **cfg):

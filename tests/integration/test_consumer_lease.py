@@ -16,7 +16,7 @@ from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import Keys, Link
-from tests.support.ledger import prompt
+from tests.support.workload import prompt
 
 
 @pytest.mark.timeout(60)  # the failure is a hang: the old keeper outlived its block forever

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.integration.test_learner_process import free_port
 from tests.support.learner import tiny_model
-from tests.support.ledger import ROOT
+from tests.support.workload import ROOT
 
 WORKER = """
 import sys, torch
@@ -32,8 +32,8 @@ from tests.support.learner import make_sample, tiny_config
 
 torch.set_num_threads(1)
 model, mode, out = sys.argv[1:4]
-cfg = tiny_config(model, advantage=mode, kl_coef=0.1, ppo_epochs=2, minibatches=2,
-                  token_budget=24, lr=1e-3)
+cfg = tiny_config(model, advantage=mode, token_budget=24,
+                  ppo={"kl_coef": 0.1, "epochs": 2, "minibatches": 2, "lr": 1e-3})
 world = init_world("cpu")
 policy = build_policy(cfg)
 opt = make_optimizer(policy, cfg)

@@ -25,8 +25,8 @@ from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.streams import PROMPTS, SAMPLES, WEIGHTS, Keys
 from tests.support.learner import make_sample, tiny_model
-from tests.support.ledger import ROOT
 from tests.support.waits import poll
+from tests.support.workload import ROOT
 
 KEYS = Keys("t")
 
@@ -75,22 +75,14 @@ def model_dir(tmp_path_factory) -> str:
     return tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
-def write_config(tmp: Path, model: str, **extra) -> Path:
+def write_config(tmp: Path, model: str, eval_every: int = 2, **extra) -> Path:
     fields = {
         "model": model,
-        "lora_rank": 4,
-        "lora_alpha": 8.0,
-        "lr": 1e-3,
         "batch_size": 4,
         "token_budget": 64,
         "max_policy_lag": 1,
         "checkpoint_dir": str(tmp / "ckpt"),
         "checkpoint_every": 1,
-        "eval_every": 2,
-        "eval_count": 4,
-        "eval_max_new_tokens": 8,
-        "feeder_backlog_target": 8,
-        "feeder_backlog_bound": 16,
         "task": "arithmetic",
         "log_sample_ids": True,
         "compose_patience": 0.5,
@@ -98,6 +90,9 @@ def write_config(tmp: Path, model: str, **extra) -> Path:
     }
     body = "\n".join(f"{k} = {json.dumps(v)}" for k, v in fields.items())
     body += "\n[learner.task_options]\nn_train = 40\nn_heldout = 8\n"
+    body += "[learner.lora]\nrank = 4\nalpha = 8.0\n[learner.ppo]\nlr = 1e-3\n"
+    body += f"[learner.eval]\nevery = {eval_every}\ncount = 4\nmax_new_tokens = 8\n"
+    body += "[learner.feeder]\nbacklog_target = 8\nbacklog_bound = 16\n"
     redis = "[redis]\nblock_ms = 200\nsocket_timeout = 3.0\npending_check_interval = 0.5\nclaim_idle = 1.5\nmax_deliveries = 2\n"
     path = tmp / "learner.toml"
     path.write_text(redis + "[learner]\n" + body)

@@ -3,8 +3,8 @@
 Each test starts gpo-learner, gpo-actor and gpo-estimator processes (`System` in
 tests/support/pipeline.py) on the base policy of `gpo bootstrap` and a private redis-server,
 injects the fault with real signals, and asserts on the ledger built from the streams and
-the learner's run log of trained ids (`pipeline.ledger`): nothing acknowledged is lost
-downstream, no sample is trained twice, nothing is trained that was never produced, the dead
+the learner's run log of trained ids (`pipeline.books`, ops/ledger.py): nothing acknowledged
+is lost downstream, no sample is trained twice, nothing is trained that was never produced, the dead
 streams hold exactly what the test expects; plus the counters each rule names.
 
 Which test runs each RELIABILITY.md test that involves a process against the real ones:
@@ -63,6 +63,7 @@ import time
 
 import pytest
 
+from ops.ledger import Ledger
 from ops.redis_server import RedisServer
 from protocol.codec import decode, encode
 from protocol.consumer import FIELD
@@ -108,16 +109,17 @@ def updates(system: System) -> int:
     return len(pipeline.updates(system.config))
 
 
-def check_books(r, system: System, dead: dict | None = None) -> pipeline.Ledger:
-    """Lost = 0, trained twice = 0, nothing trained that was never produced, and the dead
-    streams hold exactly `dead` (stream -> entry ids; none by default)."""
-    dead = dead or {}
-    books = pipeline.ledger(r, system.config)
-    assert books.lost == {}, books.lost
-    assert books.twice == {}, books.twice
-    assert books.unexpected == set(), books.unexpected
-    assert books.dead == dead, books.dead
-    assert books.trained, "nothing was trained: the test proves nothing"
+def check_books(r, system: System, dead: dict | None = None) -> Ledger:
+    """Lost = 0, trained twice = 0, nothing dropped stale, nothing trained that was never
+    produced, and the dead streams hold exactly `dead` (stream -> entry ids; none by
+    default)."""
+    books = pipeline.books(r, system.config)
+    assert books.lost == 0, {s: h.lost for s, h in books.hops.items() if h.lost}
+    assert books.trained_twice == {}, books.trained_twice
+    assert books.hops[SAMPLES].stale == 0, books.stale_reason()
+    assert books.trained_unknown == set(), books.trained_unknown
+    assert books.dead_sources == (dead or {}), books.dead_sources
+    assert books.trained_ids, "nothing was trained: the test proves nothing"
     return books
 
 
@@ -140,8 +142,8 @@ def test_01_kill9_actor_holding_five_all_redelivered_and_trained_once(redis_serv
             "redis.pending_check_interval": 0.5,
             "redis.backlog_limits": {"trajectories": 4},
             "actor.batch_messages": 5,
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0", "actor-1")
@@ -160,7 +162,7 @@ def test_01_kill9_actor_holding_five_all_redelivered_and_trained_once(redis_serv
     assert pipeline.pending(r, PROMPTS, victim) + pipeline.pending(r, RESETS, victim) == []
     stop_cleanly(system)
     books = check_books(r, system)
-    assert {i: books.trained[i] for i in want} == dict.fromkeys(want, 1)
+    assert {i: books.trained_ids[i] for i in want} == dict.fromkeys(want, 1)
 
 
 # 2 -------------------------------------------------------------------------------------
@@ -171,7 +173,7 @@ def test_02_sigterm_mid_batch_exits_zero_fast_nothing_pending_for_long(redis_ser
     limits = {"trajectories": 4, "samples": 6}
     # prompts always waiting: the learner is stopped right after an update, when its feeder
     # may not have topped up yet, and the samples it waits for must still be produced
-    feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+    feed = {"learner.feeder.backlog_target": 12, "learner.feeder.backlog_bound": 24}
     system = make_system(redis_server.url, {"redis.backlog_limits": limits, **feed})
     names = ("learner", "estimator-0", "actor-0")
     system.start(*names)
@@ -227,8 +229,8 @@ def test_03_restarted_actor_drains_its_own_pending_first(redis_server, make_syst
             "redis.claim_idle": 600.0,  # nobody claims: only the own pending list gets them back
             "redis.backlog_limits": {"trajectories": 4},
             "actor.batch_messages": 5,
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0")
@@ -249,7 +251,7 @@ def test_03_restarted_actor_drains_its_own_pending_first(redis_server, make_syst
     assert system["actor-0"].value("gpo_actor_messages_redelivered_total") >= 5
     stop_cleanly(system)
     books = check_books(r, system)
-    assert {i: books.trained[i] for i in want} == dict.fromkeys(want, 1)
+    assert {i: books.trained_ids[i] for i in want} == dict.fromkeys(want, 1)
 
 
 # 6, 7, 20 ----------------------------------------------------------------------------------
@@ -309,8 +311,8 @@ def test_07_20_redis_restart_without_persistence_groups_recreated_asyncio(
     for name, p in system.procs.items():  # each noticed NOGROUP, counted it and went on
         assert p.value(f"gpo_{name.split('-')[0]}_group_resets_total") >= 1, name
     stop_cleanly(system)
-    books = pipeline.ledger(r, system.config)  # what Redis lost is gone; the rest is whole
-    assert books.lost == {} and books.twice == {}, (books.lost, books.twice)
+    books = pipeline.books(r, system.config)  # what Redis lost is gone; the rest is whole
+    assert (books.lost, books.trained_twice) == (0, {}), books.failures
 
 
 # 8 -------------------------------------------------------------------------------------
@@ -421,8 +423,8 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
             "redis.claim_idle": 600.0,
             "actor.max_reset_n": 2048,
             # prompts always waiting: the poison's first batch is full of other work
-            "learner.feeder_backlog_target": 12,
-            "learner.feeder_backlog_bound": 24,
+            "learner.feeder.backlog_target": 12,
+            "learner.feeder.backlog_bound": 24,
         },
     )
     system.start("learner", "estimator-0", "actor-0")
@@ -455,7 +457,7 @@ def test_10_message_that_kills_its_actor_is_dead_lettered_once_others_flow(
     wait(lambda: set(want) <= pipeline.settled(system.config), 60, "the others", system)
     stop_cleanly(system)
     books = check_books(r, system, dead={RESETS: [poison]})
-    assert {i: books.trained[i] for i in want} == dict.fromkeys(want, 1)
+    assert {i: books.trained_ids[i] for i in want} == dict.fromkeys(want, 1)
 
 
 # 12, 13 --------------------------------------------------------------------------------
@@ -526,7 +528,7 @@ def test_12_slow_estimator_keeps_its_trajectory_until_killed_then_it_is_taken_ov
     assert system["estimator-1"].value("gpo_estimator_messages_redelivered_total") >= len(held)
     stop_cleanly(system)
     books = check_books(r, system)
-    assert {i: books.trained[i] for i in want} == dict.fromkeys(want, 1)
+    assert {i: books.trained_ids[i] for i in want} == dict.fromkeys(want, 1)
 
 
 def test_13_zombie_estimator_late_output_recognised_as_duplicate_and_dropped(
@@ -575,7 +577,7 @@ def test_15_learner_stalled_producers_throttle_memory_bounded_backlog_drains(tmp
         limits = {"trajectories": 8, "samples": 8}
         # prompts always waiting, so the producers have work to hold once the learner stops
         # (its feeder stops with it)
-        feed = {"learner.feeder_backlog_target": 12, "learner.feeder_backlog_bound": 24}
+        feed = {"learner.feeder.backlog_target": 12, "learner.feeder.backlog_bound": 24}
         system = make_system(
             server.url, {"redis.backlog_limits": limits, "redis.claim_idle": 3.0, **feed}
         )
@@ -832,10 +834,9 @@ def test_18_kill9_learner_after_four_uncommitted_publishes_no_sample_turns_stale
     log = pipeline.run_log(system.config)
     stale = [e for e in log if e["event"] == "stale"]
     assert all(lag > 4 for e in stale for lag in e["lags"]), stale
-    dropped = {i for e in stale for i in e["sample_ids"]}
-    books = pipeline.ledger(r, system.config)
-    assert set(books.lost.get("trained", [])) <= dropped and set(books.lost) <= {"trained"}
-    assert books.twice == {} and books.unexpected == set() and books.dead == {}
+    books = pipeline.books(r, system.config)  # acked untrained: each one stale, above
+    assert books.lost == 0, {s: h.lost for s, h in books.hops.items() if h.lost}
+    assert books.trained_twice == {} and books.trained_unknown == set() and books.dead_sources == {}
 
 
 def stale_ids(system: System) -> set[str]:

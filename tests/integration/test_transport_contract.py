@@ -13,8 +13,8 @@ from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import PROMPTS, Keys, Link
-from tests.support.ledger import prompt
 from tests.support.memory_transport import MemoryConsumer, MemoryProducer, MemoryRedis
+from tests.support.workload import prompt
 
 CLAIM_IDLE = 0.3
 

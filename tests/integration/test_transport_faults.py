@@ -1,5 +1,5 @@
 """RELIABILITY.md fault tests at the transport layer: real redis-server, real worker
-processes (tests/support/worker.py), real signals. Each asserts on the ledger (lost,
+processes (tests/support/worker.py), real signals. Each asserts on the work (lost,
 processed twice), the dead stream or the counters, so none passes with the behaviour gone.
 
 Numbers refer to RELIABILITY.md's list.
@@ -20,8 +20,8 @@ import pytest
 from protocol.codec import encode
 from protocol.consumer import FIELD
 from protocol.streams import Keys
-from tests.support.ledger import ROOT, Ledger, Worker, prompt
 from tests.support.waits import poll
+from tests.support.workload import ROOT, Worker, Workload, prompt
 
 KEYS = Keys("t")
 
@@ -34,8 +34,8 @@ def owner_pending(r, consumer: str) -> int:
     return len(rows)
 
 
-def assert_clean(ledger: Ledger, allow_dup_ids: set[str] = frozenset()):
-    rep = ledger.report()
+def assert_clean(work: Workload, allow_dup_ids: set[str] = frozenset()):
+    rep = work.report()
     assert rep.lost == set(), f"lost: {sorted(rep.lost)[:10]}"
     unexpected_twice = set(rep.twice) - set(allow_dup_ids)
     assert not unexpected_twice, f"processed twice: {sorted(unexpected_twice)[:10]}"
@@ -47,17 +47,17 @@ def assert_clean(ledger: Ledger, allow_dup_ids: set[str] = frozenset()):
 
 def test_01_kill9_worker_holding_five_unacked(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     a = Worker(redis_server.url, "a", "--hold", "60", "--batch", "5", "--claim-idle", "1.5")
-    ledger.produce(5)
+    work.produce(5)
     assert poll(lambda: owner_pending(r, "a") == 5, 10)
     a.kill9()
     b = Worker(redis_server.url, "b", "--claim-idle", "1.5")
-    assert ledger.wait_processed(ledger.produced, 20)
+    assert work.wait_processed(work.produced, 20)
     assert b.metric("gpo_worker_messages_redelivered_total") >= 5
     b.stop()
-    assert_clean(ledger)
-    assert ledger.pending() == 0
+    assert_clean(work)
+    assert work.pending() == 0
 
 
 # 2 -------------------------------------------------------------------------------------
@@ -65,21 +65,19 @@ def test_01_kill9_worker_holding_five_unacked(redis_server):
 
 def test_02_sigterm_mid_batch_exits_zero_and_loses_nothing(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
-    ledger.produce(20)
+    work = Workload(r)
+    work.produce(20)
     a = Worker(redis_server.url, "a", "--hold", "0.3", "--batch", "10", "--claim-idle", "1.5")
-    assert poll(lambda: len(ledger.processed()) >= 3, 20)
+    assert poll(lambda: len(work.processed()) >= 3, 20)
     t0 = time.monotonic()
     assert a.stop(timeout=10) == 0
     assert time.monotonic() - t0 < 10
-    assert len(ledger.processed()) < 20, (
-        "the worker finished before the signal: test proves nothing"
-    )
+    assert len(work.processed()) < 20, "the worker finished before the signal: test proves nothing"
     b = Worker(redis_server.url, "b", "--claim-idle", "1.5")
-    assert ledger.wait_processed(ledger.produced, 30)
-    assert poll(lambda: ledger.pending() == 0, 10), "work left pending"
+    assert work.wait_processed(work.produced, 30)
+    assert poll(lambda: work.pending() == 0, 10), "work left pending"
     b.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 3 -------------------------------------------------------------------------------------
@@ -87,19 +85,19 @@ def test_02_sigterm_mid_batch_exits_zero_and_loses_nothing(redis_server):
 
 def test_03_restarted_consumer_drains_own_pending_first(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
-    ledger.produce(3)
+    work = Workload(r)
+    work.produce(3)
     a = Worker(redis_server.url, "a", "--hold", "60", "--batch", "3", "--claim-idle", "600")
     assert poll(lambda: owner_pending(r, "a") == 3, 10)
     a.kill9()
-    ledger.produce(3)
+    work.produce(3)
     # claim_idle is 10 minutes: only draining its own pending list can get p0..p2 done.
     a2 = Worker(redis_server.url, "a", "--claim-idle", "600", "--batch", "3")
-    assert ledger.wait_processed(ledger.produced, 15)
+    assert work.wait_processed(work.produced, 15)
     a2.stop()
-    order = [k for k in ledger.processed()]
+    order = [k for k in work.processed()]
     assert order[:3] == ["p0", "p1", "p2"], order
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 4 -------------------------------------------------------------------------------------
@@ -117,7 +115,7 @@ def _raw_redis_commands(port: int, *commands: list[bytes]) -> socket.socket:
 
 def test_04_sigstop_redis_during_read_hidden_pending_recovered(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     a = Worker(
         redis_server.url,
         "a",
@@ -130,13 +128,13 @@ def test_04_sigstop_redis_during_read_hidden_pending_recovered(redis_server):
         "--claim-idle",
         "600",
     )
-    ledger.produce(2)
-    assert ledger.wait_processed(ledger.produced, 10)
+    work.produce(2)
+    assert work.wait_processed(work.produced, 10)
     redis_server.pause()
     # While Redis is frozen: new entries arrive, and a read for consumer `a` whose reply is
     # lost (what a retried XREADGROUP leaves behind) takes them into a's pending list.
     msgs = [prompt(i) for i in (2, 3, 4)]
-    ledger.produced += [m.id for m in msgs]
+    work.produced += [m.id for m in msgs]
     cmds = [[b"XADD", KEYS.stream("in").encode(), b"*", FIELD, encode(m)] for m in msgs]
     cmds.append([b"INCRBY", KEYS.produced("in").encode(), b"3"])
     cmds.append(
@@ -155,14 +153,14 @@ def test_04_sigstop_redis_during_read_hidden_pending_recovered(redis_server):
     sock = _raw_redis_commands(redis_server.port, *cmds)
     time.sleep(3)  # past the worker's socket timeout: its blocked read fails and it reconnects
     redis_server.resume()
-    assert poll(lambda: owner_pending(r, "a") == 0 or len(ledger.processed()) == 5, 5)
+    assert poll(lambda: owner_pending(r, "a") == 0 or len(work.processed()) == 5, 5)
     sock.close()
     # claim_idle is 10 minutes: only the periodic re-read of a's own pending list finds them.
-    assert ledger.wait_processed(ledger.produced, 20)
+    assert work.wait_processed(work.produced, 20)
     assert a.metric("gpo_worker_messages_redelivered_total") >= 3
     assert a.proc.poll() is None
     a.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 5 -------------------------------------------------------------------------------------
@@ -172,7 +170,7 @@ def test_05_sigstop_redis_during_xadd_duplicate_trained_once(redis_server):
     """A producer whose XADD times out while Redis is frozen retries after reconnecting;
     Redis then runs both: two entries, one message id. Dedup by id trains it once."""
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     code = f"""
 import asyncio, sys
 sys.path.insert(0, {str(ROOT)!r})
@@ -180,7 +178,7 @@ from protocol.config import RedisConfig
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import Keys, Link
-from tests.support.ledger import prompt
+from tests.support.workload import prompt
 async def main():
     cfg = RedisConfig(url={redis_server.url!r}, run_id="t", socket_timeout=1.5, block_ms=200,
                       reconnect_backoff_max=0.5)
@@ -207,13 +205,13 @@ asyncio.run(main())
     line = p.stdout.readline().split()
     p.wait(10)
     assert line[0] == "sent" and int(line[1]) >= 1
-    ledger.produced += ["p99", "p0"]
+    work.produced += ["p99", "p0"]
     assert poll(lambda: r.xlen(KEYS.stream("in")) == 3, 5), "expected the retried XADD to duplicate"
     w = Worker(redis_server.url, "w")
-    assert ledger.wait_processed(["p0"], 10)
+    assert work.wait_processed(["p0"], 10)
     time.sleep(0.5)
     w.stop()
-    rep = assert_clean(ledger, allow_dup_ids={"p0"})
+    rep = assert_clean(work, allow_dup_ids={"p0"})
     assert rep.processed["p0"] == 2  # both entries were handled ...
     assert set(rep.processed) == {"p0", "p99"}  # ... and dedup by message id trains it once
 
@@ -224,70 +222,70 @@ asyncio.run(main())
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_06_20_kill9_redis_with_aof_restores_everything(redis_aof, loop):
     r = redis_aof.client()
-    ledger = Ledger(r)
-    ledger.produce(20)
+    work = Workload(r)
+    work.produce(20)
     w = Worker(redis_aof.url, "w", "--loop", loop, "--socket-timeout", "2", "--block-ms", "500")
-    assert ledger.wait_processed(ledger.produced, 15)
-    ledger.produce(3)
+    assert work.wait_processed(work.produced, 15)
+    work.produce(3)
     held = Worker(
         redis_aof.url, "h", "--hold", "600", "--batch", "3", "--claim-idle", "600", "--loop", loop
     )
-    assert poll(lambda: owner_pending(r, "h") + len(ledger.processed()) >= 23, 10)
+    assert poll(lambda: owner_pending(r, "h") + len(work.processed()) >= 23, 10)
     time.sleep(1.5)  # appendfsync everysec
-    before = ledger.processed()
+    before = work.processed()
     pending_before = owner_pending(r, "h")
     redis_aof.kill9()
     time.sleep(1)
     redis_aof.restart()
-    r = ledger.r = redis_aof.client()
-    assert set(ledger.processed()) >= set(before), "acknowledged work lost"
+    r = work.r = redis_aof.client()
+    assert set(work.processed()) >= set(before), "acknowledged work lost"
     assert owner_pending(r, "h") == pending_before, "pending list not restored"
     assert r.xinfo_groups(KEYS.stream("in"))[0]["name"] == b"workers"
     held.kill9()
-    ledger.produce(5)
-    assert ledger.wait_processed(ledger.produced[-5:], 20), "worker did not reconnect by itself"
+    work.produce(5)
+    assert work.wait_processed(work.produced[-5:], 20), "worker did not reconnect by itself"
     assert w.proc.poll() is None
     assert w.metric("gpo_worker_redis_reconnects_total") >= 1
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 @pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
 def test_07_20_redis_restart_without_persistence_recreates_groups(redis_server, loop):
-    ledger = Ledger(redis_server.client())
+    work = Workload(redis_server.client())
     w = Worker(redis_server.url, "w", "--loop", loop, "--socket-timeout", "2", "--block-ms", "500")
-    ledger.produce(5)
-    assert ledger.wait_processed(ledger.produced, 10)
+    work.produce(5)
+    assert work.wait_processed(work.produced, 10)
     redis_server.restart()  # kill -9, no AOF: streams and groups are gone
-    ledger.r = redis_server.client()
-    ledger.produced.clear()
-    ledger.produce(5)
-    assert ledger.wait_processed(ledger.produced, 20), "worker did not recover"
+    work.r = redis_server.client()
+    work.produced.clear()
+    work.produce(5)
+    assert work.wait_processed(work.produced, 20), "worker did not recover"
     assert w.metric("gpo_worker_group_resets_total") >= 1
     assert w.proc.poll() is None
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 8 -------------------------------------------------------------------------------------
 
 
 def test_08_redis_paused_10s_nobody_exits_throughput_recovers(redis_server):
-    ledger = Ledger(redis_server.client())
+    work = Workload(redis_server.client())
     w = Worker(redis_server.url, "w", "--socket-timeout", "2", "--block-ms", "500")
-    ledger.produce(5)
-    assert ledger.wait_processed(ledger.produced, 10)
+    work.produce(5)
+    assert work.wait_processed(work.produced, 10)
     redis_server.pause()
     time.sleep(10)
     assert w.proc.poll() is None
     redis_server.resume()
     t0 = time.monotonic()
-    ledger.produce(50)
-    assert ledger.wait_processed(ledger.produced, 15)
+    work.produce(50)
+    assert work.wait_processed(work.produced, 15)
     assert time.monotonic() - t0 < 15
     assert w.metric("gpo_worker_redis_reconnects_total") >= 1  # calls timed out instead of hanging
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 10 ------------------------------------------------------------------------------------
@@ -295,24 +293,24 @@ def test_08_redis_paused_10s_nobody_exits_throughput_recovers(redis_server):
 
 def test_10_poison_message_dead_lettered_once_after_max_deliveries(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
-    ledger.produce(5)
-    ledger.produce(1, text="POISON pill")
-    ledger.produce(5)
+    work = Workload(r)
+    work.produce(5)
+    work.produce(1, text="POISON pill")
+    work.produce(5)
     w = Worker(redis_server.url, "w", "--max-deliveries", "3", "--pending-check", "0.2")
-    assert ledger.wait_processed([i for i in ledger.produced if i != "p5"], 10)
-    assert poll(lambda: len(ledger.dead()) >= 1, 15)
+    assert work.wait_processed([i for i in work.produced if i != "p5"], 10)
+    assert poll(lambda: len(work.dead()) >= 1, 15)
     time.sleep(1)
-    dead = ledger.dead()
+    dead = work.dead()
     assert len(dead) == 1
     assert b"max_deliveries" in dead[0]["reason"] and b"poison message p5" in dead[0]["reason"]
-    assert ledger.pending() == 0  # acked at the source
+    assert work.pending() == 0  # acked at the source
     assert w.metric("gpo_worker_messages_dead_lettered_total") == 1
     assert w.metric("gpo_worker_handler_errors_total") == 3
-    ledger.produce(3)
-    assert ledger.wait_processed(ledger.produced[-3:], 10)  # others keep flowing
+    work.produce(3)
+    assert work.wait_processed(work.produced[-3:], 10)  # others keep flowing
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 11 ------------------------------------------------------------------------------------
@@ -334,20 +332,20 @@ HOSTILE = {
 
 def test_11_hostile_payloads_dead_lettered_with_reason(redis_server, tmp_path):
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     w = Worker(redis_server.url, "w")
     for raw in HOSTILE.values():
-        ledger.inject(raw)
-    ledger.produce(3)
-    assert ledger.wait_processed(ledger.produced, 10)
-    assert poll(lambda: len(ledger.dead()) == len(HOSTILE), 10)
-    dead = ledger.dead()
+        work.inject(raw)
+    work.produce(3)
+    assert work.wait_processed(work.produced, 10)
+    assert poll(lambda: len(work.dead()) == len(HOSTILE), 10)
+    dead = work.dead()
     assert {d["raw"] for d in dead} == set(HOSTILE.values())
     assert all(d["reason"].startswith(b"decode:") for d in dead)
-    assert ledger.pending() == 0
+    assert work.pending() == 0
     assert w.proc.poll() is None
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 12 ------------------------------------------------------------------------------------
@@ -355,8 +353,8 @@ def test_11_hostile_payloads_dead_lettered_with_reason(redis_server, tmp_path):
 
 def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
-    ledger.produce(1)
+    work = Workload(r)
+    work.produce(1)
     slow = Worker(
         redis_server.url,
         "slow",
@@ -370,8 +368,8 @@ def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
     )
     assert poll(lambda: owner_pending(r, "slow") == 1, 5)
     other = Worker(redis_server.url, "other", "--claim-idle", "1", "--pending-check", "0.2")
-    assert ledger.wait_processed(["p0"], 15)
-    rep = assert_clean(ledger)
+    assert work.wait_processed(["p0"], 15)
+    rep = assert_clean(work)
     assert rep.processed["p0"] == 1
     out = r.xrange(KEYS.stream("out"))
     from protocol.codec import decode
@@ -382,14 +380,14 @@ def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
     slow.stop()
     # now a slow owner that dies: the other worker takes the message over
     slow2 = Worker(redis_server.url, "slow2", "--hold", "600", "--heartbeat", "--claim-idle", "1")
-    ledger.produce(1)
-    assert poll(lambda: owner_pending(r, "slow2") == 1 or "p1" in ledger.processed(), 5)
+    work.produce(1)
+    assert poll(lambda: owner_pending(r, "slow2") == 1 or "p1" in work.processed(), 5)
     if owner_pending(r, "slow2") == 1:
         slow2.kill9()
-    assert ledger.wait_processed(["p1"], 15)
+    assert work.wait_processed(["p1"], 15)
     other.stop()
     slow2.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 13 ------------------------------------------------------------------------------------
@@ -397,23 +395,23 @@ def test_12_slow_heartbeating_owner_keeps_message_until_killed(redis_server):
 
 def test_13_zombie_consumer_late_output_dropped(redis_server):
     r = redis_server.client()
-    ledger = Ledger(r)
-    ledger.produce(1)
+    work = Workload(r)
+    work.produce(1)
     zombie = Worker(
         redis_server.url, "zombie", "--hold", "3", "--claim-idle", "1", "--pending-check", "0.2"
     )
     assert poll(lambda: owner_pending(r, "zombie") == 1, 5)
     zombie.signal(signal.SIGSTOP)
     other = Worker(redis_server.url, "other", "--claim-idle", "1", "--pending-check", "0.2")
-    assert ledger.wait_processed(["p0"], 15)
+    assert work.wait_processed(["p0"], 15)
     zombie.signal(signal.SIGCONT)
     time.sleep(4)  # the zombie wakes, finishes its hold, finds it lost the lease
-    rep = assert_clean(ledger)
+    rep = assert_clean(work)
     assert rep.processed["p0"] == 1
     assert zombie.proc.poll() is None
     zombie.stop()
     other.stop()
-    assert ledger.pending() == 0
+    assert work.pending() == 0
 
 
 # 14 ------------------------------------------------------------------------------------
@@ -428,7 +426,7 @@ def test_14_fast_producer_never_trims_undelivered(redis_server):
     from protocol.streams import Link
 
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     w = Worker(redis_server.url, "w", "--hold", "0.01", "--batch", "8", "--trim-every", "0.3")
     max_backlog = 0
     limit = 40
@@ -449,14 +447,14 @@ def test_14_fast_producer_never_trims_undelivered(redis_server):
         return waited
 
     waited = asyncio.run(produce())
-    ledger.produced = [f"p{i}" for i in range(300)]
+    work.produced = [f"p{i}" for i in range(300)]
     assert waited > 0, "producer never waited: no backpressure"
     assert max_backlog <= limit + 1
-    assert ledger.wait_processed(ledger.produced, 60)
+    assert work.wait_processed(work.produced, 60)
     time.sleep(0.6)
     assert r.xlen(KEYS.stream("in")) < 300, "nothing was trimmed: the test proves nothing"
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 def test_14_a_batch_larger_than_the_room_goes_in_chunks_below_the_limit(redis_server):
@@ -472,7 +470,7 @@ def test_14_a_batch_larger_than_the_room_goes_in_chunks_below_the_limit(redis_se
     from protocol.streams import Link
 
     r = redis_server.client()
-    ledger = Ledger(r)
+    work = Workload(r)
     w = Worker(redis_server.url, "w", "--hold", "0.02", "--batch", "4")
     limit, chunks = 10, []
 
@@ -500,13 +498,13 @@ def test_14_a_batch_larger_than_the_room_goes_in_chunks_below_the_limit(redis_se
         return int(produced or 0) - int(acked or 0)
 
     ids = asyncio.run(produce())
-    ledger.produced = [f"p{i}" for i in range(25)]
+    work.produced = [f"p{i}" for i in range(25)]
     assert len(ids) == 25 and ids == sorted(ids, key=lambda e: tuple(map(int, e.split("-"))))
     assert len(chunks) >= 3, chunks
     assert all(before + n <= limit for before, n in chunks), chunks
-    assert ledger.wait_processed(ledger.produced, 30)
+    assert work.wait_processed(work.produced, 30)
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
 
 # 19 ------------------------------------------------------------------------------------
@@ -514,13 +512,13 @@ def test_14_a_batch_larger_than_the_room_goes_in_chunks_below_the_limit(redis_se
 
 def test_19_idle_reads_return_empty_without_timeouts(redis_server):
     idle = float(os.environ.get("GPO_IDLE_TEST_SECONDS", "60"))
-    ledger = Ledger(redis_server.client())
+    work = Workload(redis_server.client())
     w = Worker(redis_server.url, "w", "--block-ms", "2000", "--socket-timeout", "3")
     time.sleep(idle)
     assert w.proc.poll() is None
     assert w.metric("gpo_worker_redis_reconnects_total") == 0
-    ledger.produce(2)
-    assert ledger.wait_processed(ledger.produced, 10)
+    work.produce(2)
+    assert work.wait_processed(work.produced, 10)
     w.stop()
     err = w.proc.stderr.read()
     assert "Timeout" not in err and "Traceback" not in err, err[-2000:]
@@ -530,12 +528,12 @@ def test_19_idle_reads_return_empty_without_timeouts(redis_server):
 
 
 def test_21_tls_and_password(redis_tls):
-    ledger = Ledger(redis_tls.client())
+    work = Workload(redis_tls.client())
     w = Worker(redis_tls.url, "w", "--tls-ca", str(redis_tls.tls.ca))
-    ledger.produce(5)
-    assert ledger.wait_processed(ledger.produced, 10)
+    work.produce(5)
+    assert work.wait_processed(work.produced, 10)
     w.stop()
-    assert_clean(ledger)
+    assert_clean(work)
 
     wrong = redis_tls.url.replace("s3cret-pw", "wrong")
     t0 = time.monotonic()
@@ -574,11 +572,11 @@ def test_21_acl_user_in_url(tmp_path):
 
         with pytest.raises(redis.RedisError, match="(?i)auth"):  # the default user is off
             redis.Redis(host="127.0.0.1", port=server.port, protocol=2).ping()
-        ledger = Ledger(server.client())
+        work = Workload(server.client())
         w = Worker(server.url, "w")
-        ledger.produce(3)
-        assert ledger.wait_processed(ledger.produced, 10)
+        work.produce(3)
+        assert work.wait_processed(work.produced, 10)
         w.stop()
-        assert_clean(ledger)
+        assert_clean(work)
     finally:
         server.stop()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from learner.config import LearnerConfig
+from learner.config import EvalSettings, FeederSettings, LearnerConfig, LoraSettings, PpoSettings
 from ops.tiny_policy.tiny_model import ALPHABET, TinyModelConfig, build_tiny_model_dir
 from protocol.messages import Sample
 
@@ -24,18 +24,26 @@ def tiny_model(path: Path) -> str:
     return str(path)
 
 
-def tiny_config(model: str, **overrides) -> LearnerConfig:
+def tiny_config(
+    model: str,
+    lora: dict | None = None,
+    ppo: dict | None = None,
+    eval: dict | None = None,  # noqa: A002 - the section's name
+    feeder: dict | None = None,
+    **overrides,
+) -> LearnerConfig:
+    """A learner config for the tiny model; `lora`, `ppo`, `eval` and `feeder` update those
+    parts' tiny defaults, the other keywords the top-level fields."""
     base = dict(
         model=model,
-        lora_rank=4,
-        lora_alpha=8.0,
-        lr=1e-2,
         batch_size=8,
         token_budget=64,
         task="arithmetic",
         task_options={"n_train": 50, "n_heldout": 8},
-        eval_count=4,
-        eval_max_new_tokens=8,
+        lora=LoraSettings(**{"rank": 4, "alpha": 8.0, **(lora or {})}),
+        ppo=PpoSettings(**{"lr": 1e-2, **(ppo or {})}),
+        eval=EvalSettings(**{"count": 4, "max_new_tokens": 8, **(eval or {})}),
+        feeder=FeederSettings(**(feeder or {})),
     )
     base.update(overrides)
     return LearnerConfig(**base)

@@ -3,24 +3,32 @@
 Used by the tests that run the whole system against a Redis variant (hostile input, ACL
 users over TLS, Redis Cluster) and under faults (test_system_faults): one TOML for all
 three processes, sized so that a learner update needs only a few prompts on 2 loaded cores,
-and a ledger that reads the streams and the learner's run log back (`ledger`).
+and the system's books from ops/ledger.py, read from the streams and the learner's run log
+(`books`).
 """
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from ops.ledger import (
+    Ledger,
+    by_id,
+    dump_stream,
+    id_order,
+    read_ledger,
+    read_runlog,
+    trained_history,
+)
 from ops.redis_server import free_port
-from protocol.codec import CodecLimits, ProtocolError, decode
+from protocol.codec import CodecLimits, decode
 from protocol.consumer import FIELD
-from protocol.streams import GROUPS, PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WORK_STREAMS, Keys
+from protocol.streams import GROUPS, PROMPTS, RESETS, TRAJECTORIES, WORK_STREAMS, Keys
 from tests.support.procs import GpoProcess
 from tests.support.waits import wait_until  # noqa: F401 - the tests call pipeline.wait_until
 
@@ -51,19 +59,27 @@ pending_check_interval = 1.0
 
 [learner]
 model = "{model_dir}"
-lora_rank = 4
-lora_alpha = 8.0
-lr = 1e-3
 batch_size = 4
 token_budget = 256
 max_policy_lag = 100
 checkpoint_dir = "{tmp_path / "ckpt"}"
 checkpoint_every = 1
-eval_every = 0
-feeder_backlog_target = 2
-feeder_backlog_bound = 4
 task = "arithmetic"
 log_sample_ids = true
+
+[learner.lora]
+rank = 4
+alpha = 8.0
+
+[learner.ppo]
+lr = 1e-3
+
+[learner.eval]
+every = 0
+
+[learner.feeder]
+backlog_target = 2
+backlog_bound = 4
 
 [actor]
 task = "arithmetic"
@@ -219,10 +235,12 @@ def holding(r, system: System, names: list[str], size: int | None, timeout: floa
 
 def run_log(config: Path) -> list[dict]:
     """The learner's run log so far (next to its checkpoints), every event."""
-    log = config.parent / "ckpt" / "run_log.jsonl"
-    if not log.exists():
-        return []
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return read_runlog(learner_dir(config) / "run_log.jsonl")
+
+
+def learner_dir(config: Path) -> Path:
+    """The learner's checkpoint directory (`write_config`)."""
+    return config.parent / "ckpt"
 
 
 def updates(config: Path) -> list[dict]:
@@ -245,37 +263,10 @@ def stop_all(procs: dict[str, GpoProcess]) -> dict[str, int]:
     return codes
 
 
-def acked_lost(r) -> dict[str, list[str]]:
-    """For each work stream, the ids of good entries that were acked (not pending, not
-    dead-lettered) yet whose output is missing downstream: that is what "nothing already
-    acknowledged is lost" forbids. Samples must appear in the learner's trained ids."""
-    dead = {s: {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(s))} for s in WORK_STREAMS}
-    out_ids = {TRAJECTORIES: message_ids(r, TRAJECTORIES), SAMPLES: message_ids(r, SAMPLES)}
-    lost: dict[str, list[str]] = {}
-    for stream in (PROMPTS, RESETS, TRAJECTORIES):
-        for _eid, fields in acked_entries(r, stream, dead[stream]):
-            produced = out_ids[SAMPLES if stream == TRAJECTORIES else TRAJECTORIES]
-            missing = [w for w in outputs(stream, decode(fields[FIELD])) if w not in produced]
-            if missing:
-                lost.setdefault(stream, []).extend(missing)
-    return lost
-
-
-def acked_samples_untrained(r, config: Path) -> set[str]:
-    """Acked good samples the learner's surviving history never trained and did not drop as
-    surplus resets of the batch composition (none may exist: no sample is stale in these
-    runs, max_policy_lag is large, and acks follow checkpoints). A sample published twice (a
-    producer's retry after a timeout) has its second entry acked as a duplicate while the
-    first may still be pending, to be trained after the next start: that id is not lost."""
-    dead = {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(SAMPLES))}
-    ids = {decode(fields[FIELD]).id for _, fields in acked_entries(r, SAMPLES, dead)}
-    waiting = set()
-    for entry in pending(r, SAMPLES):
-        try:
-            waiting.add(decode(r.xrange(KEYS.stream(SAMPLES), entry, entry)[0][1][FIELD]).id)
-        except ProtocolError:  # injected poison, on its way to the dead stream
-            continue
-    return ids - settled(config) - waiting
+def books(r, config: Path) -> Ledger:
+    """The system's books (ops/ledger.py) once every process stopped: what became of each
+    id of every work stream, from the streams and the learner's run log and checkpoint."""
+    return read_ledger(r, KEYS, learner_dir(config), N)[0]
 
 
 def surplus(config: Path) -> set[str]:
@@ -285,56 +276,13 @@ def surplus(config: Path) -> set[str]:
 
 
 def settled(config: Path) -> set[str]:
-    """Sample ids the learner is done with: in its weights, or dropped as surplus."""
+    """Sample ids the learner is done with so far: trained, or dropped as surplus."""
     return set(trained(config)) | surplus(config)
 
 
 def trained(config: Path) -> Counter:
-    """Sample ids of the updates the learner's weights contain, counted. A `resume` record
-    at step S voids the updates logged past S: they never reached a checkpoint, so the
-    restarted learner rolled them back (and will train their samples again)."""
-    history: list[dict] = []
-    for rec in run_log(config):
-        if rec["event"] == "resume":
-            history = [u for u in history if u["step"] <= rec["step"]]
-        elif rec["event"] == "update":
-            history.append(rec)
-    return Counter(i for u in history for i in u["sample_ids"])
-
-
-@dataclass
-class Ledger:
-    """The system's books, from the streams and the learner's run log (RELIABILITY.md)."""
-
-    lost: dict[str, list[str]]
-    """Per work stream, acknowledged entries whose output is missing downstream; under
-    `trained`, acknowledged samples the learner never trained."""
-    twice: dict[str, int]
-    """Sample ids the learner's weights contain more than once."""
-    unexpected: set[str]
-    """Trained ids that no entry of `samples` carries."""
-    dead: dict[str, list[str]]
-    """Per work stream with dead letters, the source entry ids."""
-    trained: Counter
-
-
-def ledger(r, config: Path) -> Ledger:
-    lost = acked_lost(r)
-    untrained = acked_samples_untrained(r, config)
-    if untrained:
-        lost["trained"] = sorted(untrained)
-    history = trained(config)
-    return Ledger(
-        lost=lost,
-        twice={i: n for i, n in history.items() if n > 1},
-        unexpected=set(history) - message_ids(r, SAMPLES),
-        dead={
-            s: ids
-            for s in WORK_STREAMS
-            if (ids := [f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(s))])
-        },
-        trained=history,
-    )
+    """Sample ids of the updates the learner's weights contain so far, counted."""
+    return trained_history(run_log(config))
 
 
 def outputs(stream: str, message) -> list[str]:
@@ -379,55 +327,28 @@ def backlog(r, stream: str) -> int:
 
 
 def snapshot(r) -> dict[str, dict]:
-    """Per work stream: its group's last delivered id, the acked and the pending entry ids."""
+    """Per work stream: its group's last delivered id, the acked and the pending entry ids.
+    Raises when a stream or its group is missing."""
     out = {}
     for stream in WORK_STREAMS:
-        key, group = KEYS.stream(stream), GROUPS[stream]
-        info = {g["name"].decode(): g for g in r.xinfo_groups(key)}
-        dead = {f[b"source_id"].decode() for _, f in r.xrange(KEYS.dead(stream))}
+        groups = {g["name"].decode() for g in r.xinfo_groups(KEYS.stream(stream))}
+        if GROUPS[stream] not in groups:
+            raise AssertionError(f"{stream}: no group {GROUPS[stream]}")
+        dump = dump_stream(r, KEYS, stream)
+        dead = {d["source_id"] for d in dump.dead}
         out[stream] = {
-            "last": _id(info[group]["last-delivered-id"].decode()),
-            "acked": {eid for eid, _ in acked_entries(r, stream, dead)},
-            "pending": set(pending(r, stream)),
+            "last": id_order(dump.last_delivered),
+            "acked": {e for e, _ in dump.entries if not dump.in_flight(e) and e not in dead},
+            "pending": dump.pending,
         }
-    return out
-
-
-def acked_entries(r, stream: str, dead: set[str]) -> list[tuple[str, dict]]:
-    """Entries of `stream` its group delivered and acked, minus the dead-lettered ones."""
-    key, group = KEYS.stream(stream), GROUPS[stream]
-    info = {g["name"].decode(): g for g in r.xinfo_groups(key)}
-    last = _id(info[group]["last-delivered-id"].decode())
-    pending = {p["message_id"].decode() for p in r.xpending_range(key, group, "-", "+", 10_000)}
-    return [
-        (eid.decode(), fields)
-        for eid, fields in r.xrange(key)
-        if _id(eid.decode()) <= last and eid.decode() not in pending | dead
-    ]
-
-
-def message_ids_counted(r, stream: str) -> Counter:
-    """Message ids of the decodable entries of `stream`, with how many entries carry each."""
-    out: Counter = Counter()
-    for _, fields in r.xrange(KEYS.stream(stream)):
-        try:
-            out[decode(fields[FIELD]).id] += 1
-        except ProtocolError:
-            continue
     return out
 
 
 def message_ids(r, stream: str) -> set[str]:
     """Message ids of the decodable entries of `stream` (injected poison is skipped)."""
-    out = set()
-    for _, fields in r.xrange(KEYS.stream(stream)):
-        try:
-            out.add(decode(fields[FIELD]).id)
-        except ProtocolError:
-            continue
-    return out
+    return set(message_ids_counted(r, stream))
 
 
-def _id(eid: str) -> tuple[int, int]:
-    ms, _, seq = eid.partition("-")
-    return int(ms), int(seq or 0)
+def message_ids_counted(r, stream: str) -> Counter:
+    """Message ids of the decodable entries of `stream`, with how many entries carry each."""
+    return Counter({i: len(entries) for i, entries in by_id(dump_stream(r, KEYS, stream)).items()})

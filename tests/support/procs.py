@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.request
 
-from tests.support.ledger import ROOT
+from tests.support.workload import ROOT
 
 NO_UVLOOP = ROOT / "tests" / "support" / "no_uvloop"
 

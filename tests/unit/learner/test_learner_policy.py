@@ -16,11 +16,17 @@ from transformers import AutoModelForCausalLM
 from actors.engines.lora_versions import LoraVersions, lora_config_from_dict
 from actors.tasks.base import TaskPrompt
 from learner.checkpoint import LearnerState, load_latest, save_checkpoint
-from learner.config import LearnerConfig
+from learner.config import (
+    EvalSettings,
+    FeederSettings,
+    LearnerConfig,
+    LoraSettings,
+    PpoSettings,
+)
 from learner.feeder import Feeder, epoch_order
 from learner.policy import build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
-from protocol.config import ConfigError
+from protocol.config import ConfigError, from_mapping
 from tests.support.learner import make_sample, tiny_config, tiny_model
 
 
@@ -80,7 +86,7 @@ def test_exported_adapter_loads_into_an_engine_and_matches(model_dir):
 
 def test_zero_advantages_leave_the_policy_unchanged(model_dir):
     """With every advantage 0 (one prompt, equal rewards) and no KL, nothing should move."""
-    cfg = tiny_config(model_dir, advantage="group", kl_coef=0.0)
+    cfg = tiny_config(model_dir, advantage="group", ppo={"kl_coef": 0.0})
     policy = build_policy(cfg)
     before = {k: v.clone() for k, v in get_peft_model_state_dict(policy.model).items()}
     opt = make_optimizer(policy, cfg)
@@ -94,7 +100,7 @@ def test_zero_advantages_leave_the_policy_unchanged(model_dir):
 
 def test_first_update_is_on_policy_and_clips_nothing(model_dir):
     """Epoch 1 of the first minibatch runs at ratio 1: clip fraction and approx KL are 0."""
-    cfg = tiny_config(model_dir, advantage="gae", ppo_epochs=1, minibatches=1)
+    cfg = tiny_config(model_dir, advantage="gae", ppo={"epochs": 1, "minibatches": 1})
     policy = build_policy(cfg)
     opt = make_optimizer(policy, cfg)
     stats = ppo_update(policy, opt, batch(), cfg, 0)
@@ -106,7 +112,7 @@ def test_first_update_is_on_policy_and_clips_nothing(model_dir):
 def test_one_step_update_without_the_pi_old_pass_is_the_same_update(model_dir, kl_coef):
     """One epoch of one minibatch skips the no-grad pi_old pass (its log-probs equal the
     training forward's): the weights and statistics equal those of the update with it."""
-    cfg = tiny_config(model_dir, advantage="group", kl_coef=kl_coef, token_budget=40)
+    cfg = tiny_config(model_dir, advantage="group", ppo={"kl_coef": kl_coef}, token_budget=40)
     assert on_policy_step(build_policy(cfg), cfg)
     runs = []
     for old_pass in (True, None):
@@ -122,13 +128,13 @@ def test_one_step_update_without_the_pi_old_pass_is_the_same_update(model_dir, k
     for k, v in weights_a.items():
         torch.testing.assert_close(weights_b[k], v, rtol=1e-5, atol=1e-7)
     # more than one optimizer step, or a value head, needs the pass
-    assert not on_policy_step(build_policy(cfg), tiny_config(model_dir, minibatches=2))
+    assert not on_policy_step(build_policy(cfg), tiny_config(model_dir, ppo={"minibatches": 2}))
     gae = tiny_config(model_dir, advantage="gae")
     assert not on_policy_step(build_policy(gae), gae)
 
 
 def test_checkpoint_round_trip_resumes_the_same_training(model_dir, tmp_path):
-    cfg = tiny_config(model_dir, advantage="gae", kl_coef=0.05)
+    cfg = tiny_config(model_dir, advantage="gae", ppo={"kl_coef": 0.05})
     policy, opt = trained(cfg, updates=2)
     state = LearnerState(
         step=2, version=2, trained_ids={"b": 2, "a": 1}, feeder_epoch=1, feeder_index=7
@@ -195,18 +201,40 @@ def test_feeder_tops_up_to_target_across_epochs():
 
 
 @pytest.mark.parametrize(
-    "bad",
+    ("make", "message"),
     [
-        {"reset_fraction": 1.5},
-        {"batch_size": 0},
-        {"feeder_backlog_target": 10, "feeder_backlog_bound": 5},
-        {"lr": 0.0},
-        {"lora_target_modules": []},
+        (lambda: LearnerConfig(reset_fraction=1.5), "learner.reset_fraction"),
+        (lambda: LearnerConfig(batch_size=0), "learner.batch_size"),
+        (
+            lambda: FeederSettings(backlog_target=10, backlog_bound=5),
+            "learner.feeder.backlog_target",
+        ),
+        (lambda: PpoSettings(lr=0.0), "learner.ppo.lr"),
+        (lambda: LoraSettings(target_modules=[]), "learner.lora.target_modules"),
+        (lambda: EvalSettings(count=0), "learner.eval.count"),
+        (lambda: LearnerConfig(batch_size=2, ppo=PpoSettings(minibatches=4)), "ppo.minibatches"),
     ],
 )
-def test_config_refuses_bad_values(bad):
-    with pytest.raises(ConfigError):
-        LearnerConfig(**bad)
+def test_config_refuses_bad_values(make, message):
+    with pytest.raises(ConfigError, match=message):
+        make()
+
+
+def test_the_parts_of_the_learner_config_have_their_own_tables():
+    cfg = from_mapping(
+        LearnerConfig,
+        {
+            "lora": {"rank": 2},
+            "ppo": {"epochs": 3},
+            "eval": {"every": 5},
+            "feeder": {"backlog_target": 7},
+        },
+        "learner",
+    )
+    assert (cfg.lora.rank, cfg.lora.alpha) == (2, LoraSettings.alpha)
+    assert (cfg.ppo.epochs, cfg.eval.every, cfg.feeder.backlog_target) == (3, 5, 7)
+    with pytest.raises(ConfigError, match=r"\[learner\] unknown key\(s\): lora_rank"):
+        from_mapping(LearnerConfig, {"lora_rank": 4}, "learner")
 
 
 def test_the_clip_binds_only_with_several_optimizer_steps_per_batch(model_dir):
@@ -216,7 +244,10 @@ def test_the_clip_binds_only_with_several_optimizer_steps_per_batch(model_dir):
     stats = {}
     for minibatches in (1, 4):
         cfg = tiny_config(
-            model_dir, advantage="group", minibatches=minibatches, lr=0.05, token_budget=16
+            model_dir,
+            advantage="group",
+            ppo={"minibatches": minibatches, "lr": 0.05},
+            token_budget=16,
         )
         policy = build_policy(cfg)
         stats[minibatches] = ppo_update(policy, make_optimizer(policy, cfg), batch(8), cfg, 0)

@@ -64,7 +64,7 @@ def model(tmp_path_factory) -> str:
 
 def parts(tmp: Path, model: str, redis: MemoryRedis, **overrides) -> Parts:
     fields = dict(batch_size=4, batch_mode="share", reset_fraction=0.0, read_ahead=8)
-    fields |= dict(checkpoint_every=2, eval_every=0, log_sample_ids=True, compose_patience=0.2)
+    fields |= dict(checkpoint_every=2, eval={"every": 0}, log_sample_ids=True, compose_patience=0.2)
     cfg = tiny_config(model, checkpoint_dir=str(tmp / "ckpt"), **(fields | overrides))
     redis_cfg = RedisConfig(url="redis://127.0.0.1:1", run_id="t", block_ms=50, trim_interval=0)
     policy = build_policy(cfg)

@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pytest
 
+from learner.config import PpoSettings
 from ops.bench import broadcast as bb
 from ops.bench import learner_update as bl
 from ops.bench.engine import Row as EngineRow
@@ -90,14 +91,16 @@ def test_learner_ratio_and_table():
 
 def test_learner_reading_states_the_saving_of_the_skipped_pi_old_pass():
     rows = [bl.Row("f", 1.0, 100, 50), bl.Row("l", 1.5, 100, 50), bl.Row("p", 2.0, 100, 50)]
-    cfg = bl.LearnerConfig(model="m", ppo_epochs=1, minibatches=1)
+    cfg = bl.LearnerConfig(model="m", ppo=PpoSettings(epochs=1, minibatches=1))
     samples = [_sample("reset", 10), _sample("fresh", 12)]
     text = bl.reading(rows, samples, cfg, mbs=1, skipped=True)
     assert "0.67x the 100 tokens/s" in text and "(1.50x its time)" in text
     assert "2 samples (1 resets" in text and "10-12 per sample" in text
     assert "with the pass the update takes 2000 ms (0.50x the floor's speed)" in text
     assert "saves 500 ms per update (25%)" in text
-    text = bl.reading(rows, samples, bl.LearnerConfig(model="m", ppo_epochs=2), 1, skipped=False)
+    text = bl.reading(
+        rows, samples, bl.LearnerConfig(model="m", ppo=PpoSettings(epochs=2)), 1, skipped=False
+    )
     assert "pi_old pass is needed" in text and "(500 ms above the floor)" in text
     assert "saves" not in text
 

@@ -15,7 +15,7 @@ from protocol.codec import ProtocolError, decode, encode
 from protocol.messages import Trajectory
 from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES
 from tests.support.learner import make_sample
-from tests.support.ledger import prompt
+from tests.support.workload import prompt
 
 WORKERS = ["learner", "actor-0", "actor-1", "estimator-0"]
 
@@ -128,6 +128,28 @@ def test_ledger_sorts_every_id_into_exactly_one_outcome():
     assert led.poison_missing == ["gpo-chaos-poison:x:9"] and led.checkpoint_agrees
     assert len(led.failures) == 3  # lost, unexpected dead, vanished poison
     assert led.stale_lags == {5: 1} and led.stale_reason() == "lag 5: 1 (max 4)"
+    assert led.dead_sources == {TRAJECTORIES: ["3-0"], SAMPLES: ["4-0"]}
+    assert led.trained_ids == {"p0/0": 1} and led.trained_unknown == set()
+
+
+def test_a_trained_id_no_sample_carries_fails_and_without_a_marker_every_dead_is_unexpected():
+    dumps = {
+        PROMPTS: dump([]),
+        RESETS: dump([]),
+        TRAJECTORIES: dump([]),
+        SAMPLES: dump(
+            [encode(make_sample("a")), poison_payload(SAMPLES, 0)],
+            dead=[("2-0", poison_payload(SAMPLES, 0), "decode:bad_msgpack: x")],
+        ),
+    }
+    records = [{"event": "update", "step": 1, "sample_ids": ["a", "ghost"]}]
+    led = make_ledger(dumps, records, (1, {"a", "ghost"}), 2)
+    assert led.trained_unknown == {"ghost"} and led.trained == 2
+    assert led.unexpected_dead == ["samples: decode:bad_msgpack: x"] and led.dead_poison == 0
+    assert led.failures == [
+        "1 trained ids no sample carries",
+        "1 dead-letter entries are not injected poison",
+    ]
 
 
 def test_trained_history_keeps_only_what_the_final_weights_hold():

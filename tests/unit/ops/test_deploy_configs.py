@@ -2,8 +2,8 @@
 
 Each TOML under ops/configs and ops/deploy/configs is read the way the processes read it
 (`protocol.process.load_config` for `[learner]`, `[actor]`, `[estimator]` with `[run]` and
-`[redis]`; `from_mapping` for `[launch]`), its task spec is built, and the three processes
-must agree on the task. The Kubernetes files and the Prometheus config must be valid YAML
+`[redis]`; `launch_table` for `[launch]`), its task spec is built, and the three processes
+must agree on the task; each shipped config states the run-wide facts once, in `[run]`. The Kubernetes files and the Prometheus config must be valid YAML
 of the expected shape, and everything the kustomization names must exist.
 """
 
@@ -19,9 +19,11 @@ from actors.estimator import EstimatorConfig
 from actors.tasks.base import load_task
 from learner.config import LearnerConfig
 from ops.launch import LaunchConfig
+from ops.run_setup import base_model, launch_table
 from ops.tiny_policy.bootstrap import BootstrapConfig
 from protocol.config import from_mapping, load_toml
 from protocol.process import common_parser, load_config
+from protocol.run import FACTS
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "ops" / "deploy"
@@ -51,13 +53,28 @@ def test_config_loads_through_the_typed_configs(path, monkeypatch):
         tasks[name] = (cfg.task, cfg.task_options)
     assert len(set(map(repr, tasks.values()))) == 1, f"processes disagree on the task: {tasks}"
     if "launch" in data:
-        launch = from_mapping(LaunchConfig, data["launch"], "launch")
-        if launch.model == "bootstrap":  # the base policy is trained on the run's task
+        model = base_model(data)
+        launch = from_mapping(LaunchConfig, launch_table(data, {}, model), "launch")
+        if model == "bootstrap":  # the base policy is trained on the run's task
             boot = from_mapping(BootstrapConfig, launch.bootstrap, "launch.bootstrap")
             task, options = tasks["learner"]
             assert load_task(task).name == load_task(boot.task_spec).name
             trained = boot.task_options()
             assert {k: trained[k] for k in options} == options, (options, trained)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.relative_to(ROOT).as_posix())
+def test_run_wide_facts_are_stated_once_in_run(path):
+    data = load_toml(path)
+    run = data["run"]
+    assert {"model", "task", "sampling"} <= set(run), sorted(run)
+    for fact, targets in FACTS.items():
+        for target in targets:
+            *tables, leaf = target.split(".")
+            table = data
+            for name in tables:
+                table = table.get(name, {})
+            assert leaf not in table, f"{target} restates run.{fact}"
 
 
 def test_gpu_example_is_a_gpu_run():

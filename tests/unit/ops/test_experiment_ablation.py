@@ -148,20 +148,22 @@ def test_pivot_map_cells_set_the_task_everywhere_and_name_their_runs():
     assert len(study.run_arms()) == 2 * 4
     sets = studies.arm_sets("gpo-group@L16-d2")
     assert sets["learner.advantage"] == '"group"'
-    options = '{ min_steps = 16, max_steps = 16, pivot_digits = 2, pivot_position = "random" }'
-    assert sets["learner.task_options"] == sets["actor.task_options"] == options
-    assert sets["estimator.task_options"] == options
-    assert sets["launch.bootstrap"].startswith('{ task = "pivot", min_steps = 16')
-    assert sets["actor.rollout.max_new_tokens"] == str(12 * 16 + 8)
-    # every cell's fields parse as the processes read them
-    from protocol.config import parse_set_value
+    # what each role and the base policy's bootstrap read, once [run] is expanded
+    from ops.run_setup import bootstrap_fields
+    from protocol.config import apply_sets, load_toml
+    from protocol.run import expand_run
 
-    assert parse_set_value(options) == {
-        "min_steps": 16,
-        "max_steps": 16,
-        "pivot_digits": 2,
-        "pivot_position": "random",
-    }
+    pivot = ab.ROOT / "ops" / "configs" / "pivot.toml"
+    data = apply_sets(load_toml(pivot), [f"{k}={v}" for k, v in sets.items()])
+    options = {"min_steps": 16, "max_steps": 16, "pivot_digits": 2, "pivot_position": "random"}
+    roles = expand_run(data)
+    for role in ("learner", "actor", "estimator"):
+        assert roles[role]["task"] == "pivot" and roles[role]["task_options"] == options, role
+    for role in ("actor", "estimator"):
+        assert roles[role]["rollout"]["max_new_tokens"] == 12 * 16 + 8
+    assert roles["learner"]["eval"]["max_new_tokens"] == 12 * 16 + 8
+    boot = bootstrap_fields(data["run"], data.get("launch", {}).get("bootstrap", {}))
+    assert boot == {"task": "pivot", **options}
 
 
 def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_path, monkeypatch):

@@ -28,11 +28,14 @@ def test_the_shipped_configs_validate(config):
     ("flag", "message"),
     [
         ("nosuch.key=1", "unknown section(s) nosuch"),
-        ("learner.lr=abc", "learner.lr: expected float"),
+        ("learner.ppo.lr=abc", "learner.ppo.lr: expected float"),
         ("learner.nokey=1", "[learner] unknown key(s): nokey"),
         ("actor.rollout.nokey=1", "[actor.rollout] unknown key(s): nokey"),
         ('estimator.mc.budget="zz"', "estimator.mc.budget: must be one of"),
-        ("run.name=1", "[run] takes only id"),
+        ("run.name=1", "[run] unknown key(s): name"),
+        # one fact, one place: a section may not contradict [run]
+        ('actor.task="pivot"', "actor.task = 'pivot' contradicts run.task = 'arithmetic'"),
+        ('launch.model="x"', "launch.model is now run.model"),
         # across roles: an actor lagging more than the learner accepts makes stale samples
         ("actor.max_policy_lag=9", "actor.max_policy_lag (9) exceeds learner.max_policy_lag (4)"),
         # producers stop at the limit: 5 unacked updates of 64 samples would never arrive

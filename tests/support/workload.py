@@ -1,8 +1,10 @@
-"""Produce test messages and account for them: produced vs processed ids, pending, dead.
+"""The transport fault tests' workload: test prompts written to stream `in`, what came out of
+`out`, pending and dead; and the worker process that turns one into the other.
 
-`Ledger.report()` gives lost (produced, never processed and not dead-lettered) and twice
-(processed more than once, counted before any deduplication) so each fault test can assert
-exactly what RELIABILITY.md promises.
+`Workload.report()` gives lost (produced, never processed and not dead-lettered) and twice
+(processed more than once, counted before any deduplication: `ops.ledger.repeated`) so each
+fault test can assert exactly what RELIABILITY.md promises. The system's own books, over its
+four work streams, are `ops.ledger.Ledger`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from ops.ledger import repeated
 from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.messages import Prompt
@@ -46,7 +49,7 @@ class Report:
     dead: list[dict]
 
 
-class Ledger:
+class Workload:
     """Everything produced into `in` and everything that came out of `out`."""
 
     def __init__(self, client, run: str = "t"):
@@ -94,8 +97,7 @@ class Ledger:
             with contextlib.suppress(Exception):  # hostile payloads have no id
                 dead_ids.add(decode(d["raw"]).id)
         lost = set(self.produced) - set(processed) - dead_ids
-        twice = {k: v for k, v in processed.items() if v > 1}
-        return Report(lost=lost, twice=twice, processed=processed, dead=dead)
+        return Report(lost=lost, twice=repeated(processed), processed=processed, dead=dead)
 
     def wait_processed(self, ids, timeout: float) -> bool:
         want = set(ids)

@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 from actors.tasks.base import TaskPrompt
-from ops.evaluate import EvalArgs, evaluate, load_policy, main
+from ops.heldout import EvalArgs, evaluate, load_policy, main
 
-TASK = "tests.unit.ops.test_eval:DigitTask"
+TASK = "tests.unit.ops.test_heldout:DigitTask"
 
 
 @dataclass
@@ -111,12 +111,14 @@ def test_an_adapter_for_other_modules_is_refused(tiny_model_dir, tmp_path, capsy
 
 
 def test_a_checkpoints_alpha_comes_from_its_runs_config(tmp_path):
-    from ops.evaluate import _run_lora_alpha
+    from ops.heldout import _run_lora_alpha
 
     config = tmp_path / "demo.toml"
-    config.write_text("[learner]\nlora_rank = 8\nlora_alpha = 32.0\n")
+    config.write_text("[learner.lora]\nrank = 8\nalpha = 32.0\n")
     run = tmp_path / "runs" / "r1"
     (run / "learner" / "step-000002").mkdir(parents=True)
     (run / "launch.json").write_text(f'{{"config": "{config}"}}')
     assert _run_lora_alpha(run / "learner" / "step-000002") == 32.0
     assert _run_lora_alpha(tmp_path / "elsewhere" / "step-1") == 16.0  # the learner default
+    config.write_text("[learner]\nlora_rank = 8\nlora_alpha = 24.0\n")  # a run of before
+    assert _run_lora_alpha(run / "learner" / "step-000002") == 24.0

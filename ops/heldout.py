@@ -220,8 +220,10 @@ def checkpoint_lora_config(weights: dict[str, torch.Tensor], alpha: float) -> di
 
 def _run_lora_alpha(step_dir: Path) -> float:
     """alpha from the launch config of the run a checkpoint belongs to
-    (`runs/<id>/learner/step-<n>` -> `runs/<id>/launch.json`), else the learner default."""
-    from learner.config import LearnerConfig
+    (`runs/<id>/learner/step-<n>` -> `runs/<id>/launch.json`: `[learner.lora] alpha`, or
+    `[learner] lora_alpha` in the configs of runs made before the learner's tables), else the
+    learner default."""
+    from learner.config import LoraSettings
 
     launch = step_dir.parent.parent / "launch.json"
     if launch.is_file():
@@ -229,10 +231,11 @@ def _run_lora_alpha(step_dir: Path) -> float:
         if config.is_file():
             with open(config, "rb") as f:
                 learner = tomllib.load(f).get("learner", {})
-            if "lora_alpha" in learner:
-                return float(learner["lora_alpha"])
-    alpha = LearnerConfig.__dataclass_fields__["lora_alpha"].default
-    print(f"--adapter {step_dir}: no run config found; lora_alpha {alpha}", file=sys.stderr)
+            for alpha in (learner.get("lora", {}).get("alpha"), learner.get("lora_alpha")):
+                if alpha is not None:
+                    return float(alpha)
+    alpha = LoraSettings.alpha
+    print(f"--adapter {step_dir}: no run config found; lora alpha {alpha}", file=sys.stderr)
     return float(alpha)
 
 
