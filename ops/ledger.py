@@ -40,6 +40,7 @@ from redis.exceptions import ResponseError
 
 from protocol.codec import ProtocolError, decode
 from protocol.consumer import FIELD
+from protocol.messages import Prompt, ResetRequest, Sample, Trajectory
 from protocol.streams import (
     GROUPS,
     PROMPTS,
@@ -50,6 +51,9 @@ from protocol.streams import (
     Keys,
     is_nogroup,
 )
+
+KINDS = {PROMPTS: Prompt, RESETS: ResetRequest, TRAJECTORIES: Trajectory, SAMPLES: Sample}
+"""The message type of each work stream."""
 
 
 @dataclass
@@ -297,7 +301,7 @@ def make_ledger(
         poison_missing=sorted(injected - dead - in_flight),
         checkpoint_agrees=checkpoint_agrees(records, checkpoint),
         trained_ids=history,
-        trained_unknown=set(history) - set(by_id(dumps[SAMPLES])),
+        trained_unknown=set(history) - set(by_id(dumps[SAMPLES], SAMPLES)),
         dead_sources={
             stream: [d["source_id"] for d in dump.dead]
             for stream, dump in dumps.items()
@@ -317,7 +321,7 @@ def account(
 ) -> dict[str, Hop]:
     """Each stream's decodable ids: passed on, else in flight, else dead, else stale, else
     surplus, else lost."""
-    messages = {stream: by_id(dump) for stream, dump in dumps.items()}
+    messages = {stream: by_id(dump, stream) for stream, dump in dumps.items()}
     trajectories, samples = set(messages[TRAJECTORIES]), set(messages[SAMPLES])
 
     def passed(stream: str, mid: str, msg) -> bool:
@@ -347,16 +351,19 @@ def account(
     return hops
 
 
-def by_id(dump: StreamDump) -> dict[str, list]:
-    """The stream's decodable entries grouped by message id: {id: [(entry id, message)]}.
-    Undecodable entries are poison: dead-lettered or in flight, accounted apart."""
+def by_id(dump: StreamDump, stream: str) -> dict[str, list]:
+    """The stream's entries that decode to its own message type, grouped by message id:
+    {id: [(entry id, message)]}. Undecodable entries and messages of another type (both
+    dead-lettered by the consumer, `decode:` / `wrong_type:`) are poison: dead-lettered or
+    in flight, accounted apart."""
     out: dict[str, list] = {}
     for eid, raw in dump.entries:
         try:
             msg = decode(raw)
         except ProtocolError:
             continue
-        out.setdefault(msg.id, []).append((eid, msg))
+        if isinstance(msg, KINDS[stream]):
+            out.setdefault(msg.id, []).append((eid, msg))
     return out
 
 

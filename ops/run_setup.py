@@ -6,7 +6,6 @@ move it aside, or refuse).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import time
@@ -16,11 +15,10 @@ from protocol.config import (
     ConfigError,
     MetricsConfig,
     RedisConfig,
-    apply_sets,
     from_mapping,
     parse_set_value,
 )
-from protocol.run import expand_run
+from protocol.run import with_run_facts
 
 
 def prior_state(run_dir: Path) -> str | None:
@@ -96,11 +94,10 @@ def validate_roles(data: dict, sets: list[str], model: str) -> None:
     placeholders = ['learner.checkpoint_dir="checkpoints"']
     if model:
         placeholders.append(f"run.model={json.dumps(model)}")
-    data = apply_sets(copy.deepcopy(data), [*sets, *placeholders])
+    data = with_run_facts(data, [*sets, *placeholders])
     unknown = sorted(set(data) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
-    data = expand_run(data)
     redis_cfg = from_mapping(
         RedisConfig, {"url": "redis://127.0.0.1:6379/0", **data.get("redis", {})}, "redis"
     )

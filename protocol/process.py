@@ -32,12 +32,11 @@ from protocol.config import (
     ConfigError,
     MetricsConfig,
     RedisConfig,
-    apply_sets,
     from_mapping,
     load_toml,
 )
 from protocol.metrics import Metrics, TransportMetrics
-from protocol.run import expand_run
+from protocol.run import with_run_facts
 from protocol.streams import Keys, Link, LinkClosed, RedisFatalError, run_async
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def common_parser(prog: str, description: str | None) -> argparse.ArgumentParser
 def load_config(args: argparse.Namespace, section: str, cls: type[T]) -> tuple[T, RedisConfig]:
     """The process's typed config and the Redis config, from file, then --set, then flags.
     Also settles `args.metrics_host`: the flag, else [metrics] host, else loopback."""
-    data = expand_run(apply_sets(load_toml(args.config) if args.config else {}, args.set))
+    data = with_run_facts(load_toml(args.config) if args.config else {}, args.set)
     # Other processes' sections may share the file; only this one, [run] and [redis] matter.
     redis_data = dict(data.get("redis", {}))
     run = data.get("run", {})

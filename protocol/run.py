@@ -13,7 +13,8 @@
 process builds its typed config, so an actor, an estimator and a learner read one task and
 sample alike. A section that states the same key itself must agree with [run]; a different
 value is a ConfigError that names both (one fact, one place). Facts [run] does not state are
-left to the sections, as before. The learner's evaluation budget
+left to the sections, as before. On a command line (`with_run_facts`), `--set run.X=...`
+changes the fact for every section, and `--set actor.X=...` overrides one section. The learner's evaluation budget
 (`learner.eval.max_new_tokens`) is its own: a run may evaluate with shorter completions than
 it trains on. `model = "bootstrap"` is resolved by `gpo launch` (it builds the tiny built-in
 policy); a process started on its own needs a model directory.
@@ -25,7 +26,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.config import ConfigError, from_mapping
+from protocol.config import ConfigError, apply_sets, from_mapping
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,17 @@ def expand_run(data: dict[str, Any]) -> dict[str, Any]:
                 )
             table[leaf] = value
     return data
+
+
+def with_run_facts(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """A run config as a process reads it: the `--set` items of `[run]` applied, `[run]`'s
+    facts written into the sections (`expand_run`), then the other `--set` items. So a
+    `--set run.task=...` reaches every section, while an explicit `--set actor.X=...` (or
+    `gpo-actor --model`) overrides that one section's key: the file states each fact once,
+    a command line may still override one process."""
+    run_sets = [item for item in sets if item.partition("=")[0].startswith("run.")]
+    others = [item for item in sets if item not in run_sets]
+    return apply_sets(expand_run(apply_sets(copy.deepcopy(data), run_sets)), others)
 
 
 def _lookup(table: dict, dotted: str) -> tuple[bool, Any]:

@@ -111,7 +111,7 @@ def run_trial(
         "--run-id",
         run_id,
         "--set",
-        f"actor.engine.model={json.dumps(model)}",
+        f"run.model={json.dumps(model)}",
         "--set",
         f"redis.backlog_limits.{TRAJECTORIES}={TRAJECTORY_BACKLOG}",
     ]

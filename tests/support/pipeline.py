@@ -351,4 +351,6 @@ def message_ids(r, stream: str) -> set[str]:
 
 def message_ids_counted(r, stream: str) -> Counter:
     """Message ids of the decodable entries of `stream`, with how many entries carry each."""
-    return Counter({i: len(entries) for i, entries in by_id(dump_stream(r, KEYS, stream)).items()})
+    return Counter(
+        {i: len(entries) for i, entries in by_id(dump_stream(r, KEYS, stream), stream).items()}
+    )

@@ -135,7 +135,7 @@ def test_ledger_sorts_every_id_into_exactly_one_outcome():
 def test_a_trained_id_no_sample_carries_fails_and_without_a_marker_every_dead_is_unexpected():
     dumps = {
         PROMPTS: dump([]),
-        RESETS: dump([]),
+        RESETS: dump([encode(prompt(7))]),  # a message of another stream's type: poison too
         TRAJECTORIES: dump([]),
         SAMPLES: dump(
             [encode(make_sample("a")), poison_payload(SAMPLES, 0)],
@@ -145,6 +145,7 @@ def test_a_trained_id_no_sample_carries_fails_and_without_a_marker_every_dead_is
     records = [{"event": "update", "step": 1, "sample_ids": ["a", "ghost"]}]
     led = make_ledger(dumps, records, (1, {"a", "ghost"}), 2)
     assert led.trained_unknown == {"ghost"} and led.trained == 2
+    assert led.hops[RESETS].produced == 0 and led.lost == 0
     assert led.unexpected_dead == ["samples: decode:bad_msgpack: x"] and led.dead_poison == 0
     assert led.failures == [
         "1 trained ids no sample carries",

@@ -10,7 +10,7 @@ from learner.config import LearnerConfig
 from ops.run_setup import base_model, bootstrap_fields, launch_table
 from protocol.config import ConfigError
 from protocol.process import common_parser, load_config
-from protocol.run import expand_run
+from protocol.run import expand_run, with_run_facts
 
 OPTIONS = {"min_steps": 8, "max_steps": 8, "pivot_digits": 1, "pivot_position": "late"}
 RUN = {
@@ -117,3 +117,17 @@ def test_the_base_policy_is_bootstrapped_on_the_run_task():
         launch_table({"launch": {"model": "bootstrap"}})
     # with a model directory there is nothing to bootstrap
     assert launch_table(data, {}, "/dir") == {}
+
+
+def test_on_a_command_line_run_sets_reach_every_section_and_section_sets_override_one():
+    data = {"run": {"task": "pivot", "model": "/m"}, "actor": {"batch_messages": 3}}
+    out = with_run_facts(data, ["run.task=arithmetic", 'actor.engine.model="/local/m"'])
+    assert (
+        out["learner"]["task"] == out["actor"]["task"] == out["estimator"]["task"] == "arithmetic"
+    )
+    assert out["actor"]["engine"]["model"] == "/local/m"  # this process's own override
+    assert out["estimator"]["engine"]["model"] == out["learner"]["model"] == "/m"
+    assert data["run"]["task"] == "pivot"  # the input is not changed
+    # the file itself must state each fact once
+    with pytest.raises(ConfigError, match=r"actor.task = 'x' contradicts run.task = 'pivot'"):
+        with_run_facts({"run": {"task": "pivot"}, "actor": {"task": "x"}}, [])
