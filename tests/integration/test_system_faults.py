@@ -555,7 +555,7 @@ def test_13_zombie_estimator_late_output_recognised_as_duplicate_and_dropped(
     assert pipeline.message_ids_counted(r, SAMPLES)[want] == 2  # it was published twice ...
     stop_cleanly(system)
     books = check_books(r, system)
-    assert books.trained[want] == 1  # ... and trained once
+    assert books.trained_ids[want] == 1  # ... and trained once
 
 
 # 15 ------------------------------------------------------------------------------------
