@@ -50,15 +50,20 @@ def apply_sets(data: dict[str, Any], items: list[str]) -> dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or "." not in key:
             raise ConfigError(f"--set expects SECTION.KEY=VALUE, got {item!r}")
-        value = parse_set_value(raw)
         *path, leaf = key.split(".")
-        table = data
-        for part in path:
-            table = table.setdefault(part, {})
-            if not isinstance(table, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a table")
-        table[leaf] = value
+        nested_table(data, path, f"--set {key}")[leaf] = parse_set_value(raw)
     return data
+
+
+def nested_table(data: dict[str, Any], path: list[str], where: str) -> dict[str, Any]:
+    """The table at `path` in `data` (`["actor", "rollout"]`), made where missing; a value
+    in the way is a ConfigError naming `where`."""
+    table = data
+    for part in path:
+        table = table.setdefault(part, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: {part!r} is not a table")
+    return table
 
 
 def from_mapping(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:

@@ -14,9 +14,9 @@ process builds its typed config, so an actor, an estimator and a learner read on
 sample alike. A section that states the same key itself must agree with [run]; a different
 value is a ConfigError that names both (one fact, one place). Facts [run] does not state are
 left to the sections, as before. On a command line (`with_run_facts`), `--set run.X=...`
-changes the fact for every section, and `--set actor.X=...` overrides one section. The learner's evaluation budget
-(`learner.eval.max_new_tokens`) is its own: a run may evaluate with shorter completions than
-it trains on. `model = "bootstrap"` is resolved by `gpo launch` (it builds the tiny built-in
+changes the fact for every section, and `--set actor.X=...` overrides one section. The
+learner's evaluation budget (`learner.eval.max_new_tokens`) is its own: a run may evaluate
+with shorter completions than it trains on. `model = "bootstrap"` is resolved by `gpo launch` (it builds the tiny built-in
 policy); a process started on its own needs a model directory.
 """
 
@@ -26,7 +26,7 @@ import copy
 from dataclasses import dataclass, field
 from typing import Any
 
-from protocol.config import ConfigError, apply_sets, from_mapping
+from protocol.config import ConfigError, apply_sets, from_mapping, nested_table
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,7 @@ def expand_run(data: dict[str, Any]) -> dict[str, Any]:
             continue
         for target in targets:
             *path, leaf = target.split(".")
-            table = data
-            for part in path:
-                table = table.setdefault(part, {})
-                if not isinstance(table, dict):
-                    raise ConfigError(f"{'.'.join(path)} must be a table")
+            table = nested_table(data, path, f"run.{fact} -> {target}")
             if leaf in table and table[leaf] != value:
                 raise ConfigError(
                     f"{target} = {table[leaf]!r} contradicts run.{fact} = {value!r}: a run-wide "
