@@ -29,6 +29,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from protocol.codec import ProtocolError, decode, encode
 from protocol.consumer import FIELD
 from protocol.messages import AdapterPointer
@@ -80,7 +82,7 @@ class Adapter:
     """A verified adapter version, ready for `Engine.load_adapter`."""
 
     pointer: AdapterPointer
-    safetensors_bytes: bytearray
+    safetensors_bytes: memoryview | bytearray
     """The safetensors file, in the buffer it was received into (writable: the engine
     views its tensors in place)."""
 
@@ -145,8 +147,9 @@ def chunk_cuts(blob: bytes | bytearray, chunk_bytes: int = CHUNK_BYTES) -> list[
 class AdapterPublisher:
     """Publishes the versions of one run's adapter (the learner holds one).
 
-    Each version's chunks (`chunk_cuts`) are hashed; a chunk whose bytes equal a chunk of the
-    version before is not written again: the pointer names the key that holds it, and that
+    Each version's chunks (`chunk_cuts`) are compared with the version before (its bytes are
+    kept: the learner holds one adapter more); a chunk whose range and bytes are unchanged is
+    not written again: the pointer names the key that holds it, and that
     key's score in the chunk index moves up to the new version, so it outlives the versions
     it was written for. Keys are checked to exist before they are reused (a Redis restarted
     without its data would otherwise leave every later version incomplete)."""
@@ -163,8 +166,8 @@ class AdapterPublisher:
     ):
         self.link, self.keys, self.base_model = link, keys, base_model
         self.chunk_bytes, self.keep, self.metrics = chunk_bytes, keep, metrics
-        self._last: dict[str, str] = {}
-        """sha256 of each chunk of the last version published -> the key that holds it."""
+        self._last: tuple[memoryview, dict[tuple[int, int], str]] | None = None
+        """The last version published: its bytes, and each chunk's range -> the key holding it."""
 
     async def publish(
         self, version: int, blob: bytes | bytearray, lora_config: dict
@@ -174,10 +177,12 @@ class AdapterPublisher:
         start = time.perf_counter()
         keys, whole = self.keys, memoryview(blob)  # chunks are views: nothing copied to send
         cuts = chunk_cuts(blob, self.chunk_bytes)
-        digests = [hashlib.sha256(whole[a:b]).hexdigest() for a, b in cuts]
-        reusable = await self._existing({d: k for d, k in self._last.items() if d in digests})
+        # hashed in a thread (hashlib releases the GIL): the process's loop keeps serving
+        # compared and hashed in a thread (numpy and hashlib release the GIL): the loop serves
+        digest, same = await asyncio.to_thread(_compare, whole, cuts, self._last)
+        reusable = await self._existing(same)
         chunk_keys = [
-            reusable.get(d) or keys.adapter_chunk(version, i) for i, d in enumerate(digests)
+            reusable.get(cut) or keys.adapter_chunk(version, i) for i, cut in enumerate(cuts)
         ]
         # indexed before written: a crash in between leaves no chunk that nobody would delete
         await self.link.call(
@@ -195,7 +200,7 @@ class AdapterPublisher:
             version=version,
             base_model=self.base_model,
             lora_config=lora_config,
-            sha256=hashlib.sha256(blob).hexdigest(),
+            sha256=digest,
             size=len(blob),
             chunk_keys=chunk_keys,
         )
@@ -205,7 +210,7 @@ class AdapterPublisher:
                 keys.stream(WEIGHTS), {FIELD: raw}, maxlen=WEIGHTS_STREAM_MAXLEN, approximate=True
             )
         )
-        self._last = dict(zip(digests, chunk_keys, strict=True))
+        self._last = (whole, dict(zip(cuts, chunk_keys, strict=True)))
         await _delete_old_versions(self.link, keys, version - self.keep)
         if self.metrics:
             self.metrics.publish_seconds.observe(time.perf_counter() - start)
@@ -213,8 +218,8 @@ class AdapterPublisher:
             self.metrics.written_bytes.inc(written)
         return pointer
 
-    async def _existing(self, candidates: dict[str, str]) -> dict[str, str]:
-        """The entries of `candidates` (digest -> key) whose key exists in Redis."""
+    async def _existing(self, candidates: dict[tuple[int, int], str]) -> dict[tuple[int, int], str]:
+        """The entries of `candidates` (chunk range -> key) whose key exists in Redis."""
         if not candidates:
             return {}
         names = list(candidates.values())
@@ -227,6 +232,23 @@ class AdapterPublisher:
 
         found = await self.link.call(exists)
         return {d: k for (d, k), n in zip(candidates.items(), found, strict=True) if n}
+
+
+def _compare(
+    whole: memoryview,
+    cuts: list[tuple[int, int]],
+    last: tuple[memoryview, dict[tuple[int, int], str]] | None,
+) -> tuple[str, dict[tuple[int, int], str]]:
+    """sha256 of the blob, and the chunks (range -> key) whose range and bytes are those of a
+    chunk of the last version."""
+    same = {}
+    if last is not None:
+        before, keys = last
+        now, then = np.frombuffer(whole, np.uint8), np.frombuffer(before, np.uint8)
+        for a, b in cuts:
+            if (a, b) in keys and b <= len(then) and np.array_equal(now[a:b], then[a:b]):
+                same[(a, b)] = keys[(a, b)]
+    return hashlib.sha256(whole).hexdigest(), same
 
 
 async def publish_adapter(
@@ -272,7 +294,7 @@ async def fetch_adapter(
     has it, else from Redis (`read_chunks`). AdapterRejected if it fails verification."""
     start = time.perf_counter()
 
-    async def from_redis() -> bytearray:
+    async def from_redis() -> memoryview:
         blob = await read_chunks(link, pointer, concurrency, chunks_per_call)
         if metrics:
             metrics.fetched_bytes.inc(len(blob))
@@ -297,18 +319,19 @@ async def fetch_adapter(
 
 async def read_chunks(
     link: Link, pointer: AdapterPointer, concurrency: int = 2, chunks_per_call: int = 2
-) -> bytearray:
+) -> memoryview:
     """Read the chunks of `pointer` into one buffer and verify it (size, sha256, layout).
 
     Round trips of `chunks_per_call` pipelined GETs, at most `concurrency` in flight; their
     replies are taken in order, each chunk copied once into place and hashed in a thread
-    (hashlib releases the GIL) while later round trips are on the wire."""
+    while later round trips are on the wire. The buffer is a writable memoryview (of a
+    numpy array, allocated without zeroing)."""
     version = pointer.version
     calls = [
         pointer.chunk_keys[i : i + chunks_per_call]
         for i in range(0, len(pointer.chunk_keys), chunks_per_call)
     ]
-    blob = bytearray(pointer.size)
+    blob = np.empty(pointer.size, dtype=np.uint8)  # not zeroed: every byte is written below
     view = memoryview(blob)
     sha = hashlib.sha256()
     filled = missing = 0
@@ -326,7 +349,7 @@ async def read_chunks(
         while in_flight:
             chunks = await in_flight.popleft()
             send_next()
-            begin = filled
+            pieces = []
             for chunk in chunks:
                 if chunk is None:
                     missing += 1
@@ -336,9 +359,12 @@ async def read_chunks(
                             "size_mismatch",
                             f"version {version}: more than {pointer.size} bytes",
                         )
-                    view[filled : filled + len(chunk)] = chunk
+                    pieces.append((filled, chunk))
                     filled += len(chunk)
-            if filled - begin >= THREAD_HASH_BYTES:
+            begin = pieces[0][0] if pieces else filled
+            for offset, chunk in pieces:  # a memcpy each, under the GIL: fastest here
+                view[offset : offset + len(chunk)] = chunk
+            if filled - begin >= THREAD_HASH_BYTES:  # hashlib releases the GIL
                 await asyncio.to_thread(sha.update, view[begin:filled])
             else:  # a thread hop costs more than hashing a few KiB
                 sha.update(view[begin:filled])
@@ -360,7 +386,7 @@ async def read_chunks(
         layout(blob)  # the header only: the engine's parse views the tensors in place
     except ValueError as e:
         raise AdapterRejected("bad_safetensors", f"version {version}: {e}") from None
-    return blob
+    return view
 
 
 async def _get_all(client, keys: list[str]) -> list[bytes | None]:

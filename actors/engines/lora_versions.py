@@ -54,17 +54,17 @@ TORCH_DTYPES = {
 }
 
 
-def parse_adapter_weights(buf: bytes | bytearray) -> dict[str, torch.Tensor]:
+def parse_adapter_weights(buf: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
     """The tensors of the safetensors file `buf`; ValueError if it is not one.
 
-    The tensors are views into `buf` when it is writable (a bytearray, as `fetch_adapter`
-    returns): nothing is copied. Read-only bytes are copied once, into a buffer torch may
+    The tensors are views into `buf` when it is writable (as what `fetch_adapter` returns):
+    nothing is copied. Read-only bytes are copied once, into a buffer torch may
     share."""
     try:
         spans = layout(buf)
     except ValueError as err:
         raise ValueError(f"adapter weights are not valid safetensors: {err}") from err
-    if not isinstance(buf, bytearray):
+    if memoryview(buf).readonly:
         buf = bytearray(buf)
     tensors = {}
     for name, span in spans.items():

@@ -1,11 +1,12 @@
 """Bytes per adapter version: what one learner update makes Redis store and every host read.
 
-    gpo bench adapter-bytes [--model DIR] [--config ops/configs/demo.toml] [--updates 6]
+    gpo bench adapter-bytes [--model DIR | --shape smollm2] [--config ops/configs/demo.toml] [--updates 6]
                             [--rank R] [--targets q_proj,v_proj,...] [--batch-size B]
                             [--max-new-tokens T] [--write-results]
 
 The learner's own path, on one private redis-server: the base policy (`gpo bootstrap`'s,
-cached, unless `--model`) with a fresh LoRA of the config's `[learner.lora]` (or `--rank`,
+cached, unless `--model`; `--shape smollm2`: a random Llama of SmolLM2-135M's shape over the
+tiny character vocabulary, for an adapter of realistic size) with a fresh LoRA of the config's `[learner.lora]` (or `--rank`,
 `--targets`), the batch `gpo bench learner` builds (samples made as actors and estimators
 make them), `--updates` PPO updates (`learner.train.ppo_update` with the config's loss and
 optimizer), and after each one `Policy.export_adapter` and `AdapterPublisher.publish`, as
@@ -36,6 +37,12 @@ from protocol.streams import Keys, Link
 
 MiB = 2**20
 DTYPES = ("fp32", "bf16")
+SHAPES = {
+    "smollm2": dict(
+        hidden_size=576, num_layers=30, num_heads=9, num_kv_heads=3, intermediate_size=1536
+    )
+}
+"""Random stand-ins of a real model's shape (`--shape`): the LoRA's size is the real one's."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = parser("gpo bench adapter-bytes", __doc__)
     p.add_argument("--model", help="base model directory (default: gpo bootstrap's, cached)")
+    p.add_argument("--shape", choices=sorted(SHAPES), help="a random model of this shape instead")
     p.add_argument("--config", default=str(DEMO_CONFIG), help="TOML with [learner], [actor]")
     p.add_argument("--updates", type=int, default=6, help="PPO updates per publish dtype")
     p.add_argument("--rank", type=int, help="override learner.lora.rank")
@@ -164,6 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.updates < 2:
         p.error("--updates must be at least 2 (the first publish writes everything)")
+    if args.shape and args.model:
+        p.error("--model and --shape exclude each other")
     load_configs(args, args.model or "bootstrap")  # a config mistake: one line, before a build
 
     from actors.tasks.base import load_task
@@ -172,7 +182,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     boot = BootstrapConfig()
-    model = args.model or str(bootstrap(boot))
+    tmp = tempfile.TemporaryDirectory(prefix="gpo-adapter-bytes-")
+    if args.shape:
+        from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
+
+        shape = TinyModelConfig(**SHAPES[args.shape])
+        model = str(build_tiny_model_dir(Path(tmp.name) / args.shape, shape))
+    else:
+        model = args.model or str(bootstrap(boot))
     learner, rollout, estimator = load_configs(args, model)
     lora = learner.lora
     if args.rank:
@@ -183,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     task = load_task(boot.task_spec, **boot.task_options())
     samples = build_batch(model, task, learner, rollout, estimator)
     print(f"model {model}; {len(samples)} samples; LoRA rank {lora.rank} on {lora.target_modules}")
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp) / "redis", extra=("--maxmemory", "0")).start()
+    with tmp:
+        server = RedisServer(Path(tmp.name) / "redis", extra=("--maxmemory", "0")).start()
         try:
             rows = measure(build_policy, samples, learner, args.updates, server.url)
         finally:

@@ -229,7 +229,7 @@ def get_ceiling(port: int, readers: int, pipeline: int, seconds: float = 2.0) ->
 
 
 async def broadcast_case(
-    url: str, size_mib: int, readers: int, repeats: int, fetch: FetchConfig = DEFAULT_FETCH
+    url: str, size_mib: int, readers: int, repeats: int, settings: FetchConfig = DEFAULT_FETCH
 ) -> tuple[list[tuple[float, float, float, float]], float]:
     """Per-round (publish, fetch, broadcast, copy) seconds, and this process's peak RSS
     during the case (MiB)."""
@@ -251,11 +251,12 @@ async def broadcast_case(
             adapter = await fetch_adapter(
                 link,
                 pointer,
-                concurrency=fetch.concurrency,
-                chunks_per_call=fetch.chunks_per_call,
+                concurrency=settings.concurrency,
+                chunks_per_call=settings.chunks_per_call,
             )
             done = time.perf_counter()
-            if adapter.safetensors_bytes != blob:
+            got = np.frombuffer(adapter.safetensors_bytes, np.uint8)  # memcmp, not per item
+            if not np.array_equal(got, np.frombuffer(blob, np.uint8)):
                 raise AssertionError(f"reader got different bytes for version {version}")
             return seen, done  # the verified bytes are dropped here: memory stays bounded
 

@@ -208,7 +208,7 @@ async def adapter_fetch(url: str, size_mb: int, readers: int) -> dict[str, tuple
     fetched = await asyncio.gather(*(fetch_adapter(link, pointer) for link in links))
     secs = time.perf_counter() - start
     stop.set()
-    assert all(a.safetensors_bytes == blob for a in fetched)
+    assert all(bytes(a.safetensors_bytes) == blob for a in fetched)
     results["chunked 4 MiB"] = (secs, await sampler)
 
     # (b) one big value, each reader GETs it whole

@@ -80,7 +80,7 @@ def test_every_split_into_round_trips_gives_the_published_bytes(
         return pointer, got
 
     pointer, got = run(redis_server.url, go)
-    assert isinstance(got, bytearray) and got == data
+    assert not got.readonly and got == data
     assert len(pointer.chunk_keys) > 16
 
 

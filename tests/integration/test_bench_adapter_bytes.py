@@ -39,7 +39,7 @@ def test_main_prints_a_row_per_dtype(model, capsys):
     argv = ["--model", model, "--updates", "2", "--batch-size", "4", "--max-new-tokens", "6"]
     assert ab.main(argv) == 0
     out = capsys.readouterr().out
-    rows = [line.split() for line in out.splitlines() if line.startswith(("fp32 ", "bf16 "))]
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["fp32"], ["bf16"])]
     assert [r[0] for r in rows] == ["fp32", "bf16"], out
     assert all(r[-1] == "0.000" for r in rows)  # the unchanged republish
     assert "One version of this adapter" in out
