@@ -24,6 +24,7 @@ from actors.inference_process import inference_main
 from actors.rollout import RolloutConfig, request_for, total_tokens, trajectories_for
 from actors.tasks.base import Task
 from actors.weights import WeightsSync
+from protocol.adapters import FetchConfig
 from protocol.codec import DEFAULT_LIMITS, CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import Prompt, ResetRequest
@@ -53,8 +54,8 @@ class ActorConfig:
     """Take no new work while the loaded adapter trails the newest by more than this many versions."""
     lag_poll_seconds: float = 0.5
     """While lagging, seconds between retries to catch up."""
-    fetch_concurrency: int = 4
-    """Adapter chunks fetched at once."""
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    """How adapter versions are read from Redis and shared on the host (`[actor.fetch]`)."""
     max_reset_n: int = DEFAULT_LIMITS.max_reset_n
     """Most rollouts one reset request may ask for; a request for more is dead-lettered
     (`bad_value`). Keep it at least `estimator.n_reset`."""
@@ -138,7 +139,7 @@ async def run(cfg: ActorConfig, rt: Runtime, engine: Engine, task: Task, tokeniz
         rt.link, rt.keys, RESETS, GROUP_ACTORS, rt.name, rt.redis_cfg, rt.transport, limits
     )
     producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport, rt.stop)
-    weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch_concurrency)
+    weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch)
     m = ActorMetrics(rt.metrics)
     await prompts.ensure_group()
     await resets.ensure_group()

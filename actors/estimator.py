@@ -44,6 +44,7 @@ from actors.samples import (
 )
 from actors.tasks.base import Task
 from actors.weights import WeightsSync
+from protocol.adapters import FetchConfig
 from protocol.codec import CodecLimits, encode
 from protocol.consumer import Consumer, Delivery
 from protocol.messages import ResetRequest, Sample, Trajectory
@@ -86,8 +87,8 @@ class EstimatorConfig:
     another trajectory of the batch with the same s_m gets a reset request. On by default (it
     saves the reset rollouts' generation, `gpo bench gpo-overhead`); off, the actors draw
     fresh reset rollouts from s_m (the paper)."""
-    fetch_concurrency: int = 4
-    """Adapter chunks fetched at once."""
+    fetch: FetchConfig = field(default_factory=FetchConfig)
+    """How adapter versions are read from Redis and shared on the host (`[estimator.fetch]`)."""
 
     def __post_init__(self) -> None:
         if self.n_reset < 1 or self.batch_messages < 1:
@@ -231,7 +232,7 @@ async def run(cfg: EstimatorConfig, rt: Runtime, engine: Engine, task: Task, tok
         limits,
     )
     producer = Producer(rt.link, rt.keys, rt.redis_cfg, rt.transport, rt.stop)
-    weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch_concurrency)
+    weights = WeightsSync(rt.link, rt.keys, engine, rt.metrics, cfg.fetch)
     m = EstimatorMetrics(rt.metrics)
     await trajectories.ensure_group()
     log.info(

@@ -2,7 +2,8 @@
 
 Actors and estimators call `sync()` between batches: it fetches the newest published version
 (verified by size and sha256; a rejected version is counted and skipped, the engine keeps
-its adapter), loads it, and updates the version gauge and the info metric that carries the
+its adapter), through the host cache unless `fetch.host_cache = "off"` (one fetch per
+machine: `protocol.adapter_cache`), loads it, and updates the version gauge and the info metric that carries the
 sha256 prefix, so a dashboard shows that the rollout policy really changed. `lag()` is the
 number of versions the engine trails the newest pointer seen.
 """
@@ -13,21 +14,34 @@ import logging
 import time
 
 from actors.engines.base import Engine
-from protocol.adapters import AdapterFollower, AdapterMetrics, AdapterRejected, fetch_adapter
+from protocol.adapter_cache import HostCache
+from protocol.adapters import (
+    AdapterFollower,
+    AdapterMetrics,
+    AdapterRejected,
+    FetchConfig,
+    fetch_adapter,
+)
 from protocol.messages import AdapterPointer
 from protocol.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
+DEFAULT_FETCH = FetchConfig()
+
 
 class WeightsSync:
     """Keeps one engine on the newest verified adapter."""
 
-    def __init__(self, link, keys, engine: Engine, metrics: Metrics, fetch_concurrency: int = 4):
-        self.link, self.engine = link, engine
+    def __init__(
+        self, link, keys, engine: Engine, metrics: Metrics, fetch: FetchConfig = DEFAULT_FETCH
+    ):
+        self.link, self.engine, self.fetch = link, engine, fetch
         self.follower = AdapterFollower(link, keys)
         self.adapter_metrics = AdapterMetrics(metrics)
-        self.concurrency = fetch_concurrency
+        self.cache = (
+            HostCache.for_run(fetch.host_cache, link.cfg.url, keys.run_id) if link else None
+        )
         self.newest_seen = 0
         self.version = metrics.gauge(
             "policy_version", "Adapter version new requests run under (0 = base)."
@@ -59,7 +73,12 @@ class WeightsSync:
         start = time.perf_counter()
         try:
             adapter = await fetch_adapter(
-                self.link, pointer, concurrency=self.concurrency, metrics=self.adapter_metrics
+                self.link,
+                pointer,
+                concurrency=self.fetch.concurrency,
+                chunks_per_call=self.fetch.chunks_per_call,
+                cache=self.cache,
+                metrics=self.adapter_metrics,
             )
             await self.engine.load_adapter(
                 pointer.version, pointer.lora_config, adapter.safetensors_bytes

@@ -33,6 +33,10 @@ class LoraSettings:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
     )
     """Module names that get a LoRA adapter (lora_dropout is always 0)."""
+    publish_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """dtype the adapter is broadcast in: `bf16` halves the bytes each actor and estimator
+    fetches per version. The learner trains and checkpoints in fp32 either way; engines
+    cast what they load to their model's dtype."""
 
     def __post_init__(self) -> None:
         if self.rank < 1 or not self.alpha > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from actors.tasks.base import load_task
+from actors.tasks.base import load_task, with_tokenizer
 from learner.bisect import Suspects, delivery_allowance
 from learner.checkpoint import LearnerState, load_inflight, load_latest, load_lineage
 from learner.config import LearnerConfig, check_samples_room
@@ -65,7 +65,7 @@ async def learner(
     policy, optimizer, state = build_training(cfg, world)
     tokenizer = load_tokenizer(cfg)
     try:
-        task = load_task(cfg.task, **cfg.task_options)
+        task = with_tokenizer(load_task(cfg.task, **cfg.task_options), tokenizer)
     except ValueError as e:
         raise UserError(str(e)) from None
     async with Runtime(

@@ -26,7 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from learner.config import LearnerConfig
 from learner.logprobs import token_logprobs
 
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +91,11 @@ class Policy:
             yield
 
     def export_adapter(self) -> tuple[bytes, dict]:
-        """(safetensors bytes of the LoRA weights under peft key names, LoRA config dict)."""
+        """(safetensors bytes of the LoRA weights under peft key names, in
+        `lora.publish_dtype`; LoRA config dict)."""
+        dtype = _DTYPES[self.cfg.lora.publish_dtype]
         state = {
-            k: v.detach().to("cpu", torch.float32).contiguous()
+            k: v.detach().to("cpu", dtype).contiguous()
             for k, v in get_peft_model_state_dict(self.model).items()
         }
         return save_safetensors(state, metadata={"format": "pt"}), lora_config_dict(self.cfg)

@@ -5,7 +5,7 @@ channel instead of Redis (tests/unit/learner/test_loop.py)."""
 
 from __future__ import annotations
 
-from protocol.adapters import AdapterFollower, AdapterMetrics, AdapterPointer, publish_adapter
+from protocol.adapters import AdapterFollower, AdapterMetrics, AdapterPointer, AdapterPublisher
 from protocol.streams import Keys, Link
 
 
@@ -13,13 +13,8 @@ class WeightsChannel:
     """The weights stream of one run, as the learner writes it."""
 
     def __init__(self, link: Link, keys: Keys, base_id: str, keep: int, metrics: AdapterMetrics):
-        self.link, self.keys, self.base_id, self.keep, self.metrics = (
-            link,
-            keys,
-            base_id,
-            keep,
-            metrics,
-        )
+        self.link, self.keys = link, keys
+        self.publisher = AdapterPublisher(link, keys, base_id, keep=keep, metrics=metrics)
 
     async def newest(self) -> int:
         """The newest version on the stream (0: none), whoever published it."""
@@ -27,14 +22,6 @@ class WeightsChannel:
         return pointer.version if pointer else 0
 
     async def publish(self, version: int, blob: bytes, lora: dict) -> AdapterPointer:
-        """Write the adapter's chunks, then its pointer; keep the newest `keep` versions."""
-        return await publish_adapter(
-            self.link,
-            self.keys,
-            version,
-            blob,
-            lora,
-            self.base_id,
-            keep=self.keep,
-            metrics=self.metrics,
-        )
+        """Write the adapter's changed chunks, then its pointer; keep the newest `keep`
+        versions."""
+        return await self.publisher.publish(version, blob, lora)

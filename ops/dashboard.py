@@ -132,6 +132,19 @@ PANELS: list[tuple[str, list[str], str]] = [
         "none",
     ),
     (
+        "Adapter bytes / s written to Redis, and fetched from it",
+        [
+            "rate({__name__=~'gpo_.*_adapter_written_bytes_total'}[5m])",
+            "sum by (job) (rate({__name__=~'gpo_.*_adapter_fetched_bytes_total'}[5m]))",
+        ],
+        "Bps",
+    ),
+    (
+        "Adapter versions by source (host cache hit, fetched, bad cached file)",
+        ["sum by (outcome) (rate({__name__=~'gpo_.*_adapter_host_cache_total'}[5m]))"],
+        "none",
+    ),
+    (
         "Time refusing work while lagging",
         ["rate(gpo_actor_policy_lag_wait_seconds_total[1m])"],
         "percentunit",

@@ -107,7 +107,9 @@ class Metered:
             self.cost.tokens += sum(len(c.token_ids) for c in r.completions)
         return results
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         await self.engine.load_adapter(version, config, safetensors_bytes)
 
     async def close(self) -> None:

@@ -98,7 +98,7 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
 
     Raises UserError for a missing model, task or adapter, or an adapter that does not fit.
     """
-    from actors.tasks.base import load_task
+    from actors.tasks.base import load_task, with_tokenizer
     from learner.evaluate import heldout_pass_at_1
 
     if args.prompts < 1 or args.batch < 1 or args.temperature <= 0:
@@ -108,14 +108,14 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
         task = load_task(args.task, **_task_options(model_dir, args.task))
     except ValueError as e:
         raise UserError(str(e)) from None
-    heldout = list(task.heldout_prompts()[: args.prompts])
-    if len(heldout) < args.prompts:
-        raise UserError(f"task {args.task!r} has only {len(heldout)} held-out prompts")
     threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         start = time.monotonic()
         policy, tokenizer = load_policy(model_dir, args.adapter, args.lora_alpha)
+        heldout = list(with_tokenizer(task, tokenizer).heldout_prompts()[: args.prompts])
+        if len(heldout) < args.prompts:
+            raise UserError(f"task {args.task!r} has only {len(heldout)} held-out prompts")
         label = f"eval {Path(args.adapter).name if args.adapter else 'base'}"
         score = heldout_pass_at_1(
             policy,

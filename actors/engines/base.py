@@ -84,7 +84,9 @@ class Engine(Protocol):
         """Sample completions for a batch of requests; one result per request, in order."""
         ...
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         """Make `version` the adapter of new requests; running requests keep theirs.
 
         `config` is the peft LoraConfig as a dict; `safetensors_bytes` holds the adapter

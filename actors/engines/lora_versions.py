@@ -7,7 +7,8 @@ different versions interleave safely. A version is deleted once it is neither th
 nor used by a running request.
 
 Weights arrive as safetensors bytes with peft's key names (`get_peft_model_state_dict` of the
-learner's model) and are parsed with `safetensors.torch.load`: no pickle. An adapter whose keys
+learner's model); `parse_adapter_weights` checks the file's layout and views each tensor in
+the received buffer (`protocol.safetensors_layout`): one parse, no copy, no pickle. An adapter whose keys
 or shapes differ from what its config injects is refused with ValueError and rolled back.
 
 Methods that touch modules (`add`, `activate`, `delete`) must be called with the engine's
@@ -24,8 +25,9 @@ from collections import Counter
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import load as load_safetensors
 from transformers import PreTrainedModel
+
+from protocol.safetensors_layout import layout
 
 
 def lora_config_from_dict(config: dict) -> LoraConfig:
@@ -38,12 +40,47 @@ def lora_config_from_dict(config: dict) -> LoraConfig:
     return lora
 
 
-def parse_adapter_weights(safetensors_bytes: bytes) -> dict[str, torch.Tensor]:
-    """Parse safetensors bytes into tensors; ValueError if they are not safetensors."""
+TORCH_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def parse_adapter_weights(buf: bytes | bytearray | memoryview) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file `buf`; ValueError if it is not one.
+
+    The tensors are views into `buf` when it is writable (as what `fetch_adapter` returns):
+    nothing is copied. Read-only bytes are copied once, into a buffer torch may
+    share."""
     try:
-        return load_safetensors(safetensors_bytes)
-    except Exception as err:  # safetensors raises its own error type for malformed input
+        spans = layout(buf)
+    except ValueError as err:
         raise ValueError(f"adapter weights are not valid safetensors: {err}") from err
+    if memoryview(buf).readonly:
+        buf = bytearray(buf)
+    tensors = {}
+    for name, span in spans.items():
+        dtype = TORCH_DTYPES[span.dtype]
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if span.nbytes == 0:
+            tensors[name] = torch.empty(span.shape, dtype=dtype)
+        elif span.offset % itemsize:  # misaligned (the library aligns; others may not): copy
+            piece = bytearray(buf[span.offset : span.offset + span.nbytes])
+            tensors[name] = torch.frombuffer(piece, dtype=dtype).reshape(span.shape)
+        else:
+            flat = torch.frombuffer(
+                buf, dtype=dtype, count=span.nbytes // itemsize, offset=span.offset
+            )
+            tensors[name] = flat.reshape(span.shape)
+    return tensors
 
 
 def adapter_name(version: int) -> str:

@@ -196,7 +196,9 @@ class ScriptedEngine:
             results.append(GenerationResult(completions=comps, policy_version=0))
         return results
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         """No weights to load: the scripted policy never changes."""
 
     async def close(self) -> None:

@@ -116,7 +116,9 @@ class TransformersEngine:
         chunks = await asyncio.to_thread(self._generate_pinned, list(requests), version)
         return [GenerationResult(completions, version) for completions in chunks]
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         """Make `version` the adapter of new requests; running requests keep theirs."""
         if self._closed:
             raise RuntimeError("engine is closed")

@@ -177,7 +177,9 @@ class VllmEngine:
                 await self._retire(stale)
         return [GenerationResult(completions, version) for completions in outputs]
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         """Make `version` the adapter of new requests; running requests keep theirs."""
         if self._closed:
             raise RuntimeError("engine is closed")

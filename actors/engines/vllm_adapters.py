@@ -54,7 +54,7 @@ class AdapterChecker:
         self.model_config = AutoConfig.from_pretrained(model_dir)
         self.max_lora_rank = max_lora_rank
 
-    def check(self, config: dict, safetensors_bytes: bytes) -> CheckedAdapter:
+    def check(self, config: dict, safetensors_bytes: bytes | bytearray) -> CheckedAdapter:
         lora = lora_config_from_dict(config)
         config = _json_safe(config)
         try:

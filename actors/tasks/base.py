@@ -5,7 +5,10 @@ built-in name) and `load_task` builds it with keyword options from the config. T
 capabilities are separate protocols so a task only implements what it can:
 - `StepSplitter.split_steps(text)`: the task's own step segmentation (actors/steps.py);
 - `StepChecker.first_wrong_step(prompt, completion)`: the index of the first wrong step in
-  the segmentation that `steps_of` computes, so critical-step choices can be measured.
+  the segmentation that `steps_of` computes, so critical-step choices can be measured;
+- `ChatPrompts.use_tokenizer(tokenizer)`: a task whose prompts go through the model's chat
+  template; whoever turns its prompts into tokens hands it the tokenizer first
+  (`with_tokenizer`).
 
 Invariants: `score` returns a float in [0, 1]; `train_prompts()` and `heldout_prompts()` are
 deterministic for the same options and share no prompt id or text.
@@ -24,6 +27,7 @@ BUILTIN_TASKS = {
     "arithmetic": "actors.tasks.arithmetic:Arithmetic",
     "math_files": "actors.tasks.math_files:MathFiles",
     "pivot": "actors.tasks.pivot:Pivot",
+    "word_problems": "actors.tasks.word_problems:WordProblems",
 }
 """Short names accepted by `load_task` in place of a `module:Class` spec."""
 
@@ -76,6 +80,22 @@ class StepChecker(Protocol):
     def first_wrong_step(self, prompt: TaskPrompt, completion: str) -> int | None:
         """Index into `steps_of(task, completion)` of the first wrong step; None if none."""
         ...
+
+
+@runtime_checkable
+class ChatPrompts(Protocol):
+    """A task whose prompts are chat messages, formatted with the model's chat template."""
+
+    def use_tokenizer(self, tokenizer: object) -> None:
+        """Format prompts with this tokenizer's chat template from now on."""
+        ...
+
+
+def with_tokenizer(task: Task, tokenizer: object) -> Task:
+    """`task`, told the model's tokenizer if its prompts go through a chat template."""
+    if isinstance(task, ChatPrompts):
+        task.use_tokenizer(tokenizer)
+    return task
 
 
 def steps_of(task: object, text: str, config: StepConfig | None = None) -> list[Span]:

@@ -69,12 +69,7 @@ class MathFiles:
 
     def score(self, prompt: TaskPrompt, completion: str) -> float:
         """1.0 if math-verify finds the completion's final answer equal to the reference."""
-        # signal-based timeouts only work on the main thread; elsewhere run without them
-        on_main = threading.current_thread() is threading.main_thread()
-        limit = self.verify_timeout_s if on_main else None
-        gold = parse(f"\\boxed{{{prompt.answer}}}", parsing_timeout=limit)
-        pred = parse(completion, parsing_timeout=limit)
-        return float(bool(gold) and bool(pred) and verify(gold, pred, timeout_seconds=limit))
+        return float(verified(prompt.answer, completion, self.verify_timeout_s))
 
     def _load(self) -> dict[str, list[TaskPrompt]]:
         if self._cache:
@@ -102,6 +97,16 @@ class MathFiles:
         key = row.get("id") or row.get("unique_id") or str(index)
         text = self.prompt_template.replace("{problem}", problem)
         return TaskPrompt(f"{self.name}:{split}:{key}", text, answer)
+
+
+def verified(reference: str, text: str, timeout_s: int) -> bool:
+    """Whether math-verify finds the final answer of `text` equal to `reference`."""
+    # signal-based timeouts only work on the main thread; elsewhere run without them
+    on_main = threading.current_thread() is threading.main_thread()
+    limit = timeout_s if on_main else None
+    gold = parse(f"\\boxed{{{reference}}}", parsing_timeout=limit)
+    pred = parse(text, parsing_timeout=limit)
+    return bool(gold) and bool(pred) and verify(gold, pred, timeout_seconds=limit)
 
 
 def _rename(prompt: TaskPrompt, split: str) -> TaskPrompt:

@@ -19,6 +19,10 @@ BENCHMARKS = {
         "ops.bench.broadcast",
         "adapter publish + fetch latency vs size and readers, against a memory copy",
     ),
+    "adapter-bytes": (
+        "ops.bench.adapter_bytes",
+        "bytes per adapter version: fp32 vs bf16, chunks unchanged since the last skipped",
+    ),
     "engine": ("ops.bench.engine", "transformers engine vs model.generate; prefix reuse"),
     "learner": (
         "ops.bench.learner_update",

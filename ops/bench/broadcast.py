@@ -1,18 +1,24 @@
 """Adapter broadcast benchmark: publish + fetch through `protocol.adapters` against a memory copy.
 
-    gpo bench broadcast [--sizes 1,16,64,256] [--readers 1,8] [--repeats 3] [--write-results]
+    gpo bench broadcast [--sizes 1,16,64,256] [--readers 1,8] [--repeats 3]
+                        [--concurrency 2] [--chunks-per-call 2] [--write-results]
 
 For every adapter size (MiB) and reader count, on one private redis-server:
 1. broadcast: `readers` followers, each on its own connection, block on the `weights` stream
    (`AdapterFollower.poll`), as actors and estimators do; the clock starts, the learner's
    `publish_adapter` writes the 4 MiB chunks and the pointer (and deletes the previous
-   version), and every follower `fetch_adapter`s the new version (4 chunk GETs in flight,
-   size, sha256 and safetensors checks). Latency: publish start -> the last reader holds
-   verified bytes; each reader also checks them equal to the published bytes.
+   version), and every follower `fetch_adapter`s the new version from Redis (no host
+   cache: each reader stands for a machine of its own), with the fetch settings given
+   (`[actor.fetch]`: round trips in flight, chunk GETs per round trip) and the size,
+   sha256 and layout checks. Latency: publish start -> the last reader holds verified
+   bytes; each reader also checks them equal to the published bytes.
 2. floor: `readers` plain in-memory copies of the same bytes, each into a fresh buffer: what
    any receiver must at least do, with no network, server or verification.
 The two alternate `--repeats` times after one untimed warm-up broadcast; medians are
 reported, with MB/s delivered (size x readers / latency) and the broadcast / copy ratio.
+3. ceiling: `redis-benchmark` GETs of values of the chunk size (4 MiB) from as many
+   clients as readers, pipelined like the fetch: the rate at which this server and loopback
+   deliver such values to clients that do nothing with them.
 
 The readers share one process and one event loop (they stand for separate processes), so
 their CPU-side checks (sha256, safetensors parse) run one after another: on a 2-core
@@ -29,8 +35,11 @@ two versions while a publish runs plus readers x 4 GETs x 4 MiB of reply buffers
 from __future__ import annotations
 
 import asyncio
+import csv
 import itertools
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -41,11 +50,18 @@ from pathlib import Path
 import numpy as np
 
 from ops.harness import alternate_async, console_table, markdown_table, parser, write_bench_section
-from protocol.adapters import CHUNK_BYTES, AdapterFollower, fetch_adapter, publish_adapter
+from protocol.adapters import (
+    CHUNK_BYTES,
+    AdapterFollower,
+    FetchConfig,
+    fetch_adapter,
+    publish_adapter,
+)
 from protocol.config import RedisConfig
 from protocol.streams import Keys, Link
 
 MiB = 2**20
+DEFAULT_FETCH = FetchConfig(host_cache="off")
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +82,8 @@ class Row:
     """Peak RSS of this process (publisher and readers) during the case."""
     redis_peak_mib: float = float("nan")
     """Peak RSS of redis-server during the case."""
+    ceiling_mbps: float = float("nan")
+    """redis-benchmark GETs of chunk-sized values with `readers` clients, MB/s."""
 
     @property
     def delivered_mb(self) -> float:
@@ -106,6 +124,8 @@ HEADER = [
     "broadcast / copy",
     "client peak MiB",
     "redis peak MiB",
+    "GET ceiling MB/s",
+    "broadcast / ceiling",
 ]
 
 
@@ -123,6 +143,8 @@ def table_rows(rows: Sequence[Row]) -> list[list[str]]:
             f"{r.ratio:.1f}x",
             f"{r.client_peak_mib:.0f}",
             f"{r.redis_peak_mib:.0f}",
+            f"{r.ceiling_mbps:.0f}",
+            f"{r.broadcast_mbps / r.ceiling_mbps:.0%}",
         ]
         for r in rows
     ]
@@ -184,8 +206,30 @@ async def _wait_blocked(admin, count: int) -> None:
         await asyncio.sleep(0.002)
 
 
+def get_ceiling(port: int, readers: int, pipeline: int, seconds: float = 2.0) -> float:
+    """MB/s of redis-benchmark GETs of CHUNK_BYTES values, `readers` clients each keeping
+    `pipeline` requests in flight (NaN when redis-benchmark is not installed)."""
+    exe = shutil.which("redis-benchmark")
+    if exe is None:
+        return float("nan")
+    # about `seconds` of GETs at ~1 GB/s, at least a few per client
+    requests = max(8 * readers * pipeline, int(seconds * 1e9 / CHUNK_BYTES))
+    out = subprocess.run(
+        [exe, "-h", "127.0.0.1", "-p", str(port), "-t", "set,get", "-d", str(CHUNK_BYTES)]
+        + ["-n", str(requests), "-c", str(readers), "-P", str(pipeline), "--csv"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    for row in csv.reader(out.splitlines()):
+        if row and row[0] == "GET":
+            return float(row[1]) * CHUNK_BYTES / 1e6
+    raise RuntimeError(f"redis-benchmark printed no GET row:\n{out}")
+
+
 async def broadcast_case(
-    url: str, size_mib: int, readers: int, repeats: int
+    url: str, size_mib: int, readers: int, repeats: int, settings: FetchConfig = DEFAULT_FETCH
 ) -> tuple[list[tuple[float, float, float, float]], float]:
     """Per-round (publish, fetch, broadcast, copy) seconds, and this process's peak RSS
     during the case (MiB)."""
@@ -204,9 +248,15 @@ async def broadcast_case(
             while pointer is None or pointer.version < version:
                 pointer = await follower.poll(block_ms=10_000)
             seen = time.perf_counter()
-            adapter = await fetch_adapter(link, pointer, concurrency=4)
+            adapter = await fetch_adapter(
+                link,
+                pointer,
+                concurrency=settings.concurrency,
+                chunks_per_call=settings.chunks_per_call,
+            )
             done = time.perf_counter()
-            if adapter.safetensors_bytes != blob:
+            got = np.frombuffer(adapter.safetensors_bytes, np.uint8)  # memcmp, not per item
+            if not np.array_equal(got, np.frombuffer(blob, np.uint8)):
                 raise AssertionError(f"reader got different bytes for version {version}")
             return seen, done  # the verified bytes are dropped here: memory stays bounded
 
@@ -241,19 +291,33 @@ async def broadcast_case(
 
 
 def run(
-    url: str, sizes: Sequence[int], readers: Sequence[int], repeats: int, redis_pid: int | None
+    url: str,
+    sizes: Sequence[int],
+    readers: Sequence[int],
+    repeats: int,
+    redis_pid: int | None,
+    fetch: FetchConfig = DEFAULT_FETCH,
+    port: int | None = None,
 ) -> list[Row]:
     rows = []
+    ceilings = {}
     for size in sizes:
         for n in readers:
             if redis_pid is not None:
                 reset_peak_rss(redis_pid)
-            rounds, client_peak = asyncio.run(broadcast_case(url, size, n, repeats))
+            rounds, client_peak = asyncio.run(broadcast_case(url, size, n, repeats, fetch))
             redis_peak = peak_rss_mib(redis_pid) if redis_pid is not None else float("nan")
+            if n not in ceilings:
+                ceilings[n] = get_ceiling(port, n, fetch.chunks_per_call) if port else float("nan")
             row = median_row(size, n, rounds)
             rows.append(
                 Row(
-                    **{**_fields(row), "client_peak_mib": client_peak, "redis_peak_mib": redis_peak}
+                    **{
+                        **_fields(row),
+                        "client_peak_mib": client_peak,
+                        "redis_peak_mib": redis_peak,
+                        "ceiling_mbps": ceilings[n],
+                    }
                 )
             )
             print(format_table(rows[-1:]).splitlines()[1], flush=True)
@@ -274,13 +338,21 @@ def reading(rows: Sequence[Row], base_mib: float) -> str:
         f"{big.ratio:.0f}x the time of {big.readers} plain memory copies of the same bytes "
         f"({big.copy_mbps:.0f} MB/s)."
     ]
+    if big.ceiling_mbps == big.ceiling_mbps:  # not NaN
+        parts.append(
+            f"redis-benchmark GETs of the same {CHUNK_BYTES // MiB} MiB chunks from "
+            f"{big.readers} client(s) moved {big.ceiling_mbps:.0f} MB/s: the broadcast "
+            f"delivered {big.broadcast_mbps / big.ceiling_mbps:.0%} of what this server and "
+            "loopback give clients that do nothing with the bytes (and it also publishes, "
+            "hashes and checks them)."
+        )
     if one:
         lo, hi = min(r.ratio for r in one), max(r.ratio for r in one)
         parts.append(
             f"To one reader the broadcast costs {lo:.0f}x to {hi:.0f}x a memory copy over the "
             "sizes measured: every byte goes through a socket twice (publish, fetch), is "
-            "copied by redis-py into chunk objects and joined, and is hashed (sha256) and "
-            "parsed (safetensors) before a reader may load it."
+            "received by redis-py into a chunk object, copied once into the reader's "
+            "buffer and hashed (sha256) before a reader may load it."
         )
     pairs = [
         (a, b)
@@ -333,14 +405,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("gpo bench broadcast", __doc__, repeats=3)
     p.add_argument("--sizes", type=_ints, default=[1, 16, 64, 256], help="adapter MiB, commas")
     p.add_argument("--readers", type=_ints, default=[1, 8], help="reader counts, commas")
+    default = FetchConfig()
+    p.add_argument(
+        "--concurrency", type=int, default=default.concurrency, help="round trips in flight"
+    )
+    p.add_argument(
+        "--chunks-per-call",
+        type=int,
+        default=default.chunks_per_call,
+        help="chunk GETs pipelined in one round trip",
+    )
     argv = sys.argv[1:] if argv is None else list(argv)
     args = p.parse_args(argv)
 
     from ops.redis_server import RedisServer
 
+    try:
+        fetch = FetchConfig(args.concurrency, args.chunks_per_call, host_cache="off")
+    except ValueError as e:
+        p.error(str(e))
     print(
         f"adapter broadcast: sizes {args.sizes} MiB, readers {args.readers}, "
-        f"median of {args.repeats} alternating rounds\n"
+        f"{fetch.concurrency} round trips of {fetch.chunks_per_call} chunk GETs in flight "
+        f"per reader, median of {args.repeats} alternating rounds\n"
     )
     base_mib = peak_rss_mib(field="VmRSS")
     print(format_table([]), flush=True)
@@ -348,7 +435,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         server = RedisServer(Path(tmp) / "redis", extra=("--maxmemory", "0")).start()
         try:
             assert server.proc is not None
-            rows = run(server.url, args.sizes, args.readers, args.repeats, server.proc.pid)
+            rows = run(
+                server.url,
+                args.sizes,
+                args.readers,
+                args.repeats,
+                server.proc.pid,
+                fetch,
+                server.port,
+            )
         finally:
             server.stop()
     text = reading(rows, base_mib)

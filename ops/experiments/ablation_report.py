@@ -174,6 +174,7 @@ def study_report(
         at_t = spread([window_mean(c.seconds, c.pass_at_1, t_end) for c in cs])
         final = spread([window_mean(c.steps, c.pass_at_1, c.steps[-1]) for c in cs])
         upd = spread([float(c.updates) for c in cs])
+        rate = spread([c.samples / c.duration if c.duration else math.nan for c in cs])
         reset_share = spread([c.resets / c.samples if c.samples else math.nan for c in cs])
         rows.append(
             [
@@ -183,6 +184,7 @@ def study_report(
                 f"{fmt(*at_t[:2])} [{at_t[2]:.3f}, {at_t[3]:.3f}]",
                 f"{fmt(*final[:2])} [{final[2]:.3f}, {final[3]:.3f}]",
                 f"{upd[0]:.0f} ± {upd[1]:.0f}",
+                f"{rate[0]:.1f} ± {rate[1]:.1f}",
                 "n/a" if math.isnan(reset_share[0]) else f"{reset_share[0]:.2f}",
             ]
         )
@@ -194,6 +196,7 @@ def study_report(
             f"pass@1 at equal time (T = {t_end:.0f} s)",
             "pass@1 at the end of its run",
             f"updates in {minutes:g} min",
+            "trained samples/s",
             "reset share",
         ],
         rows,

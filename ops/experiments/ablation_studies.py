@@ -36,6 +36,9 @@ ARMS: dict[str, dict[str, str]] = {
     "ppo-clip": {**NO_MC, "learner.advantage": '"group"', "learner.ppo.minibatches": "4"},
     "gpo-clip": {"learner.advantage": '"group"', "learner.ppo.minibatches": "4"},
     "gpo-adaptive": {"estimator.mc.budget": '"adaptive"'},
+    # GPO with no asynchrony: actors take work only on the newest adapter, and the learner
+    # trains only samples of its current version (those generated during an update are dropped)
+    "gpo-sync": {"actor.max_policy_lag": "0", "learner.max_policy_lag": "0"},
     # the paper's search: every rollout, uniform K, each search its own continuations, the
     # resets drawn by the actors
     "gpo-paper": {
@@ -133,6 +136,14 @@ STUDIES: dict[str, Study] = {
         (("gpo-group", "ppo", "resets, estimator group"),),
         config="pivot.toml",
         cells=tuple(CELLS),
+    ),
+    "async": Study(
+        "what asynchrony buys: the default lag bounds against max_policy_lag = 0",
+        (
+            ("gpo", "asynchronous (actor lag <= 2, learner lag <= 4)"),
+            ("gpo-sync", "max_policy_lag = 0 (actor and learner)"),
+        ),
+        (("gpo", "gpo-sync", "asynchrony"),),
     ),
     "advantage": Study(
         "advantage estimator under GPO",

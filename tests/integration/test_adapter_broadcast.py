@@ -1,6 +1,9 @@
 """RELIABILITY.md test 16: adapter broadcast to 8 followers with one down, and a corrupted
 chunk. Live followers load each good version, reject the corrupted one by sha256, and the
-late follower catches up straight to the newest version."""
+late follower catches up straight to the newest version.
+
+And one fetch per host: 8 follower processes sharing a host cache read each version from
+Redis once between them (the server counts the GETs), and each loads it."""
 
 from __future__ import annotations
 
@@ -39,10 +42,10 @@ def blob(value: float) -> bytes:
 
 
 class Follower:
-    def __init__(self, url: str):
+    def __init__(self, url: str, cache: str = "off"):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.follower", "--url", url],
+            [sys.executable, "-m", "tests.support.follower", "--url", url, "--cache", cache],
             stdout=subprocess.PIPE,
             text=True,
             cwd=ROOT,
@@ -166,6 +169,46 @@ def test_16_broadcast_with_one_down_and_a_corrupted_chunk(redis_server):
         for f in followers:
             assert f.expect("loaded") == f"loaded 5 {5 * expected_v1:.1f}"
             assert not any(" 4" in line for line in f.seen), f.seen
+    finally:
+        for f in followers:
+            assert f.stop() == 0
+
+
+def get_calls(r) -> int:
+    """GET commands the server has answered since its last CONFIG RESETSTAT."""
+    return int(r.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+
+def test_eight_processes_on_one_host_make_one_fetch_and_eight_loads(redis_server, tmp_path):
+    cache = tmp_path / "host-cache"
+    followers = [Follower(redis_server.url, cache=str(cache)) for _ in range(8)]
+    r = redis_server.client()
+    expected = 2 * 64 * 512
+    chunks = -(-len(blob(1.0)) // CHUNK)
+    assert chunks >= 3
+    try:
+        for f in followers:
+            f.ready()
+        for version in (1, 2):
+            r.config_resetstat()
+            publish(redis_server.url, version, blob(float(version)))
+            for f in followers:
+                assert f.expect(f"loaded {version}") == f"loaded {version} {version * expected:.1f}"
+            assert get_calls(r) == chunks, "8 processes on one host: one fetch from Redis"
+        files = sorted(p.name for p in cache.glob("*/*.safetensors"))
+        assert [name.split("-")[0] for name in files] == ["0000000001", "0000000002"]
+        # a cached file that changed on disk fails its sha256: deleted, fetched once again
+        late = Follower(redis_server.url, cache=str(cache))
+        followers.append(late)
+        newest = next(cache.glob("*/0000000002-*.safetensors"))
+        data = bytearray(newest.read_bytes())
+        data[-1] ^= 0xFF
+        newest.write_bytes(data)
+        r.config_resetstat()
+        late.ready()
+        assert late.expect("loaded") == f"loaded 2 {2 * expected:.1f}"
+        assert get_calls(r) == chunks
+        assert newest.read_bytes() == blob(2.0)  # the file was replaced by the good one
     finally:
         for f in followers:
             assert f.stop() == 0

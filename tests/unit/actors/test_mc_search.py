@@ -58,7 +58,9 @@ class FakeEngine:
             for r in requests
         ]
 
-    async def load_adapter(self, version: int, config: dict, safetensors_bytes: bytes) -> None:
+    async def load_adapter(
+        self, version: int, config: dict, safetensors_bytes: bytes | bytearray
+    ) -> None:
         pass
 
     async def close(self) -> None:

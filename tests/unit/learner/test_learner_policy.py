@@ -27,6 +27,7 @@ from learner.feeder import Feeder, epoch_order
 from learner.policy import build_policy
 from learner.train import make_optimizer, on_policy_step, ppo_update
 from protocol.config import ConfigError, from_mapping
+from protocol.safetensors_layout import layout
 from tests.support.learner import make_sample, tiny_config, tiny_model
 
 
@@ -82,6 +83,23 @@ def test_exported_adapter_loads_into_an_engine_and_matches(model_dir):
     torch.testing.assert_close(ours, theirs)
     torch.testing.assert_close(ref, base)  # reference = the base model, adapter disabled
     assert not torch.allclose(ours, ref)
+
+
+def test_the_adapter_is_published_in_lora_publish_dtype(model_dir):
+    cfg = tiny_config(model_dir, advantage="group")
+    policy, _ = trained(cfg)
+    fp32_blob, _ = policy.export_adapter()
+    policy.cfg = replace(cfg, lora=replace(cfg.lora, publish_dtype="bf16"))
+    bf16_blob, _ = policy.export_adapter()
+    fp32, bf16 = load_safetensors(fp32_blob), load_safetensors(bf16_blob)
+    assert set(fp32) == set(bf16)
+    for name, t in bf16.items():
+        assert t.dtype == torch.bfloat16 and fp32[name].dtype == torch.float32
+        assert torch.equal(t, fp32[name].to(torch.bfloat16))  # rounded once, from fp32
+    data = {b: sum(s.nbytes for s in layout(b).values()) for b in (fp32_blob, bf16_blob)}
+    assert data[fp32_blob] == 2 * data[bf16_blob] == 4 * sum(t.numel() for t in fp32.values())
+    # the learner's own weights stay fp32
+    assert all(p.dtype == torch.float32 for p in policy.trainable())
 
 
 def test_zero_advantages_leave_the_policy_unchanged(model_dir):

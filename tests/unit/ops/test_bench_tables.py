@@ -36,7 +36,9 @@ def test_broadcast_median_row_is_per_column():
 
 
 def test_broadcast_table_cells():
-    r = bb.Row(64, 1, 0.25, 0.5, 1.0, 0.05, client_peak_mib=700.4, redis_peak_mib=150.6)
+    r = bb.Row(
+        64, 1, 0.25, 0.5, 1.0, 0.05, client_peak_mib=700.4, redis_peak_mib=150.6, ceiling_mbps=268.4
+    )
     (cells,) = bb.table_rows([r])
     assert dict(zip(bb.HEADER, cells, strict=True)) == {
         "adapter MiB": "64",
@@ -50,9 +52,11 @@ def test_broadcast_table_cells():
         "broadcast / copy": "20.0x",
         "client peak MiB": "700",
         "redis peak MiB": "151",
+        "GET ceiling MB/s": "268",
+        "broadcast / ceiling": "25%",  # 67.1 of 268.4 MB/s
     }
     lines = bb.format_table([r]).splitlines()
-    assert len(lines) == 2 and lines[1].split()[-3:] == ["20.0x", "700", "151"]
+    assert len(lines) == 2 and lines[1].split()[-5:] == ["20.0x", "700", "151", "268", "25%"]
 
 
 def test_broadcast_reading_states_the_measured_ratios():
@@ -66,6 +70,14 @@ def test_broadcast_reading_states_the_measured_ratios():
     assert "(readers + 3) x size = 176 MiB" in text and "(160 MiB;" in text  # 2*16 + 8*4*4
     assert "300 MiB above its 300 MiB" in text
     assert "Redis grew by 140 MiB, against 112 MiB" in text  # 200 - 60; 7 x 16
+
+
+def test_broadcast_reading_compares_with_the_get_ceiling():
+    # 16 MiB to 8 readers in 0.6 s: 134.2 MB / 0.6 s = 223.7 MB/s, of a 447.4 MB/s ceiling
+    rows = [bb.Row(16, 8, 0.1, 0.5, 0.6, 0.08, 600, 200, 447.4)]
+    text = bb.reading(rows, base_mib=300)
+    assert "from 8 client(s) moved 447 MB/s: the broadcast delivered 50% of" in text
+    assert "moved" not in bb.reading([bb.Row(16, 8, 0.1, 0.5, 0.6, 0.08, 600, 200)], 300)
 
 
 def test_safetensors_blob_size_and_peak_rss():
