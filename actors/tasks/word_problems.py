@@ -16,11 +16,11 @@ calculation, and to end with a line `Answer: <number>`::
 
 Scoring: the number of the last `Answer:` line (without one, the completion's final
 expression), checked against the reference with math-verify. Steps are lines: the default
-newline segmentation with short-step merging (actors/steps.py). `first_wrong_step`: a step's
-stated result is its last number after an `=`, or the number of an `Answer:` line; the
-first step whose result is none of the values a right solution passes through (the start,
-each event's amount, each running total; for the answer line, the answer itself) is the
-first wrong one. When the answer is right, or no step states a wrong result, which step
+newline segmentation with short-step merging (actors/steps.py). `first_wrong_step`: the
+first step that miscalculates (`a op b = c` with the wrong c), or whose stated result (its
+last number after an `=`, or the number of an `Answer:` line) is none of the values a right
+solution passes through (the start, each event's amount, each running total; for the
+answer line, the answer itself), is the first wrong one. When the answer is right, or no step states a wrong result, which step
 went wrong cannot be known: None.
 
 Prompts are chat messages (`ChatPrompts`): the process that tokenizes them first hands the
@@ -73,6 +73,16 @@ EVENTS = ("buy", "packs", "give", "lose", "double", "share")
 _ANSWER = re.compile(r"^[\s*#]*answer[\s*]*:[\s*]*(.+)$", re.IGNORECASE | re.MULTILINE)
 _RESULT = re.compile(r"=\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_EQUATION = re.compile(r"(\d[\d,]*)\s*([-+x×*/÷])\s*(\d[\d,]*)\s*=\s*(-?\d[\d,]*)")
+_APPLY = {
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "x": lambda a, b: a * b,
+    "×": lambda a, b: a * b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b if b else None,
+    "÷": lambda a, b: a / b if b else None,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +206,8 @@ class WordProblems:
             return None
         for k, (a, b) in enumerate(steps_of(self, completion)):
             for line in completion[a:b].splitlines():
+                if miscalculates(line):
+                    return k
                 stated = stated_result(line)
                 if stated is None:
                     continue
@@ -256,6 +268,15 @@ def answer_text(completion: str) -> str:
     """What the answer is read from: the last `Answer:` line's rest, else the completion."""
     found = _ANSWER.findall(completion)
     return found[-1] if found else completion
+
+
+def miscalculates(line: str) -> bool:
+    """Whether a line states a calculation `a op b = c` whose result is wrong."""
+    for a, op, b, c in _EQUATION.findall(line):
+        a, b, c = (int(x.replace(",", "")) for x in (a, b, c))
+        if _APPLY[op](a, b) != c:
+            return True
+    return False
 
 
 def stated_result(line: str) -> int | None:

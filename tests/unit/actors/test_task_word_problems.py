@@ -14,6 +14,7 @@ from actors.tasks.word_problems import (
     WordProblems,
     answer_text,
     generate,
+    miscalculates,
     stated_result,
 )
 
@@ -102,6 +103,12 @@ def test_first_wrong_step_is_the_first_step_stating_a_wrong_result():
     assert task.first_wrong_step(prompt, only_answer) == len(lines) - 2
     # no step states anything wrong, and the answer is missing: unknowable
     assert task.first_wrong_step(prompt, "I think about it for a while.") is None
+    # a slip on a value the chain passes through: caught by its arithmetic
+    start = int(re.match(r"\w+ has (\d+) ", prompt.text).group(1))
+    slip = f"She has {start} + 1 = {start} things now.\nAnswer: 100001"
+    assert task.first_wrong_step(prompt, slip) == 0
+    assert miscalculates("so 21 - 8 = 14 are left") and not miscalculates("21 - 7 = 14, 3 x 5 = 15")
+    assert not miscalculates("12 ÷ 4 = 3 each") and miscalculates("12 / 5 = 2")
     assert stated_result("so 27 - 7 = 20 apples are left") == 20
     assert stated_result("Answer: 1,200 coins") == 1200
     assert stated_result("12 + 15 makes twenty-seven") is None
