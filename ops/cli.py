@@ -4,6 +4,7 @@ gpo bench transport|engine|critical-step|... [options]
 gpo experiment ablation|offline [options]
 gpo eval --model M [--adapter DIR]
 gpo bootstrap [options]     build the tiny base policy (cached)
+gpo model import|smollm2    a GGUF model as a model directory (cached)
 gpo offline pairs|train     offline GPO pairs and preference training
 """
 
@@ -25,6 +26,10 @@ SUBCOMMANDS = {
     "offline": (
         "learner.offline.cli",
         "offline GPO: critical-step preference pairs; DPO/KTO/SimPO/ORPO adapter training",
+    ),
+    "model": (
+        "ops.model_import",
+        "turn a GGUF file (or the packaged SmolLM2-135M-Instruct) into a model directory",
     ),
     "bootstrap": (
         "ops.tiny_policy.bootstrap",

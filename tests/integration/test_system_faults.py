@@ -68,7 +68,7 @@ from ops.redis_server import RedisServer
 from protocol.codec import decode, encode
 from protocol.consumer import FIELD
 from protocol.messages import ResetRequest
-from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, SAMPLES, TRAJECTORIES
+from protocol.streams import GROUP_ACTORS, PROMPTS, RESETS, SAMPLES, TRAJECTORIES, WEIGHTS
 from tests.support import pipeline
 from tests.support.pipeline import System
 
@@ -681,9 +681,18 @@ def test_15_memory_plateaus_streams_trimmed_nothing_pending_lost(tmp_path, make_
 def test_16_adapter_broadcast_one_actor_down_corrupted_version_rejected(redis_server, make_system):
     """Three real actors and an estimator follow the learner's adapters (the fan-out to 8
     followers is tests/integration/test_adapter_broadcast.py's): one is down while versions
-    are published, and the version it finds on restart has a corrupted chunk."""
+    are published, and the version it finds on restart has a corrupted chunk. Every process
+    fetches from Redis here (no host cache: the others' verified copy would serve it)."""
     r = redis_server.client()
-    system = make_system(redis_server.url, {"actor.max_policy_lag": 1})
+    no_cache = '"off"'
+    system = make_system(
+        redis_server.url,
+        {
+            "actor.max_policy_lag": 1,
+            "actor.fetch.host_cache": no_cache,
+            "estimator.fetch.host_cache": no_cache,
+        },
+    )
     followers = ("actor-0", "actor-1", "estimator-0")
     system.start("learner", *followers, "actor-2")
 
@@ -697,8 +706,10 @@ def test_16_adapter_broadcast_one_actor_down_corrupted_version_rejected(redis_se
     system["learner"].signal(signal.SIGSTOP)  # no new version for a moment
     newest = max(u["version"] for u in pipeline.updates(system.config))
     wait(lambda: all(on(f) == newest for f in followers), 30, "live followers on it", system)
-    chunk = r.get(pipeline.KEYS.adapter_chunk(newest, 0))
-    r.set(pipeline.KEYS.adapter_chunk(newest, 0), bytes([chunk[0] ^ 0xFF]) + chunk[1:])
+    ((_, fields),) = r.xrevrange(pipeline.KEYS.stream(WEIGHTS), count=1)
+    named = decode(fields[FIELD]).chunk_keys[0]  # an unchanged chunk keeps an older key
+    chunk = r.get(named)
+    r.set(named, bytes([chunk[0] ^ 0xFF]) + chunk[1:])
     system.start("actor-2")
     late = system["actor-2"]
     wait(lambda: late.value("gpo_actor_adapter_rejected_total") >= 1, 30, "rejected", system)
