@@ -63,8 +63,8 @@ class HostCache:
         return self.dir / f"{pointer.version:010d}-{pointer.sha256}.safetensors"
 
     async def get_or_fetch(
-        self, pointer: AdapterPointer, fetch: Callable[[], Awaitable[bytearray]]
-    ) -> tuple[bytearray, str]:
+        self, pointer: AdapterPointer, fetch: Callable[[], Awaitable[memoryview]]
+    ) -> tuple[memoryview | bytearray, str]:
         """The blob of `pointer` and where it came from: `hit` (a verified file), `fetched`
         (this process called `fetch` and shared the result), or `bad` (a file failed
         verification, so this process fetched the version again)."""
@@ -77,15 +77,15 @@ class HostCache:
             log.warning("host cache %s unusable (%s); fetching from Redis", self.dir, e)
             return await fetch(), "fetched"
         try:
+            again = "miss"
             if lock is not None:  # whoever held the lock may have fetched it meanwhile
                 try:
                     blob, again = await asyncio.to_thread(self.read, pointer)
                 except OSError:
-                    blob, again = None, "miss"
+                    blob = None
                 if blob is not None:
                     return blob, again
-                outcome = "bad" if again == "bad" else outcome
-            outcome = "bad" if outcome == "bad" else "fetched"
+            outcome = "bad" if "bad" in (outcome, again) else "fetched"
             blob = await fetch()
             try:
                 await asyncio.to_thread(self.write, pointer, blob)
@@ -113,7 +113,7 @@ class HostCache:
         path.unlink(missing_ok=True)
         return None, "bad"
 
-    def write(self, pointer: AdapterPointer, blob: bytearray | bytes) -> None:
+    def write(self, pointer: AdapterPointer, blob: memoryview | bytearray | bytes) -> None:
         """Write `blob` as `pointer`'s file (temporary file, then rename), then prune."""
         self._mkdir()
         fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=".partial-")

@@ -149,9 +149,8 @@ class AdapterPublisher:
 
     Each version's chunks (`chunk_cuts`) are compared with the version before (its bytes are
     kept: the learner holds one adapter more); a chunk whose range and bytes are unchanged is
-    not written again: the pointer names the key that holds it, and that
-    key's score in the chunk index moves up to the new version, so it outlives the versions
-    it was written for. Keys are checked to exist before they are reused (a Redis restarted
+    not written again: the pointer names the key that holds it, and that key's score in the
+    chunk index moves up to the new version, so it outlives the versions it was written for. Keys are checked to exist before they are reused (a Redis restarted
     without its data would otherwise leave every later version incomplete)."""
 
     def __init__(
@@ -177,7 +176,6 @@ class AdapterPublisher:
         start = time.perf_counter()
         keys, whole = self.keys, memoryview(blob)  # chunks are views: nothing copied to send
         cuts = chunk_cuts(blob, self.chunk_bytes)
-        # hashed in a thread (hashlib releases the GIL): the process's loop keeps serving
         # compared and hashed in a thread (numpy and hashlib release the GIL): the loop serves
         digest, same = await asyncio.to_thread(_compare, whole, cuts, self._last)
         reusable = await self._existing(same)
@@ -223,14 +221,7 @@ class AdapterPublisher:
         if not candidates:
             return {}
         names = list(candidates.values())
-
-        async def exists(r) -> list[int]:
-            pipe = r.pipeline(transaction=False)
-            for key in names:
-                pipe.exists(key)
-            return await pipe.execute()
-
-        found = await self.link.call(exists)
+        found = await self.link.call(lambda r: _per_key(r, "exists", names))
         return {d: k for (d, k), n in zip(candidates.items(), found, strict=True) if n}
 
 
@@ -341,7 +332,7 @@ async def read_chunks(
     def send_next() -> None:
         keys = next(waiting, None)
         if keys is not None:
-            in_flight.append(asyncio.create_task(link.call(lambda r: _get_all(r, keys))))
+            in_flight.append(asyncio.create_task(link.call(lambda r: _per_key(r, "get", keys))))
 
     for _ in range(concurrency):
         send_next()
@@ -349,7 +340,7 @@ async def read_chunks(
         while in_flight:
             chunks = await in_flight.popleft()
             send_next()
-            pieces = []
+            begin = filled
             for chunk in chunks:
                 if chunk is None:
                     missing += 1
@@ -359,11 +350,8 @@ async def read_chunks(
                             "size_mismatch",
                             f"version {version}: more than {pointer.size} bytes",
                         )
-                    pieces.append((filled, chunk))
+                    view[filled : filled + len(chunk)] = chunk  # a memcpy, under the GIL
                     filled += len(chunk)
-            begin = pieces[0][0] if pieces else filled
-            for offset, chunk in pieces:  # a memcpy each, under the GIL: fastest here
-                view[offset : offset + len(chunk)] = chunk
             if filled - begin >= THREAD_HASH_BYTES:  # hashlib releases the GIL
                 await asyncio.to_thread(sha.update, view[begin:filled])
             else:  # a thread hop costs more than hashing a few KiB
@@ -389,13 +377,14 @@ async def read_chunks(
     return view
 
 
-async def _get_all(client, keys: list[str]) -> list[bytes | None]:
-    """GET `keys` in one round trip (a pipeline; on a cluster, one per node)."""
+async def _per_key(client, command: str, keys: list[str]) -> list:
+    """`command` (GET, EXISTS: one key each) for every key, in one round trip (a pipeline;
+    on a cluster, one per node)."""
     if len(keys) == 1:
-        return [await client.get(keys[0])]
+        return [await getattr(client, command)(keys[0])]
     pipe = client.pipeline(transaction=False)
     for key in keys:
-        pipe.get(key)
+        getattr(pipe, command)(key)
     return await pipe.execute()
 
 
