@@ -32,13 +32,12 @@ function of the problem statement alone (a hash), whatever the template.
 
 from __future__ import annotations
 
-import hashlib
 import random
 import re
 from dataclasses import dataclass, field
 
 from actors.tasks.base import TaskPrompt, steps_of
-from actors.tasks.chains import is_heldout
+from actors.tasks.chains import generate_splits, is_heldout
 from actors.tasks.math_files import verified
 
 INSTRUCTIONS = (
@@ -168,11 +167,10 @@ class WordProblems:
     name: str = "word_problems"
     """Task name."""
     _tokenizer: object = field(default=None, repr=False, compare=False)
-    _problems: dict[str, list[tuple[str, Problem]]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
+    _splits: dict[str, list[TaskPrompt]] = field(default_factory=dict, repr=False, compare=False)
+    """The problems' statements, unformatted, by split."""
+    _by_id: dict[str, Problem] = field(default_factory=dict, repr=False, compare=False)
     _prompts: dict[str, list[TaskPrompt]] = field(default_factory=dict, repr=False, compare=False)
-    _by_key: dict[str, Problem] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_events <= self.max_events <= 8:
@@ -201,7 +199,8 @@ class WordProblems:
 
     def first_wrong_step(self, prompt: TaskPrompt, completion: str) -> int | None:
         """Index into `steps_of(self, completion)` of the first step stating a wrong result."""
-        problem = self._problem(prompt.id)
+        self._generate()
+        problem = self._by_id.get(prompt.id)
         if problem is None or self.score(prompt, completion) == 1.0:
             return None
         for k, (a, b) in enumerate(steps_of(self, completion)):
@@ -228,40 +227,36 @@ class WordProblems:
 
     def _split(self, split: str) -> list[TaskPrompt]:
         if split not in self._prompts:
-            prompts = []
-            for key, problem in self._generate()[split]:
-                text = self.format(problem.statement)
-                prompts.append(TaskPrompt(f"{self.name}:{split}:{key}", text, str(problem.answer)))
-            self._prompts[split] = prompts
+            self._prompts[split] = [
+                TaskPrompt(p.id, self.format(p.text), p.answer) for p in self._generate()[split]
+            ]
         return self._prompts[split]
 
-    def _problem(self, prompt_id: str) -> Problem | None:
-        """The problem a prompt id names (`<name>:<split>:<key>`), if it is one of this task's."""
-        self._generate()
-        return self._by_key.get(prompt_id.rpartition(":")[2])
+    def _generate(self) -> dict[str, list[TaskPrompt]]:
+        """The problems, drawn and split as the chain tasks draw theirs (`generate_splits`)."""
+        if not self._splits:
+            drawn: dict[str, Problem] = {}
 
-    def _generate(self) -> dict[str, list[tuple[str, Problem]]]:
-        if not self._problems:
-            rng = random.Random(self.seed)
-            wanted = {"train": self.n_train, "heldout": self.n_heldout}
-            out: dict[str, list[tuple[str, Problem]]] = {"train": [], "heldout": []}
-            seen: set[str] = set()
-            tries = 0
-            while any(len(out[s]) < wanted[s] for s in out):
-                tries += 1
-                if tries > 100 * (self.n_train + self.n_heldout) + 10_000:
-                    raise ValueError("problem space too small for n_train + n_heldout")
+            def sample(rng: random.Random) -> str:
                 problem = generate(rng, self.min_events, self.max_events)
-                held = is_heldout(problem.statement, self.heldout_percent, b"word-heldout:")
-                split = "heldout" if held else "train"
-                if problem.statement in seen or len(out[split]) >= wanted[split]:
-                    continue
-                seen.add(problem.statement)
-                key = hashlib.sha256(problem.statement.encode()).hexdigest()[:12]
-                out[split].append((key, problem))
-            self._problems.update(out)
-            self._by_key.update(pair for split in out.values() for pair in split)
-        return self._problems
+                drawn[problem.statement] = problem
+                return problem.statement
+
+            self._splits.update(
+                generate_splits(
+                    sample,
+                    random.Random(self.seed),
+                    self.name,
+                    self.n_train,
+                    self.n_heldout,
+                    lambda text: is_heldout(text, self.heldout_percent, b"word-heldout:"),
+                    lambda text: str(drawn[text].answer),
+                )
+            )
+            self._by_id.update(
+                (p.id, drawn[p.text]) for split in self._splits.values() for p in split
+            )
+        return self._splits
 
 
 def answer_text(completion: str) -> str:
