@@ -3,8 +3,9 @@
 Actors and estimators call `sync()` between batches: it fetches the newest published version
 (verified by size and sha256; a rejected version is counted and skipped, the engine keeps
 its adapter), through the host cache unless `fetch.host_cache = "off"` (one fetch per
-machine: `protocol.adapter_cache`), loads it, and updates the version gauge and the info metric that carries the
-sha256 prefix, so a dashboard shows that the rollout policy really changed. `lag()` is the
+machine: `protocol.adapter_cache`), loads it, and updates the version gauge and the info
+metric that carries the sha256 prefix, so a dashboard shows that the rollout policy really
+changed. `lag()` is the
 number of versions the engine trails the newest pointer seen.
 """
 

@@ -81,14 +81,15 @@ def import_gguf(path: Path, cache_dir: str = DEFAULT_CACHE, dtype: str = "bf16")
         raise UserError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
     path = Path(path).expanduser()
     check_gguf(path)
-    target = Path(cache_dir).expanduser() / f"{path.stem}-{file_sha256(path)[:16]}-{dtype}"
+    digest = file_sha256(path)
+    target = Path(cache_dir).expanduser() / f"{path.stem}-{digest[:16]}-{dtype}"
     if (target / "gpo-import.json").is_file():
         print(f"cached: {target}", file=sys.stderr)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
-        facts = _convert(path, tmp, dtype)
+        facts = {"source": str(path), "sha256": digest, **_convert(path, tmp, dtype)}
         (tmp / "gpo-import.json").write_text(json.dumps(facts, indent=2) + "\n")
         shutil.rmtree(target, ignore_errors=True)  # an incomplete one from an older build
         tmp.rename(target)
@@ -128,8 +129,6 @@ def _convert(path: Path, out: Path, dtype: str) -> dict:
     fresh.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {
-        "source": str(path),
-        "sha256": file_sha256(path),
         "dtype": dtype,
         "architecture": type(fresh).__name__,
         "parameters": sum(p.numel() for p in fresh.parameters()),

@@ -8,8 +8,9 @@ nor used by a running request.
 
 Weights arrive as safetensors bytes with peft's key names (`get_peft_model_state_dict` of the
 learner's model); `parse_adapter_weights` checks the file's layout and views each tensor in
-the received buffer (`protocol.safetensors_layout`): one parse, no copy, no pickle. An adapter whose keys
-or shapes differ from what its config injects is refused with ValueError and rolled back.
+the received buffer (`protocol.safetensors_layout`): one parse, no copy, no pickle. An
+adapter whose keys or shapes differ from what its config injects is refused with ValueError
+and rolled back.
 
 Methods that touch modules (`add`, `activate`, `delete`) must be called with the engine's
 model lock held; the version pins (`VersionPins`: `acquire`, `release`, `make_current`) take their own small
@@ -27,7 +28,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from transformers import PreTrainedModel
 
-from protocol.safetensors_layout import layout
+from protocol.safetensors_layout import DTYPE_BYTES, layout
 
 
 def lora_config_from_dict(config: dict) -> LoraConfig:
@@ -68,8 +69,7 @@ def parse_adapter_weights(buf: bytes | bytearray | memoryview) -> dict[str, torc
         buf = bytearray(buf)
     tensors = {}
     for name, span in spans.items():
-        dtype = TORCH_DTYPES[span.dtype]
-        itemsize = torch.empty((), dtype=dtype).element_size()
+        dtype, itemsize = TORCH_DTYPES[span.dtype], DTYPE_BYTES[span.dtype]
         if span.nbytes == 0:
             tensors[name] = torch.empty(span.shape, dtype=dtype)
         elif span.offset % itemsize:  # misaligned (the library aligns; others may not): copy

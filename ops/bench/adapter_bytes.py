@@ -1,13 +1,13 @@
 """Bytes per adapter version: what one learner update makes Redis store and every host read.
 
-    gpo bench adapter-bytes [--model DIR | --shape smollm2] [--config ops/configs/demo.toml] [--updates 6]
-                            [--rank R] [--targets q_proj,v_proj,...] [--batch-size B]
-                            [--max-new-tokens T] [--write-results]
+    gpo bench adapter-bytes [--model DIR | --shape smollm2] [--config ops/configs/demo.toml]
+                            [--updates 6] [--rank R] [--targets q_proj,v_proj,...]
+                            [--batch-size B] [--max-new-tokens T] [--write-results]
 
 The learner's own path, on one private redis-server: the base policy (`gpo bootstrap`'s,
 cached, unless `--model`; `--shape smollm2`: a random Llama of SmolLM2-135M's shape over the
-tiny character vocabulary, for an adapter of realistic size) with a fresh LoRA of the config's `[learner.lora]` (or `--rank`,
-`--targets`), the batch `gpo bench learner` builds (samples made as actors and estimators
+tiny character vocabulary, for an adapter of realistic size) with a fresh LoRA of the
+config's `[learner.lora]` (or `--rank`, `--targets`), the batch `gpo bench learner` builds (samples made as actors and estimators
 make them), `--updates` PPO updates (`learner.train.ppo_update` with the config's loss and
 optimizer), and after each one `Policy.export_adapter` and `AdapterPublisher.publish`, as
 the learner publishes. Once per publish dtype (`learner.lora.publish_dtype`: fp32, bf16),
@@ -157,7 +157,7 @@ def reading(rows: Sequence[Row], updates: int) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ops.bench.learner_update import DEMO_CONFIG, build_batch, load_configs
+    from ops.bench.learner_update import DEMO_CONFIG, load_configs, system_batch
 
     p = parser("gpo bench adapter-bytes", __doc__)
     p.add_argument("--model", help="base model directory (default: gpo bootstrap's, cached)")
@@ -176,12 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--model and --shape exclude each other")
     load_configs(args, args.model or "bootstrap")  # a config mistake: one line, before a build
 
-    from actors.tasks.base import load_task
     from learner.policy import build_policy
     from ops.redis_server import RedisServer
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
-    boot = BootstrapConfig()
     tmp = tempfile.TemporaryDirectory(prefix="gpo-adapter-bytes-")
     if args.shape:
         from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
@@ -189,16 +187,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         shape = TinyModelConfig(**SHAPES[args.shape])
         model = str(build_tiny_model_dir(Path(tmp.name) / args.shape, shape))
     else:
-        model = args.model or str(bootstrap(boot))
-    learner, rollout, estimator = load_configs(args, model)
+        model = args.model or str(bootstrap(BootstrapConfig()))
+    learner, samples = system_batch(args, model)
     lora = learner.lora
     if args.rank:
         lora = replace(lora, rank=args.rank)
     if args.targets:
         lora = replace(lora, target_modules=[t for t in args.targets.split(",") if t])
-    learner = replace(learner, lora=lora)
-    task = load_task(boot.task_spec, **boot.task_options())
-    samples = build_batch(model, task, learner, rollout, estimator)
+    learner = replace(learner, lora=lora)  # the batch does not depend on the adapter
     print(f"model {model}; {len(samples)} samples; LoRA rank {lora.rank} on {lora.target_modules}")
     with tmp:
         server = RedisServer(Path(tmp.name) / "redis", extra=("--maxmemory", "0")).start()

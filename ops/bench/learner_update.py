@@ -315,6 +315,17 @@ def load_configs(
     )
 
 
+def system_batch(args: argparse.Namespace, model: str) -> tuple[LearnerConfig, list[Sample]]:
+    """The config's `[learner]` on `model`, and a batch built as the system builds it
+    (`build_batch`) on the tiny base policy's task."""
+    from ops.tiny_policy.bootstrap import BootstrapConfig
+
+    boot = BootstrapConfig()
+    learner, rollout, estimator = load_configs(args, model)
+    task = load_task(boot.task_spec, **boot.task_options())
+    return learner, build_batch(model, task, learner, rollout, estimator)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -323,11 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
-    boot = BootstrapConfig()
-    model = args.model or str(bootstrap(boot))
-    learner, rollout, estimator = load_configs(args, model)
-    task = load_task(boot.task_spec, **boot.task_options())
-    samples = build_batch(model, task, learner, rollout, estimator)
+    model = args.model or str(bootstrap(BootstrapConfig()))
+    learner, samples = system_batch(args, model)
     policy = build_policy(learner)
     rows = run(policy, samples, learner, args.repeats)
     mbs = len(plan_micro_batches([len(s.token_ids) for s in samples], learner.token_budget))
