@@ -8,7 +8,6 @@ Redis once between them (the server counts the GETs), and each loads it."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import queue
 import subprocess
@@ -23,9 +22,9 @@ from protocol.adapters import publish_adapter
 from protocol.codec import encode
 from protocol.config import RedisConfig
 from protocol.consumer import FIELD
-from protocol.messages import AdapterPointer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.streams import WEIGHTS, Keys, Link
+from tests.support.adapters import adapter_pointer
 from tests.support.workload import ROOT
 
 KEYS = Keys("t")
@@ -88,16 +87,11 @@ def publish(url: str, version: int, data: bytes, corrupt: bool = False, absurd: 
         cfg = RedisConfig(url=url, run_id="t", socket_timeout=3, block_ms=500)
         link = Link(cfg, TransportMetrics(Metrics("pub")))
         if absurd:
-            ptr = AdapterPointer(
-                id=f"adapter:{version}",
-                run="t",
-                ts=time.time(),
-                version=version,
-                base_model="tiny",
+            ptr = adapter_pointer(
+                data,
+                [KEYS.adapter_chunk(version, 0)],
+                version,
                 lora_config={"r": 8, "modules_to_save": ["lm_head"]},
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                chunk_keys=[KEYS.adapter_chunk(version, 0)],
             )
             await link.client.xadd(KEYS.stream(WEIGHTS), {FIELD: encode(ptr)})
         elif not corrupt:
@@ -120,17 +114,7 @@ def publish(url: str, version: int, data: bytes, corrupt: bool = False, absurd: 
                 if i == 1:
                     chunk = bytes([chunk[0] ^ 0xFF]) + chunk[1:]
                 await link.client.set(k, chunk)
-            ptr = AdapterPointer(
-                id=f"adapter:{version}",
-                run="t",
-                ts=time.time(),
-                version=version,
-                base_model="tiny",
-                lora_config={"r": 8},
-                sha256=hashlib.sha256(data).hexdigest(),
-                size=len(data),
-                chunk_keys=keys,
-            )
+            ptr = adapter_pointer(data, keys, version)
             await link.client.xadd(KEYS.stream(WEIGHTS), {FIELD: encode(ptr)})
         await link.close()
 

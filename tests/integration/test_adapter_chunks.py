@@ -7,8 +7,6 @@ version can be broken is rejected with its reason."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import time
 
 import pytest
 import torch
@@ -24,9 +22,9 @@ from protocol.adapters import (
     read_chunks,
 )
 from protocol.config import RedisConfig
-from protocol.messages import AdapterPointer
 from protocol.metrics import Metrics
 from protocol.streams import Keys, Link
+from tests.support.adapters import adapter_pointer
 
 KEYS = Keys("f")
 
@@ -38,20 +36,6 @@ def blob(seed: int = 0) -> bytes:
             "m.lora_A.weight": torch.randn(40, 96, generator=g),
             "m.lora_B.weight": torch.randn(96, 40, generator=g).to(torch.bfloat16),
         }
-    )
-
-
-def pointer_for(data: bytes, keys: list[str], version: int = 1, size: int | None = None):
-    return AdapterPointer(
-        id=f"adapter:{version}",
-        run="f",
-        ts=time.time(),
-        version=version,
-        base_model="tiny",
-        lora_config={"r": 8},
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data) if size is None else size,
-        chunk_keys=keys,
     )
 
 
@@ -84,7 +68,7 @@ def test_every_split_into_round_trips_gives_the_published_bytes(
     assert len(pointer.chunk_keys) > 16
 
 
-def broken(redis_server, data: bytes, chunks: list[bytes | None], size: int | None = None):
+def broken(redis_server, data: bytes, chunks: list[bytes | None]):
     """Write `chunks` (None: never written) and fetch a pointer to them for `data`."""
     keys = [KEYS.adapter_chunk(9, i) for i in range(len(chunks))]
     r = redis_server.client()
@@ -93,7 +77,7 @@ def broken(redis_server, data: bytes, chunks: list[bytes | None], size: int | No
             r.set(key, value)
 
     async def go(link):
-        return await fetch_adapter(link, pointer_for(data, keys, 9, size), chunks_per_call=2)
+        return await fetch_adapter(link, adapter_pointer(data, keys, 9, run="f"), chunks_per_call=2)
 
     with pytest.raises(AdapterRejected) as err:
         run(redis_server.url, go)

@@ -4,7 +4,6 @@ verified on read, old versions pruned, and a fetch that fails leaves nothing beh
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import time
 
@@ -13,20 +12,11 @@ import pytest
 from protocol.adapter_cache import HostCache
 from protocol.adapters import AdapterRejected
 from protocol.messages import AdapterPointer
+from tests.support.adapters import adapter_pointer
 
 
 def pointer(version: int, data: bytes) -> AdapterPointer:
-    return AdapterPointer(
-        id=f"adapter:{version}",
-        run="t",
-        ts=time.time(),
-        version=version,
-        base_model="tiny",
-        lora_config={"r": 8},
-        sha256=hashlib.sha256(data).hexdigest(),
-        size=len(data),
-        chunk_keys=[f"k{version}"],
-    )
+    return adapter_pointer(data, [f"k{version}"], version)
 
 
 class Redis:
