@@ -38,7 +38,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ops.tiny_policy import resolve_model
+from ops.models import resolve_model
 from protocol.process import UserError, cli_entry
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = EvalArgs(model="")
-    ap.add_argument("--model", required=True, help="base model directory, or `bootstrap`")
+    ap.add_argument("--model", required=True, help="base model directory, `bootstrap` or `smollm2`")
     ap.add_argument("--adapter", help="peft adapter directory or learner checkpoint")
     ap.add_argument("--task", default=d.task, help="task name or module:Class")
     ap.add_argument("--prompts", type=int, default=d.prompts, help="held-out prompts")
@@ -141,8 +141,8 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
 
 
 def find_model_dir(model: str) -> Path:
-    """The base model's directory: `bootstrap` (the tiny base policy, built once, cached) or
-    a model directory; anything else is a user error."""
+    """The base model's directory: a model name of ops/models.py (`bootstrap`, `smollm2`;
+    built once, cached) or a model directory; anything else is a user error."""
     path = Path(resolve_model(model)).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"--model {model}: not a model directory (no config.json)")

@@ -46,7 +46,7 @@ from ops.run_setup import (
     split_sets,
     validate_roles,
 )
-from ops.tiny_policy import resolve_model
+from ops.models import resolve_model
 from ops.worker import Worker, prometheus_targets, tail
 from protocol.config import ConfigError, apply_sets, from_mapping, load_toml
 from protocol.streams import redact

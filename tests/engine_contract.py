@@ -1,10 +1,11 @@
 """The engine contract (DESIGN.md section 5), as plain tests any `Engine` must pass.
 
 A test module wires an implementation in by star-importing this module and defining a
-module-scoped fixture `engine_factory`: a callable (sync or async) taking the tiny model
-directory and returning a float32 engine on it. Tests share one engine per module (a vLLM
-engine takes a minute to start) and one event loop (`runner`), so they never assume a fresh
-engine: they read `engine.policy_version` and load the versions after it.
+module-scoped fixture `engine_factory`: a callable (sync or async) taking a model directory
+(`model_dir`: the tiny model unless the module overrides it) and returning a float32 engine
+on it. Tests share one engine per module (a vLLM engine takes a minute to start) and one
+event loop (`runner`), so they never assume a fresh engine: they read
+`engine.policy_version` and load the versions after it.
 
 The reference for every logprob is the learner's view: the same base model plus a peft LoRA
 adapter with random non-zero weights, in float32, teacher-forced on prompt + completion,
@@ -38,6 +39,13 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def model_dir(tiny_model_dir) -> Path:
+    """The model the contract runs on: the tiny model, unless a module overrides this (the
+    vLLM suite runs it on SmolLM2-135M-Instruct too)."""
+    return tiny_model_dir
+
+
+@pytest.fixture(scope="module")
 def runner():
     """One event loop for the module: async engines may bind to the loop they start on."""
     with asyncio.Runner() as loop_runner:
@@ -45,9 +53,9 @@ def runner():
 
 
 @pytest.fixture(scope="module")
-def engine(runner, engine_factory, tiny_model_dir) -> Engine:
+def engine(runner, engine_factory, model_dir) -> Engine:
     async def start() -> Engine:
-        made = engine_factory(tiny_model_dir)
+        made = engine_factory(model_dir)
         return await made if inspect.isawaitable(made) else made
 
     started = runner.run(start())
@@ -56,13 +64,13 @@ def engine(runner, engine_factory, tiny_model_dir) -> Engine:
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
+def tokenizer(model_dir):
+    return AutoTokenizer.from_pretrained(model_dir)
 
 
 @pytest.fixture(scope="module")
-def learner(tiny_model_dir) -> Learner:
-    return Learner(tiny_model_dir)
+def learner(model_dir) -> Learner:
+    return Learner(model_dir)
 
 
 class Learner:

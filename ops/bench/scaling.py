@@ -39,7 +39,7 @@ from ops.harness import parser, write_bench_section
 from ops.launch import LaunchConfig
 from ops.redis_server import RedisServer, free_port
 from ops.run_setup import validate_roles
-from ops.tiny_policy import resolve_model
+from ops.models import resolve_model
 from ops.worker import Worker
 from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer
