@@ -1,10 +1,10 @@
 """Dev tooling: the tiny built-in base policies the demo, the tests and the benchmarks run on.
 
 None of it is needed to run the system on a real model. `bootstrap_policy` gives the
-directory of a tiny policy (the model name `bootstrap`, ops/models.py); `bootstrap.py` builds (or reuses) one
-(`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is the one character tokenizer;
-`tiny_model.py` holds the one tiny-Llama shape (`llama_config`, which the policies use too)
-and builds a tiny random Llama for engine tests and benchmarks.
+directory of a tiny policy (the model name `bootstrap`, ops/models.py); `bootstrap.py`
+builds (or reuses) one (`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is the one
+character tokenizer; `tiny_model.py` holds the one tiny-Llama shape (`llama_config`, which
+the policies use too) and builds a tiny random Llama for engine tests and benchmarks.
 """
 
 from __future__ import annotations
