@@ -124,6 +124,7 @@ async def run(p: Parts) -> int:
     cfg, st = p.cfg, p.state
     await announce(p)
     if cfg.eval.every and st.step == 0:
+        await p.feeder.top_up()  # the actors start on version 0 while it is scored
         await evaluate(p)  # the base policy's score: the "before" of every learning curve
     stop_leases = asyncio.Event()
     leases = asyncio.create_task(
