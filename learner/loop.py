@@ -124,6 +124,7 @@ async def run(p: Parts) -> int:
     cfg, st = p.cfg, p.state
     await announce(p)
     if cfg.eval.every and st.step == 0:
+        await p.feeder.top_up()  # the actors start on version 0 while it is scored
         await evaluate(p)  # the base policy's score: the "before" of every learning curve
     stop_leases = asyncio.Event()
     leases = asyncio.create_task(
@@ -133,6 +134,26 @@ async def run(p: Parts) -> int:
     lease = asyncio.create_task(
         repeat(p.lease.interval, p.lease.renew, stop_leases), name="learner-lease"
     )
+    try:
+        await train(p, leases, lease)
+    except BaseException:
+        # the keepers' own errors (a lost link) are this one's consequences: collect them
+        stop_leases.set()
+        for keeper in (leases, lease):
+            keeper.cancel()
+        await asyncio.gather(leases, lease, return_exceptions=True)
+        raise
+    await end(leases, stop_leases)
+    await end(lease, stop_leases)
+    await p.lease.release()
+    broadcast_samples(p.world, None)
+    return 0
+
+
+async def train(p: Parts, leases: asyncio.Task, lease: asyncio.Task) -> None:
+    """The update loop, until SIGTERM; then commit what was trained (the unread buffer stays
+    pending for the next start)."""
+    cfg, st = p.cfg, p.state
     while not p.rt.stop.is_set():
         for keeper in (leases, lease):
             if keeper.done():
@@ -175,13 +196,7 @@ async def run(p: Parts) -> int:
         # 8. held-out evaluation
         if cfg.eval.every and st.step % cfg.eval.every == 0:
             await evaluate(p)
-    # SIGTERM: commit what was trained; the unread buffer stays pending for the next start
     await commit(p)
-    await end(leases, stop_leases)
-    await end(lease, stop_leases)
-    await p.lease.release()
-    broadcast_samples(p.world, None)
-    return 0
 
 
 async def next_batch(p: Parts) -> BatchPlan:

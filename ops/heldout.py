@@ -1,6 +1,7 @@
 """`gpo eval`: held-out pass@1 of a base model, optionally with a LoRA adapter.
 
-    gpo eval --model M [--adapter DIR] [--task arithmetic] [--prompts 500] [--seed S] [--json]
+    gpo eval --model M [--adapter DIR] [--task arithmetic] [--task-option KEY=VALUE ...]
+             [--prompts 500] [--seed S] [--json]
 
 The number is the learner's own held-out evaluation (`learner.evaluate.heldout_pass_at_1`):
 the first `--prompts` prompts of the task's held-out split, one sample each at temperature 1
@@ -38,7 +39,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ops.tiny_policy import resolve_model
+from ops.models import resolve_model
+from protocol.config import parse_set_value
 from protocol.process import UserError, cli_entry
 
 PEFT_CONFIG, PEFT_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -55,6 +57,8 @@ class EvalArgs:
     """LoRA adapter (peft directory or learner checkpoint); None evaluates the base model."""
     task: str = "arithmetic"
     """Task name or `module:Class`."""
+    task_option: tuple[str, ...] = ()
+    """`KEY=VALUE` options of the task (TOML values), as `run.task_options` gives them."""
     prompts: int = 500
     """Held-out prompts to score (the first n of the held-out split)."""
     seed: int = 0
@@ -78,9 +82,16 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     d = EvalArgs(model="")
-    ap.add_argument("--model", required=True, help="base model directory, or `bootstrap`")
+    ap.add_argument("--model", required=True, help="base model directory, `bootstrap` or `smollm2`")
     ap.add_argument("--adapter", help="peft adapter directory or learner checkpoint")
     ap.add_argument("--task", default=d.task, help="task name or module:Class")
+    ap.add_argument(
+        "--task-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a task option as run.task_options gives it (repeatable), e.g. max_events=2",
+    )
     ap.add_argument("--prompts", type=int, default=d.prompts, help="held-out prompts")
     ap.add_argument("--seed", type=int, default=d.seed, help="sampling seed")
     ap.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
@@ -105,7 +116,8 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
         raise UserError("need --prompts >= 1, --batch >= 1 and --temperature > 0")
     model_dir = find_model_dir(args.model)
     try:
-        task = load_task(args.task, **_task_options(model_dir, args.task))
+        options = {**_task_options(model_dir, args.task), **_options(args.task_option)}
+        task = load_task(args.task, **options)
     except ValueError as e:
         raise UserError(str(e)) from None
     threads = torch.get_num_threads()
@@ -141,8 +153,8 @@ def evaluate(args: EvalArgs, progress: bool = True) -> dict:
 
 
 def find_model_dir(model: str) -> Path:
-    """The base model's directory: `bootstrap` (the tiny base policy, built once, cached) or
-    a model directory; anything else is a user error."""
+    """The base model's directory: a model name of ops/models.py (`bootstrap`, `smollm2`;
+    built once, cached) or a model directory; anything else is a user error."""
     path = Path(resolve_model(model)).expanduser()
     if not (path / "config.json").is_file():
         raise UserError(f"--model {model}: not a model directory (no config.json)")
@@ -239,6 +251,17 @@ def _run_lora_alpha(step_dir: Path) -> float:
     return float(alpha)
 
 
+def _options(items: Sequence[str]) -> dict:
+    """`KEY=VALUE` flags as a dict of TOML values (a bare word is a string)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--task-option {item!r}: expected KEY=VALUE")
+        out[key.strip()] = parse_set_value(raw.strip())
+    return out
+
+
 def _task_options(model_dir: Path, spec: str) -> dict:
     """The options a bootstrap policy's task was built with, when `spec` names that task."""
     record = model_dir / "bootstrap.json"
@@ -269,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def parse_and_run() -> int:
         ns = _parser().parse_args(argv)
         fields = {k: v for k, v in vars(ns).items() if k not in ("json", "quiet")}
+        fields["task_option"] = tuple(fields["task_option"])
         record = evaluate(EvalArgs(**fields), progress=not ns.quiet)
         if ns.json:
             print(json.dumps(record))

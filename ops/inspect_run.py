@@ -208,6 +208,10 @@ def find_model(run_dir: Path, launch: dict, override: str | None) -> str:
         except ConfigError as e:
             raise InspectError(f"the run config's base policy: {e}") from None
         model = str(Path(boot.cache_dir).expanduser() / boot.cache_key())
+    elif model == "smollm2":  # the imported model, cached by the packaged file's hash
+        from ops.models import resolve_model
+
+        model = resolve_model(model)
     if not model or not Path(model).is_dir():
         raise InspectError(
             f"base model {model or '(none)'} of {run_dir} not found; pass --model DIR"

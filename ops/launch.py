@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ops.launch_progress import backlogs, done, progress_line, scrape
+from ops.models import resolve_model
 from ops.redis_server import RedisServer, free_port, is_memory_size
 from ops.run_setup import (
     base_model,
@@ -46,7 +47,6 @@ from ops.run_setup import (
     split_sets,
     validate_roles,
 )
-from ops.tiny_policy import resolve_model
 from ops.worker import Worker, prometheus_targets, tail
 from protocol.config import ConfigError, apply_sets, from_mapping, load_toml
 from protocol.streams import redact

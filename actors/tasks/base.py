@@ -98,6 +98,16 @@ def with_tokenizer(task: Task, tokenizer: object) -> Task:
     return task
 
 
+def chat_text(tokenizer: object | None, message: str) -> str | None:
+    """`message` as the user turn of `tokenizer`'s chat template, the assistant turn opened;
+    None when there is no tokenizer or it has no chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    return tokenizer.apply_chat_template(  # type: ignore[union-attr]
+        [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
+    )
+
+
 def steps_of(task: object, text: str, config: StepConfig | None = None) -> list[Span]:
     """Character spans of the steps of `text` under `task`'s splitter, if it has one."""
     splitter = task.split_steps if isinstance(task, StepSplitter) else None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from math_verify import parse, verify
 
-from actors.tasks.base import TaskPrompt
+from actors.tasks.base import TaskPrompt, chat_text
 
 DEFAULT_TEMPLATE = (
     "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}.\n"
@@ -50,6 +50,9 @@ class MathFiles:
     name: str = "math"
     """Task name."""
     _cache: dict[str, list[TaskPrompt]] = field(default_factory=dict, repr=False, compare=False)
+    """The prompts by split, with `prompt_template` applied (the held-out hash reads these)."""
+    _tokenizer: object = field(default=None, repr=False, compare=False)
+    _chat: dict[str, list[TaskPrompt]] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.train_path:
@@ -59,13 +62,29 @@ class MathFiles:
         if "{problem}" not in self.prompt_template:
             raise ValueError("prompt_template must contain '{problem}'")
 
+    def use_tokenizer(self, tokenizer: object) -> None:
+        """Send each prompt as the user turn of `tokenizer`'s chat template from now on (a
+        tokenizer without one: the prompt text as it is). The split does not change."""
+        self._tokenizer = tokenizer
+        self._chat.clear()
+
     def train_prompts(self) -> list[TaskPrompt]:
         """Problems of `train_path` (less the held-out share when there is no held-out file)."""
-        return self._load()["train"]
+        return self._split("train")
 
     def heldout_prompts(self) -> list[TaskPrompt]:
         """Problems of `heldout_path`, or the held-out share of `train_path`."""
-        return self._load()["heldout"]
+        return self._split("heldout")
+
+    def _split(self, split: str) -> list[TaskPrompt]:
+        if split not in self._chat:
+            self._chat[split] = [
+                TaskPrompt(
+                    p.id, chat_text(self._tokenizer, p.text.rstrip("\n")) or p.text, p.answer
+                )
+                for p in self._load()[split]
+            ]
+        return self._chat[split]
 
     def score(self, prompt: TaskPrompt, completion: str) -> float:
         """1.0 if math-verify finds the completion's final answer equal to the reference."""

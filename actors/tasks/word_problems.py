@@ -36,7 +36,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from actors.tasks.base import TaskPrompt, steps_of
+from actors.tasks.base import TaskPrompt, chat_text, steps_of
 from actors.tasks.chains import generate_splits, is_heldout
 from actors.tasks.math_files import verified
 
@@ -218,12 +218,7 @@ class WordProblems:
     def format(self, statement: str) -> str:
         """The text the policy sees for a problem statement."""
         message = f"{statement}\n\n{INSTRUCTIONS}"
-        template = getattr(self._tokenizer, "chat_template", None)
-        if not template:
-            return message + "\n"
-        return self._tokenizer.apply_chat_template(  # type: ignore[union-attr]
-            [{"role": "user", "content": message}], tokenize=False, add_generation_prompt=True
-        )
+        return chat_text(self._tokenizer, message) or message + "\n"
 
     def _split(self, split: str) -> list[TaskPrompt]:
         if split not in self._prompts:

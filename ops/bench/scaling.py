@@ -37,9 +37,9 @@ from pathlib import Path
 from ops.bench.scaling_report import Trial, format_table, reading, summarise
 from ops.harness import parser, write_bench_section
 from ops.launch import LaunchConfig
+from ops.models import resolve_model
 from ops.redis_server import RedisServer, free_port
 from ops.run_setup import validate_roles
-from ops.tiny_policy import resolve_model
 from ops.worker import Worker
 from protocol.config import RedisConfig, load_toml
 from protocol.consumer import Consumer

@@ -1,10 +1,10 @@
 """Dev tooling: the tiny built-in base policies the demo, the tests and the benchmarks run on.
 
-None of it is needed to run the system on a real model. `resolve_model` turns the model
-name `bootstrap` into the directory of a tiny policy; `bootstrap.py` builds (or reuses) one
-(`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is the one character tokenizer;
-`tiny_model.py` holds the one tiny-Llama shape (`llama_config`, which the policies use too)
-and builds a tiny random Llama for engine tests and benchmarks.
+None of it is needed to run the system on a real model. `bootstrap_policy` gives the
+directory of a tiny policy (the model name `bootstrap`, ops/models.py); `bootstrap.py`
+builds (or reuses) one (`gpo bootstrap`) and `sft.py` trains it; `tokenizer.py` is the one
+character tokenizer; `tiny_model.py` holds the one tiny-Llama shape (`llama_config`, which
+the policies use too) and builds a tiny random Llama for engine tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -16,12 +16,9 @@ import sys
 from protocol.config import from_mapping
 
 
-def resolve_model(model: str, fields: dict | None = None) -> str:
-    """`bootstrap` -> the directory of the tiny built-in policy that `fields` (BootstrapConfig
-    fields; none: the arithmetic one) describe, built once, then cached; any other value is
-    a model directory, returned as it is. Progress goes to stderr (stdout may be a result)."""
-    if model != "bootstrap":
-        return model
+def bootstrap_policy(fields: dict | None = None) -> str:
+    """The directory of the tiny built-in policy that `fields` (BootstrapConfig fields; none:
+    the arithmetic one) describe, built once, then cached. Progress goes to stderr."""
     from ops.tiny_policy.bootstrap import BootstrapConfig, bootstrap
 
     say = functools.partial(print, file=sys.stderr, flush=True)

@@ -227,6 +227,7 @@ def test_lagging_actor_takes_no_prompts_until_caught_up(
     "args, expect",
     [
         (["--model", "/nonexistent/model"], "model directory not found"),
+        (["--model", "smollm2"], "`gpo model smollm2` prints"),
         (["--redis-url", "redis://127.0.0.1:1/0"], "cannot reach Redis"),
         (["--set", "actor.batch_messages=0"], "batch_messages"),
         (["--set", "actor.bogus=1"], "unknown key"),

@@ -1,6 +1,7 @@
 """The consumer loop against a real redis-server, in-process: ack, counters, dead letters."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -9,7 +10,7 @@ from protocol.config import RedisConfig
 from protocol.consumer import Consumer
 from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
-from protocol.streams import Keys, Link
+from protocol.streams import Keys, Link, LinkClosed
 from tests.support.workload import prompt
 
 
@@ -97,3 +98,25 @@ def test_config_rejects_bad_values(bad):
 
     with pytest.raises(ConfigError):
         RedisConfig(**{"socket_timeout": 10.0, **bad})
+
+
+def test_a_stopping_link_finishes_what_redis_answers_and_gives_up_on_what_it_does_not(
+    redis_server,
+):
+    """After SIGTERM the grace bounds waiting for a Redis that does not answer; it must not
+    refuse calls Redis answers (a learner update that outlasts the grace still commits)."""
+
+    async def go():
+        _, _, link, _ = parts(redis_server.url, reconnect_backoff_max=0.2)
+        await link.connect()
+        link.give_up_at = time.monotonic() - 1.0  # stopping, and the grace is over
+        assert await link.call(lambda r: r.set("late", "work")) is True
+        assert await link.call(lambda r: r.get("late")) == b"work"
+        redis_server.stop()
+        start = time.monotonic()
+        with pytest.raises(LinkClosed, match="grace"):
+            await link.call(lambda r: r.get("late"))
+        assert time.monotonic() - start < 10
+        await link.close()
+
+    asyncio.run(go())

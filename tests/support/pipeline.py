@@ -38,7 +38,11 @@ N, N_RESET = 2, 1  # rollouts per prompt, per reset request
 
 
 def write_config(
-    tmp_path: Path, model_dir: str, redis_extra: str = "", max_new_tokens: int = 8
+    tmp_path: Path,
+    model_dir: str,
+    redis_extra: str = "",
+    max_new_tokens: int = 8,
+    task: str = "arithmetic",
 ) -> Path:
     """One TOML for all three roles; `redis_extra` adds lines to `[redis]`."""
     path = tmp_path / "pipeline.toml"
@@ -64,7 +68,7 @@ token_budget = 256
 max_policy_lag = 100
 checkpoint_dir = "{tmp_path / "ckpt"}"
 checkpoint_every = 1
-task = "arithmetic"
+task = "{task}"
 log_sample_ids = true
 
 [learner.lora]
@@ -82,12 +86,12 @@ backlog_target = 2
 backlog_bound = 4
 
 [actor]
-task = "arithmetic"
+task = "{task}"
 batch_messages = 4
 max_policy_lag = 100
 {engine.replace("{p}", "actor")}
 [estimator]
-task = "arithmetic"
+task = "{task}"
 n_reset = {N_RESET}
 {engine.replace("{p}", "estimator")}
 [estimator.mc]
@@ -205,10 +209,13 @@ class System:
 
 
 def settings(values: dict) -> list[str]:
-    """`--set SECTION.KEY=VALUE` flags for every item (a dict VALUE as a TOML inline table)."""
+    """`--set SECTION.KEY=VALUE` flags for every item (a dict VALUE as a TOML inline table,
+    a bool as TOML's true/false)."""
     out = []
     for key, value in values.items():
-        if isinstance(value, dict):
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, dict):
             value = "{" + ", ".join(f"{k} = {v}" for k, v in value.items()) + "}"
         out += ["--set", f"{key}={value}"]
     return out
@@ -354,3 +361,8 @@ def message_ids_counted(r, stream: str) -> Counter:
     return Counter(
         {i: len(entries) for i, entries in by_id(dump_stream(r, KEYS, stream), stream).items()}
     )
+
+
+def messages(r, stream: str) -> dict[str, object]:
+    """The decodable messages of `stream` by message id (the first entry of each)."""
+    return {i: entries[0][1] for i, entries in by_id(dump_stream(r, KEYS, stream), stream).items()}

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = [
     ROOT / "ops" / "configs" / "demo.toml",
     ROOT / "ops" / "configs" / "pivot.toml",
+    ROOT / "ops" / "configs" / "smollm2.toml",
     ROOT / "ops" / "deploy" / "configs" / "gpu.toml",
 ]
 

@@ -68,3 +68,45 @@ def test_progress_shows_a_dash_until_there_is_a_value():
     )
     line = progress_line(rec, LaunchConfig())
     assert "reward 0.250 | held-out pass@1 0.300" in line, line
+
+
+def test_the_report_gives_each_process_its_token_rate_and_each_score_its_error(tmp_path):
+    (tmp_path / "learner").mkdir()
+    records = [
+        {"event": "eval", "t": 1.0, "step": 0, "pass_at_1": 0.2, "n": 100},
+        {"event": "update", "t": 5.0, "step": 1},
+        {"event": "eval", "t": 9.0, "step": 1, "pass_at_1": 0.5, "n": 400},
+    ]
+    (tmp_path / "learner" / "run_log.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in records)
+    )
+    progress = [
+        {"t": 10.0, "processes": {"actor-0": {"gpo_actor_generated_tokens_total": 100.0}}},
+        {
+            "t": 20.0,
+            "processes": {
+                "actor-0": {"gpo_actor_generated_tokens_total": 600.0},
+                "estimator-0": {"gpo_estimator_generated_tokens_total": 50.0},
+                "learner": {"gpo_learner_tokens_trained_total": 0.0},
+            },
+        },
+        {
+            "t": 30.0,
+            "processes": {
+                "actor-0": {"gpo_actor_generated_tokens_total": 1100.0},
+                "estimator-0": {"gpo_estimator_generated_tokens_total": 250.0},
+                "learner": {"gpo_learner_tokens_trained_total": 30.0},
+                "actor-1": None,  # not answering
+            },
+        },
+    ]
+    (tmp_path / "progress.jsonl").write_text("".join(json.dumps(r) + "\n" for r in progress))
+    page = write_report(tmp_path).read_text()
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["tokens_per_s:actor-0"] == 50.0  # (1100 - 100) / (30 - 10)
+    assert s["tokens_per_s:estimator-0"] == 20.0 and s["tokens_per_s:learner"] == 3.0
+    assert "tokens_per_s:actor-1" not in s
+    assert s["pass_at_1_first_se"] == 0.04  # sqrt(0.2 * 0.8 / 100)
+    assert s["pass_at_1_last_se"] == 0.025  # sqrt(0.5 * 0.5 / 400)
+    assert "<th>tokens/s, actor-0 (generated)</th><td>50.000</td>" in page
+    assert "<th>held-out pass@1, last evaluation: standard error</th><td>0.025</td>" in page
