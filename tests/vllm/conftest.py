@@ -29,3 +29,13 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_model_dir(tmp_path_factory.mktemp("tiny_model_vllm"), VLLM_TINY)
+
+
+def vllm_engine(model_dir, registry=None, **engine):
+    """A float32 vLLM engine on `model_dir` through the factory, as gpo-actor builds it, with
+    the tests' small KV cache; `engine` overrides EngineConfig fields."""
+    from actors.engines.factory import EngineConfig, build_engine
+
+    fields = {"kv_cache_bytes": KV_CACHE_BYTES, "max_lora_rank": 8, **engine}
+    config = EngineConfig(kind="vllm", model=str(model_dir), dtype="float32", **fields)
+    return build_engine(config, registry)

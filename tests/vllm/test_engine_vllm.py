@@ -21,12 +21,11 @@ from safetensors.torch import save as save_safetensors
 from transformers import AutoModelForCausalLM
 
 from actors.engines.base import GenerationRequest, SamplingSettings
-from actors.engines.factory import EngineConfig, build_engine
 from actors.engines.vllm import VllmEngine, VllmEngineConfig
 from ops.tiny_policy.tiny_model import TinyModelConfig, build_tiny_model_dir
 from tests.engine_contract import *  # noqa: F403
 from tests.engine_contract import PROMPTS, Learner, _as_json, _check_teacher_forced, _request
-from tests.vllm.conftest import KV_CACHE_BYTES, VLLM_TINY
+from tests.vllm.conftest import KV_CACHE_BYTES, VLLM_TINY, vllm_engine
 
 REGISTRY = CollectorRegistry()
 
@@ -41,19 +40,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def engine_factory():
     """The engine through the factory, as gpo-actor builds it (float32 for exact logprobs)."""
 
-    def make(model_dir):
-        return build_engine(
-            EngineConfig(
-                kind="vllm",
-                model=str(model_dir),
-                dtype="float32",
-                kv_cache_bytes=KV_CACHE_BYTES,
-                max_lora_rank=8,
-            ),
-            REGISTRY,
-        )
-
-    return make
+    return lambda model_dir: vllm_engine(model_dir, REGISTRY)
 
 
 def _lora_ids(engine, runner) -> set[int]:

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from actors.engines.factory import EngineConfig, build_engine
 from tests.engine_contract import *  # noqa: F403
 from tests.engine_contract import Learner
-from tests.vllm.conftest import KV_CACHE_BYTES
+from tests.vllm.conftest import KV_CACHE_BYTES, vllm_engine
 
 
 @pytest.fixture(scope="module")
@@ -32,16 +31,7 @@ def learner(model_dir) -> Learner:
 
 @pytest.fixture(scope="module")
 def engine_factory():
-    def make(model_dir):
-        return build_engine(
-            EngineConfig(
-                kind="vllm",
-                model=str(model_dir),
-                dtype="float32",
-                kv_cache_bytes=2 * KV_CACHE_BYTES,  # 30 layers: ~46 KiB of KV per token
-                max_lora_rank=8,
-                max_model_len=1024,
-            )
-        )
-
-    return make
+    # 30 layers: about 46 KiB of KV cache per token
+    return lambda model_dir: vllm_engine(
+        model_dir, kv_cache_bytes=2 * KV_CACHE_BYTES, max_model_len=1024
+    )
