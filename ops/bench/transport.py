@@ -44,6 +44,10 @@ from protocol.producer import Producer
 from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link, make_client
 
 
+TARGET = 0.8
+"""The client's throughput as a share of raw redis-py's that the project aims for."""
+
+
 def trajectory(i: int, tokens: int, rng: np.random.Generator) -> Trajectory:
     return Trajectory(
         id=f"p{i}/0",
@@ -305,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{'redis-benchmark XADD only, -P 64':<34}{rb:>10.0f}{rb * size / 1e6:>9.1f}{'-':>10}{'-':>10}"
         )
     print()
-    print(f"client / raw throughput: {c[0] / r[0]:.2f}   (acceptance: >= 0.50)")
+    print(f"client / raw throughput: {c[0] / r[0]:.2f}   (target: >= {TARGET:.2f})")
     print(f"client / raw p50 latency: {c[1] / r[1]:.2f}   p99: {c[2] / r[2]:.2f}")
     if rb:
         print(f"client / redis-benchmark XADD: {c[0] / rb:.2f}")
@@ -361,8 +365,8 @@ def results_markdown(
     text = (
         f"The project's client moved {client[0]:.0f} Trajectory messages/s produce-to-ack, "
         f"{ratio:.2f}x the throughput of raw redis-py moving the same bytes with no encoding, "
-        f"validation or ack script (the project's acceptance bound is 0.50: "
-        f"{'met' if ratio >= 0.5 else 'missed in this run'}; p50 latency "
+        f"validation or ack script (the project's target is {TARGET:.2f}: "
+        f"{'met' if ratio >= TARGET else 'missed in this run'}; p50 latency "
         f"{client[1] / raw[1]:.2f}x, p99 {client[2] / raw[2]:.2f}x)"
     )
     text += (
