@@ -43,7 +43,6 @@ from protocol.metrics import Metrics, TransportMetrics
 from protocol.producer import Producer
 from protocol.streams import GROUP_ESTIMATORS, TRAJECTORIES, Keys, Link, make_client
 
-
 TARGET = 0.8
 """The client's throughput as a share of raw redis-py's that the project aims for."""
 
