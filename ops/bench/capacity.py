@@ -615,7 +615,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     a("--sim-tokens-per-s", type=float, default=1500.0, help="their tokens/s each")
     a("--sim-completion-tokens", type=int, default=256, help="their completion tokens")
     a("--sim-adapter-mib", type=float, default=4.0, help="adapter size in the simulation")
-    a("--sim-update-seconds", type=float, default=5.0, help="seconds between its versions")
+    a("--sim-update-seconds", type=float, default=2.0, help="seconds between its versions")
     a("--sim-seconds", type=float, default=20.0, help="measured window of the simulation")
     a("--no-cluster", action="store_true", help="skip the 3-node cluster check")
     args = p.parse_args(argv)
