@@ -154,11 +154,15 @@ def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
     obj = _unpack(raw, limits.max_bytes)
     if not isinstance(obj, dict):
         raise ProtocolError("not_a_map", type(obj).__name__)
-    _check_depth(obj, 1)
+    typ = obj.get("type")
+    cls = MESSAGE_TYPES.get(typ) if type(typ) is str else None
+    if cls is None or obj.keys() != _keys(cls):
+        # a map with exactly a message's keys needs no depth check: each value then meets
+        # its field's strict check, and none admits nesting deeper than MAX_DEPTH
+        _check_depth(obj, 1)
     v = obj.get("v")
     if v != SCHEMA_VERSION or type(v) is not int:
         raise ProtocolError("unknown_version", repr(v)[:40])
-    cls = MESSAGE_TYPES.get(obj.get("type")) if isinstance(obj.get("type"), str) else None
     if cls is None:
         raise ProtocolError("unknown_type", repr(obj.get("type"))[:40])
     fields = _decoder(cls)
@@ -248,6 +252,12 @@ def _check_depth(obj: Any, depth: int) -> None:
         for v in obj:
             if type(v) in _CONTAINERS:
                 _check_depth(v, depth + 1)
+
+
+@functools.cache
+def _keys(cls: type) -> frozenset[str]:
+    """The keys of a message map of this class: the header and every field."""
+    return frozenset(_HEADER) | {name for name, _ in _schema(cls)}
 
 
 @functools.cache
