@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
+import struct
 import sys
 import typing
 from dataclasses import dataclass
@@ -35,7 +37,10 @@ from protocol.messages import (
 MAX_DEPTH = 4  # deepest legal message: map -> lora_config map -> list -> scalar
 _HEADER = ("v", "type")
 _I32 = np.dtype("<i4")
+_U32 = np.dtype("<u4")
 _F32 = np.dtype("<f4")
+_BYTES = (bytes, bytearray, memoryview)
+_CONTAINERS = (dict, list)
 
 
 class ProtocolError(ValueError):
@@ -132,7 +137,7 @@ def encode(msg: Message) -> bytes:
         if kind in ("i32", "f32"):
             value = value.tobytes()  # __post_init__ made it a little-endian array
         elif kind == "spans":
-            value = np.asarray(value, dtype=_I32).tobytes()
+            value = struct.pack(f"<{2 * len(value)}i", *itertools.chain.from_iterable(value))
         out[name] = value
     return msgpack.packb(out, use_bin_type=True)
 
@@ -142,18 +147,22 @@ def encode(msg: Message) -> bytes:
 
 def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
     """msgpack bytes -> validated message; raises ProtocolError for anything else."""
-    if not isinstance(raw, bytes | bytearray | memoryview):
+    if not isinstance(raw, _BYTES):
         raise ProtocolError("bad_input", f"expected bytes, got {type(raw).__name__}")
     if len(raw) > limits.max_bytes:
         raise ProtocolError("too_large", f"{len(raw)} bytes > cap {limits.max_bytes}")
     obj = _unpack(raw, limits.max_bytes)
     if not isinstance(obj, dict):
         raise ProtocolError("not_a_map", type(obj).__name__)
-    _check_depth(obj, 1)
+    typ = obj.get("type")
+    cls = MESSAGE_TYPES.get(typ) if type(typ) is str else None
+    if cls is None or obj.keys() != _keys(cls):
+        # a map with exactly a message's keys needs no depth check: each value then meets
+        # its field's strict check, and none admits nesting deeper than MAX_DEPTH
+        _check_depth(obj, 1)
     v = obj.get("v")
     if v != SCHEMA_VERSION or type(v) is not int:
         raise ProtocolError("unknown_version", repr(v)[:40])
-    cls = MESSAGE_TYPES.get(obj.get("type")) if isinstance(obj.get("type"), str) else None
     if cls is None:
         raise ProtocolError("unknown_type", repr(obj.get("type"))[:40])
     fields = _decoder(cls)
@@ -173,9 +182,19 @@ def decode(raw: bytes, limits: CodecLimits = DEFAULT_LIMITS) -> Message:
             values[name] = check(value, limits)
         except ProtocolError as e:
             raise ProtocolError(e.reason, f"{name}: {e.detail}") from None
-    msg = cls(**values)
+    msg = _build(cls, values)
     _check_invariants(msg)
     _check_ranges(msg, limits)
+    return msg
+
+
+def _build(cls: type[Message], values: dict[str, Any]) -> Message:
+    """The message of `values`, every field checked and each array already a 1-D view of
+    its dtype: set directly, skipping the constructor's conversions, which would only check
+    the arrays again."""
+    msg = object.__new__(cls)
+    for name, value in values.items():
+        object.__setattr__(msg, name, value)
     return msg
 
 
@@ -220,18 +239,26 @@ def _unpack(raw: bytes, cap: int) -> Any:
 
 
 def _check_depth(obj: Any, depth: int) -> None:
+    # msgpack builds exact dicts and lists, so `type() in` stands for isinstance (it runs on
+    # every key of every message)
     if depth > MAX_DEPTH:
         raise ProtocolError("too_deep", f"nesting deeper than {MAX_DEPTH}")
-    if isinstance(obj, dict):
+    if type(obj) is dict:
         for k, v in obj.items():
-            if not isinstance(k, str):
+            if type(k) is not str:
                 raise ProtocolError("bad_key", f"non-string key {type(k).__name__}")
-            if isinstance(v, dict | list):
+            if type(v) in _CONTAINERS:
                 _check_depth(v, depth + 1)
-    elif isinstance(obj, list):
+    elif type(obj) is list:
         for v in obj:
-            if isinstance(v, dict | list):
+            if type(v) in _CONTAINERS:
                 _check_depth(v, depth + 1)
+
+
+@functools.cache
+def _keys(cls: type) -> frozenset[str]:
+    """The keys of a message map of this class: the header and every field."""
+    return frozenset(_HEADER) | {name for name, _ in _schema(cls)}
 
 
 @functools.cache
@@ -291,8 +318,8 @@ def _spans(value: Any, limits: CodecLimits) -> list[tuple[int, int]]:
     arr = _array(value, _I32)  # [start0, end0, start1, end1, ...]
     if arr.size % 2:
         raise ProtocolError("bad_length", "spans need an even number of int32")
-    flat = arr.tolist()
-    return list(zip(flat[0::2], flat[1::2]))
+    pairs = iter(arr.tolist())
+    return list(zip(pairs, pairs))
 
 
 def _array(value: Any, dtype: np.dtype) -> np.ndarray:
@@ -309,16 +336,18 @@ def _array(value: Any, dtype: np.dtype) -> np.ndarray:
 
 def _i32(value: Any, limits: CodecLimits) -> np.ndarray:
     arr = _array(value, _I32)
-    if arr.size and (
-        arr.min() < 0 or (limits.vocab_size is not None and arr.max() >= limits.vocab_size)
-    ):
+    # one pass: read as unsigned, a negative id is >= 2**31, above any vocabulary
+    bound = 2**31 if limits.vocab_size is None else min(limits.vocab_size, 2**31)
+    if arr.size and arr.view(_U32).max() >= bound:
         raise ProtocolError("token_out_of_range", f"ids span [{arr.min()}, {arr.max()}]")
     return arr
 
 
 def _f32(value: Any, limits: CodecLimits) -> np.ndarray:
     arr = _array(value, _F32)
-    if not np.isfinite(arr).all():
+    # one pass: a NaN or an infinity makes the sum non-finite, and a float64 sum of finite
+    # float32 values cannot overflow (16 MiB of 3.4e38 sums to 1.4e45)
+    if not math.isfinite(arr.sum(dtype=np.float64)):
         raise ProtocolError("bad_value", "not finite")
     return arr
 
@@ -411,7 +440,7 @@ def _check_invariants(msg: Message) -> None:
             f"per-token arrays {lengths} vs tokens {n}",
         )
         _require(
-            bool(((msg.loss_mask == 0) | (msg.loss_mask == 1)).all()),
+            not msg.loss_mask.size or msg.loss_mask.view(_U32).max() <= 1,
             "bad_value",
             "loss_mask must be 0/1",
         )
@@ -437,8 +466,13 @@ def _unset(value: object) -> bool:
 
 
 def _in(values: np.ndarray, lo: float, hi: float) -> bool:
-    """Every entry of a per-token or per-step array in [lo, hi] (NaN is not)."""
-    return bool(((values >= lo) & (values <= hi)).all())
+    """Every entry of a decoded per-token or per-step array in [lo, hi]. The decoder has
+    refused NaN already (`_f32`), so the extremes decide."""
+    return not values.size or (lo <= values.min() and values.max() <= hi)
+
+
+def _at_most(values: np.ndarray, hi: float) -> bool:
+    return not values.size or values.max() <= hi
 
 
 def _check_ranges(msg: Message, limits: CodecLimits) -> None:
@@ -447,7 +481,7 @@ def _check_ranges(msg: Message, limits: CodecLimits) -> None:
     configs with fields beyond LoRA's own shape (checked on decode only, where a message
     comes from outside)."""
     if isinstance(msg, Trajectory):
-        _require(bool((msg.logprobs <= LOGPROB_SLACK).all()), "bad_value", "logprob > 0")
+        _require(_at_most(msg.logprobs, LOGPROB_SLACK), "bad_value", "logprob > 0")
         if msg.reset_value is not None:
             _require(0.0 <= msg.reset_value <= 1.0, "bad_value", "reset_value outside [0, 1]")
     elif isinstance(msg, ResetRequest):
@@ -456,7 +490,7 @@ def _check_ranges(msg: Message, limits: CodecLimits) -> None:
         _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
         _require(msg.n <= limits.max_reset_n, "bad_value", f"n > {limits.max_reset_n}")
     elif isinstance(msg, Sample):
-        _require(bool((msg.logprobs <= LOGPROB_SLACK).all()), "bad_value", "logprob > 0")
+        _require(_at_most(msg.logprobs, LOGPROB_SLACK), "bad_value", "logprob > 0")
         _require(_in(msg.advantages, -1, 1), "bad_value", "advantages outside [-1, 1]")
         _require(_in(msg.step_values, 0, 1), "bad_value", "step_values outside [0, 1]")
         _require(_in(msg.returns, 0, 1), "bad_value", "returns outside [0, 1]")

@@ -40,6 +40,10 @@ BENCHMARKS = {
         "ops.bench.scaling",
         "trajectories/s and tokens/s with 1, 2, 4 gpo-actor processes on one Redis",
     ),
+    "capacity": (
+        "ops.bench.capacity",
+        "Redis cost per message of each stream, the capacity model, a 64-actor simulated check",
+    ),
     "chaos": (
         "ops.bench.chaos",
         "soak under random kills, Redis pauses and restarts, poison; then lost/twice/dead",

@@ -144,6 +144,7 @@ STUDIES: dict[str, Study] = {
             ("gpo-sync", "max_policy_lag = 0 (actor and learner)"),
         ),
         (("gpo", "gpo-sync", "asynchrony"),),
+        speedup=("gpo", "gpo-sync"),
     ),
     "advantage": Study(
         "advantage estimator under GPO",

@@ -160,13 +160,15 @@ def test_transport_results_markdown():
         tokens=256, messages=100, batch=10, repeats=1, adapter_mb=4, readers=2
     )
     fetch = {"chunked 4 MiB": (0.5, 8 * 2**20), "single value": (0.4, 16 * 2**20)}
+    profile = {"encode": 12.5, "decode": 40.0}
     tables, text = results_markdown(
-        args, 1000, (500.0, 2.0, 4.0), (1000.0, 1.0, 2.0), 2000.0, fetch
+        args, 1000, (500.0, 2.0, 4.0), (1000.0, 1.0, 2.0), 2000.0, fetch, profile
     )
     assert "| raw redis-py, same bytes, no decode | 1000 | 1.0 | 1.0 | 2.0 | 0.50 |" in tables
     assert "| redis-benchmark XADD only, -P 64 | 2000 | 2.0 | - | - | 0.25 |" in tables
     assert "| chunked 4 MiB | 0.50 | 8.0 |" in tables
-    assert "0.50x the throughput" in text and "0.50: met; p50 latency 2.00x" in text
+    assert "0.50x the throughput" in text and "0.80: missed in this run; p50 latency 2.00x" in text
+    assert "took 2000 us per message" in tables and "| decode | 40.0 |" in tables
     assert "0.25x redis-benchmark" in text and "8 MiB against 16 MiB" in text
 
 

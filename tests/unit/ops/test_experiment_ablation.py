@@ -210,3 +210,37 @@ def test_a_run_that_shared_the_machine_is_flagged_by_the_cpu_others_used():
     alone = cpu_use(100.0, 150.0, busy_after=1152.0, busy_before=1000.0, cores=2)
     assert alone["others_share"] == 0.01 and alone["others_share"] < OTHERS_MAX
     assert cpu_use(100.0, 150.0, None, 1000.0) is None  # no /proc/stat: not measured
+
+
+def test_the_async_study_splits_an_update_into_waiting_and_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
+
+    def curve(updates: int, update_seconds: float) -> rep.Curve:
+        return rep.Curve(
+            steps=[0, 5],
+            seconds=[0.0, 100.0],
+            pass_at_1=[0.3, 0.4],
+            duration=100.0,
+            updates=updates,
+            resets=0,
+            samples=64 * updates,
+            update_seconds=update_seconds,
+        )
+
+    # sync: 10 updates in 100 s, 40 s of them training -> 10 s per update, T = 4, G = 6;
+    # pipelined on separate devices: (6 + 4) / max(6, 4) = 1.67. async: 15 updates -> 9.6
+    # samples/s against 6.4: measured 1.50
+    curves = {("gpo-sync", s): curve(10, 40.0) for s in (0, 1)}
+    curves |= {("gpo", s): curve(15, 45.0) for s in (0, 1)}
+    text = rep.study_report("async", studies.STUDIES["async"], curves, [0, 1], 2.0)
+    assert (
+        "| max_policy_lag = 0 (actor and learner) | 10.000 ± 0.000 | 4.000 ± 0.000 | "
+        "6.000 ± 0.000 | 6.400 ± 0.000 |" in text
+    )
+    assert "paired by seed): 1.500 ± 0.000" in text
+    assert "G/T = 1.50" in text and "a speed-up of 1.67 at this ratio" in text
+    assert rep.pipelined_speedup(1.0, 4.0) == pytest.approx(1.25)
+    # a summary written before the field reads as 0 seconds
+    old = {k: v for k, v in curve(1, 1.0).to_json().items() if k != "update_seconds"}
+    assert rep.Curve.from_json(old).update_seconds == 0.0

@@ -232,6 +232,42 @@ def test_vocab_bound_when_known():
     assert e.value.reason == "token_out_of_range"
 
 
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(st.integers(-(2**31), 2**31 - 1), min_size=1, max_size=30),
+    st.data(),
+    st.one_of(st.none(), st.integers(1, 2**32)),
+)
+def test_array_checks_agree_with_an_elementwise_reference(token_ids, data, vocab):
+    """The decoder checks token ids and logprobs in one numpy pass each (an unsigned max, a
+    float64 sum that only NaN and infinities make non-finite); it accepts exactly what the
+    element-wise rule accepts, float32 extremes included."""
+    n = len(token_ids)
+    extremes = st.sampled_from([-3.4e38, -1e-45, 0.0, 1e-4, 2e-4, -np.inf, np.inf, np.nan])
+    logprobs = data.draw(st.lists(st.one_of(st.floats(width=32), extremes), min_size=n, max_size=n))
+    raw = raw_map(
+        completion_token_ids=np.array(token_ids, dtype="<i4").tobytes(),
+        logprobs=np.array(logprobs, dtype="<f4").tobytes(),
+        step_spans=np.array([0, n], dtype="<i4").tobytes(),
+    )
+    lp32 = np.array(logprobs, dtype="<f4").tolist()
+    ids_ok = all(t >= 0 and (vocab is None or t < vocab) for t in token_ids)
+    finite = all(np.isfinite(x) for x in lp32)
+    at_most = all(x <= 1e-4 for x in lp32)
+    expected = (
+        "token_out_of_range" if not ids_ok else "bad_value" if not (finite and at_most) else None
+    )
+    try:
+        msg = decode(raw, CodecLimits(vocab_size=vocab))
+        got = None
+    except ProtocolError as e:
+        got = e.reason
+        assert got != "bad_value" or ("not finite" in e.detail) == (not finite), e
+    assert got == expected
+    if got is None:
+        assert msg.completion_token_ids.tolist() == token_ids
+
+
 @settings(max_examples=2000, deadline=None)
 @given(st.binary(max_size=512))
 def test_fuzz_random_bytes_only_protocol_error(raw):
