@@ -251,7 +251,8 @@ def test_array_checks_agree_with_an_elementwise_reference(token_ids, data, vocab
         step_spans=np.array([0, n], dtype="<i4").tobytes(),
     )
     lp32 = np.array(logprobs, dtype="<f4").tolist()
-    ids_ok = all(t >= 0 and (vocab is None or t < vocab) for t in token_ids)
+    prefix = good_trajectory().prefix_token_ids.tolist()  # raw_map keeps it
+    ids_ok = all(t >= 0 and (vocab is None or t < vocab) for t in [*prefix, *token_ids])
     finite = all(np.isfinite(x) for x in lp32)
     at_most = all(x <= 1e-4 for x in lp32)
     expected = (
