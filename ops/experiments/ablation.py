@@ -218,6 +218,13 @@ def summary_path(config: Path, arm: str, seed: int) -> Path:
     return SUMMARIES / config.stem / f"{run_id(arm, seed)}.json"
 
 
+def describe_change(before: dict | None, after: dict) -> str:
+    """The top-level settings in which `before` differs from `after`, as `key: a -> b`."""
+    before = before or {}
+    keys = [k for k in after if before.get(k) != after[k]] or ["settings"]
+    return ", ".join(f"{k}: {before.get(k)!r} -> {after.get(k)!r}" for k in keys)
+
+
 def load_summary(config: Path, arm: str, seed: int, settings: dict | None = None) -> Curve | None:
     """The committed curve of a finished run; None when there is none, or (with `settings`)
     when it was made with other settings."""
@@ -235,11 +242,18 @@ def launch_one(
 ) -> None:
     """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
     summary to `SUMMARIES`."""
-    policy = pinned_policy(config, run_sets(arm, seed, eval_every), build=True)
     settings = run_settings(arm, seed, minutes, eval_every, config)
     if load_summary(config, arm, seed, settings) is not None:
         print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
         return
+    path = summary_path(config, arm, seed)
+    if path.is_file():  # another study's run, or one of older settings: never overwritten
+        before = json.loads(path.read_text()).get("settings")
+        raise SystemExit(
+            f"gpo experiment ablation: {path} holds a run of {run_id(arm, seed)} with other "
+            f"settings ({describe_change(before, settings)}); move it aside to run it again"
+        )
+    policy = pinned_policy(config, run_sets(arm, seed, eval_every), build=True)
     run = out / config.stem / run_id(arm, seed)
     if run.exists():  # an interrupted run: start it again from nothing
         subprocess.run(["rm", "-rf", str(run)], check=True)
@@ -269,7 +283,6 @@ def launch_one(
         raise SystemExit(
             f"gpo experiment ablation: run {run} failed (exit {rc}); see {run}/launch.log"
         )
-    path = summary_path(config, arm, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     summary = {"arm": arm, "seed": seed, "settings": settings, "seconds": round(took, 1)}
     summary["cpu"] = cpu
