@@ -25,8 +25,11 @@ def learner(model_dir) -> Learner:
     """Random adapters of std 0.1, not the tiny model's 0.3: at 0.3 the adapter swamps
     SmolLM2's weights (its text turns to noise, logits grow large) and float32 rounding over
     30 layers reached 5e-4 in logprob. At 0.1 it still moves the logprobs of the sampled
-    tokens by a median of 1.3 (measured), and vLLM agrees with peft within 6.2e-5."""
-    return Learner(model_dir, adapter_std=0.1)
+    tokens by a median of 1.3 (measured). vLLM's gap to peft is 3e-5 typically, and its
+    worst token over the teacher-forcing test's 15 completions measured 6.2e-5 on one run
+    and 9.4e-5 on another (CI went over 1e-4 once): the tolerance is 3e-4, three times that
+    tail and still 4000 times below what an adapter mix-up moves."""
+    return Learner(model_dir, adapter_std=0.1, logprob_tolerance=3e-4)
 
 
 @pytest.fixture(scope="module")
