@@ -32,11 +32,19 @@ from protocol.codec import CodecLimits, ProtocolError, decode
 from protocol.config import RedisConfig
 from protocol.messages import Message, Prompt, ResetRequest, Sample, Trajectory
 from protocol.metrics import TransportMetrics
-from protocol.streams import PROMPTS, RESETS, SAMPLES, TRAJECTORIES, Keys, Link, is_nogroup
+from protocol.streams import (
+    FIELD,
+    PROMPTS,
+    RESETS,
+    SAMPLES,
+    TRAJECTORIES,
+    Keys,
+    Link,
+    is_nogroup,
+)
 
 log = logging.getLogger(__name__)
 
-FIELD = b"m"  # the one field of a stream entry: the encoded message
 
 # The one message type each work stream carries (DESIGN.md section 2). A well-formed message
 # of another type is dead-lettered like a malformed one: handlers may rely on the type.

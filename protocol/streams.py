@@ -39,6 +39,8 @@ from protocol.metrics import TransportMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+FIELD = b"m"  # the one field of a stream entry: the encoded message
+
 PROMPTS = "prompts"
 RESETS = "resets"
 TRAJECTORIES = "trajectories"
