@@ -325,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             fetch = median_fetch(fetch_runs)
             profile = codec_profile(msgs, payloads)
             profile["server CPU"] = statistics.median(r[2] for r in client_runs)
-            profile["server CPU, raw redis-py's run"] = statistics.median(
-                r[2] for r in raw_runs
-            )
+            profile["server CPU, raw redis-py's run"] = statistics.median(r[2] for r in raw_runs)
         finally:
             server.stop()
 

@@ -24,9 +24,9 @@ from protocol.streams import TRAJECTORIES
 def test_a_trajectory_costs_its_xadd_its_read_and_its_owner_checked_ack(redis_server):
     node = redis_server.client()
     cost = asyncio.run(measure_stream(redis_server.url, node, TRAJECTORIES, Shapes(64, 256), 256))
-    # per message: XADD, then XPENDING + XACK in the ack script; per send of 32: EVALSHA +
-    # INCRBY; per read of 8: XREADGROUP, and the ack's EVALSHA + INCRBY: 3 + 2/32 + 3/8 =
-    # 3.44, plus a few calls per run (pending checks, the trim)
+    # per message: XADD, then XPENDING + XACK in the ack script; per send of 32: MULTI,
+    # INCRBY, EXEC; per read of 8: XREADGROUP, and the ack's EVALSHA + INCRBY: 3 + 3/32 +
+    # 3/8 = 3.47, plus a few calls per run (pending checks, the trim)
     assert 3.40 <= cost.commands <= 3.55, cost
     # the server receives each message once (with its acks' and scripts' arguments), sends
     # it once, to its consumer, and keeps it while it waits

@@ -18,7 +18,7 @@ def test_one_actor_trial_counts_whole_batches_of_trajectories(
     )
     t = run_trial(1, 0, args, redis_server, str(tiny_model_dir), tmp_path / "logs")
     assert t.actors == 1 and 2.0 <= t.seconds < 3.0
-    # one engine batch is published by one script, so a read sees all of it or none:
+    # one engine batch is published in one MULTI/EXEC, so a read sees all of it or none:
     # demo.toml asks n = 4 rollouts per prompt
     assert t.trajectories > 0 and t.trajectories % 4 == 0
     assert t.trajectories <= t.tokens <= 48 * t.trajectories  # max_new_tokens = 48

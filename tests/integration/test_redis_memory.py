@@ -99,7 +99,7 @@ def test_dead_letter_streams_keep_the_newest_up_to_their_cap(redis_server):
 
 
 def test_a_redis_at_maxmemory_holds_writes_back_until_memory_frees(redis_server):
-    """Redis at maxmemory refuses the producer's XADD script (OOM). The send waits, counted
+    """Redis at maxmemory refuses the producer's XADDs (OOM). The send waits, counted
     and logged once, while an ack still goes through; once a big value is deleted, the send
     completes, and its entries are written exactly once."""
     r = redis_server.client()

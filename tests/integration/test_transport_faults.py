@@ -186,7 +186,7 @@ async def main():
     link = Link(cfg, tm)
     await link.connect()
     producer = Producer(link, Keys("t"), cfg, tm)
-    await producer.send("in", prompt(99), wait=False)  # warm: the XADD script is now cached
+    await producer.send("in", prompt(99), wait=False)  # warm: connected, the stream made
     print("go", flush=True)
     sys.stdin.readline()
     await producer.send("in", prompt(0), wait=False)
