@@ -14,7 +14,9 @@
 2. The model (`ops/bench/capacity_model.py`) at the deployment given on the command line:
    message rates, Redis load, and the most actors one Redis and a cluster carry.
 3. A simulated check (`simulate`): `--sim-actors` light actors (each a coroutine with its own
-   connection, pacing its "generation" at `--sim-tokens-per-s`), light estimators turning
+   connection and its own scripted engine, `actors/engines/scripted.py`, whose completions of
+   `--sim-completion-tokens` tokens, logprobs and steps the trajectories carry; the
+   generation's time is paced at `--sim-tokens-per-s`), light estimators turning
    each trajectory into samples and reset requests in GPO's proportions, a light learner
    acking the samples and publishing adapters that one actor per host fetches, all in this
    process against one Redis and then against a 3-node Redis Cluster. The message rates the
@@ -41,6 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from actors.engines.base import Completion, GenerationRequest, SamplingSettings
+from actors.engines.scripted import BAD, BOS, GOOD, ScriptedEngine, ScriptedProblem, step_spans
+from actors.rollout import seed_for
 from ops.bench.broadcast import safetensors_blob
 from ops.bench.capacity_model import (
     MIB,
@@ -138,9 +143,26 @@ class Factory:
             epoch=0,
         )
 
-    def trajectory(self, prompt_id: str, reset: ResetRequest | None = None, k: int = 0):
+    def trajectory(
+        self,
+        prompt_id: str,
+        reset: ResetRequest | None = None,
+        k: int = 0,
+        completion: Completion | None = None,
+    ) -> Trajectory:
+        """A trajectory of the shape's sizes; with `completion` (a scripted engine's), its
+        tokens, logprobs, steps and reward instead of random ones."""
         n = self.s.completion_tokens
         prefix = self.s.prompt_tokens if reset is None else self.s.kept_tokens
+        if completion is None:
+            ids, logprobs = self._ids(n), -self.rng.random(n, dtype=np.float32)
+            spans, reward = self._spans(n), float(self.rng.integers(0, 2))
+        else:
+            ids, logprobs = completion.token_ids, completion.logprobs
+            spans = step_spans(completion.token_ids)  # EOS joins the last step: a partition
+            spans[-1:] = [(spans[-1][0] if spans else 0, len(ids))]
+            verdicts = [t for t in completion.token_ids if t in (GOOD, BAD)]
+            reward = float(bool(verdicts) and verdicts[-1] == GOOD)
         return Trajectory(
             id=f"{prompt_id if reset is None else reset.id}/{k}",
             run=self.run,
@@ -154,10 +176,10 @@ class Factory:
             reset_value=None if reset is None else reset.value,
             prompt_len=self.s.prompt_tokens,
             prefix_token_ids=self._ids(prefix),
-            completion_token_ids=self._ids(n),
-            logprobs=-self.rng.random(n, dtype=np.float32),
-            step_spans=self._spans(n),
-            reward=float(self.rng.integers(0, 2)),
+            completion_token_ids=ids,
+            logprobs=logprobs,
+            step_spans=spans,
+            reward=reward,
             policy_version=1,
             actor="sim",
             gen_seconds=1.0,
@@ -373,10 +395,21 @@ class SimCounts:
     """MiB of adapter chunks fetched, per node serving them."""
 
 
+def scripted_problem(completion_tokens: int) -> ScriptedProblem:
+    """A scripted task whose completions are about `completion_tokens` long (its steps
+    average 4 tokens), every step easy but a pivotal one in the middle."""
+    steps = max(1, completion_tokens // 4)
+    return ScriptedProblem(
+        stay_correct=tuple(0.5 if j == steps // 2 else 0.99 for j in range(steps))
+    )
+
+
 async def _actor(i: int, cfg: RedisConfig, sim: Sim, f: Factory, stop: asyncio.Event) -> None:
     """Like gpo-actor: up to BATCH_MESSAGES requests, resets first, generated as one batch
-    (a sleep of the batch's tokens at `tokens_per_s`), its trajectories sent at once."""
+    by its scripted engine and paced (a sleep of the batch's tokens at `tokens_per_s`), its
+    trajectories sent at once."""
     d = sim.deployment
+    engine = ScriptedEngine(scripted_problem(d.completion_tokens), seed=i)
     tm = TransportMetrics(Metrics("sim"))
     link, keys = Link(cfg, tm), Keys(cfg.run_id)
     resets = Consumer(link, keys, RESETS, GROUP_ACTORS, f"actor-{i}", cfg, tm)
@@ -388,16 +421,29 @@ async def _actor(i: int, cfg: RedisConfig, sim: Sim, f: Factory, stop: asyncio.E
             got_prompts = await prompts.read(
                 count=BATCH_MESSAGES - len(got_resets), block_ms=0 if got_resets else None
             )
-            trajs: list[Message] = []
-            for delivery in got_resets:
-                r = delivery.message
-                trajs += [f.trajectory(r.prompt_id, r, k) for k in range(r.n)]
-            for delivery in got_prompts:
-                p = delivery.message
-                trajs += [f.trajectory(p.id, None, k) for k in range(d.rollouts_per_prompt)]
-            if not trajs:
+            work = [x.message for x in got_resets] + [x.message for x in got_prompts]
+            if not work:
                 continue
-            await asyncio.sleep(len(trajs) * d.completion_tokens / d.tokens_per_s)
+            sampling = lambda m: SamplingSettings(  # noqa: E731
+                max_new_tokens=2 * d.completion_tokens, seed=seed_for(m.id, i)
+            )
+            requests = [
+                GenerationRequest(
+                    [BOS],
+                    n=m.n if isinstance(m, ResetRequest) else d.rollouts_per_prompt,
+                    sampling=sampling(m),
+                )
+                for m in work
+            ]
+            trajs: list[Message] = []
+            for m, result in zip(work, await engine.generate(requests), strict=True):
+                reset = m if isinstance(m, ResetRequest) else None
+                trajs += [
+                    f.trajectory(m.prompt_id if reset else m.id, reset, k, c)
+                    for k, c in enumerate(result.completions)
+                ]
+            tokens = sum(len(t.completion_token_ids) for t in trajs)
+            await asyncio.sleep(tokens / d.tokens_per_s)
             await out.send(TRAJECTORIES, trajs)
             await resets.ack(got_resets)
             await prompts.ack(got_prompts)
@@ -573,6 +619,7 @@ async def simulate(
         end = [await asyncio.to_thread(snapshot, n) for n in nodes]
         seconds = time.monotonic() - t0
         end_counts, end_mib = await produced(), dict(counts.adapter_mib)
+        dead = {s: await probe.call(lambda r, s=s: r.xlen(keys.dead(s))) for s in STREAMS}
     finally:
         stop.set()
         fetching.cancel()
@@ -582,6 +629,8 @@ async def simulate(
     errors = [e for e in errors if not isinstance(e, asyncio.CancelledError)]
     if errors:
         raise errors[0]
+    if any(dead.values()):  # a consumer refused what the light processes sent
+        raise RuntimeError(f"simulated check: messages dead-lettered, by stream: {dead}")
     rates = {s: (end_counts[s] - start_counts[s]) / seconds for s in STREAMS}
     mib_per_s = [(end_mib.get(i, 0.0) - start_mib.get(i, 0.0)) / seconds for i in range(len(nodes))]
     measured = [load_of(b - a, seconds) for a, b in zip(start, end)]

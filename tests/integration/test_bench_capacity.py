@@ -8,17 +8,21 @@ import asyncio
 
 import pytest
 
+from actors.engines.base import GenerationRequest, SamplingSettings
+from actors.engines.scripted import BAD, BOS, GOOD, ScriptedEngine
 from ops.bench.capacity import (
     Costs,
+    Factory,
     Shapes,
     Sim,
     measure_adapter,
     measure_idle,
     measure_stream,
+    scripted_problem,
     simulate,
 )
 from ops.bench.capacity_model import STREAMS, Deployment
-from protocol.streams import TRAJECTORIES
+from protocol.streams import RESETS, SAMPLES, TRAJECTORIES
 
 
 def test_a_trajectory_costs_its_xadd_its_read_and_its_owner_checked_ack(redis_server):
@@ -52,8 +56,26 @@ def test_the_model_predicts_the_light_systems_commands_and_bytes(redis_server):
     result = asyncio.run(
         simulate(redis_server.url, [node], lambda key: 0, costs, Sim(d, 4, 4.0, 2.0))
     )
-    assert result.rates[TRAJECTORIES] > 20, result.rates
+    # every stream flows: the trajectories pass the estimators' strict decode
+    assert result.rates[TRAJECTORIES] > 20 and result.rates[SAMPLES] > 20, result.rates
+    assert result.rates[RESETS] > 0, result.rates
     (measured,), (predicted,) = result.measured, result.predicted
     assert measured.commands_per_s == pytest.approx(predicted.commands_per_s, rel=0.25)
     assert measured.bytes_out_per_s == pytest.approx(predicted.bytes_out_per_s, rel=0.25)
     assert measured.bytes_in_per_s == pytest.approx(predicted.bytes_in_per_s, rel=0.25)
+
+
+def test_light_actors_send_their_scripted_engines_completions():
+    problem = scripted_problem(128)
+    request = GenerationRequest([BOS], n=2, sampling=SamplingSettings(max_new_tokens=256, seed=1))
+    (result,) = asyncio.run(ScriptedEngine(problem).generate([request]))
+    c = result.completions[0]
+    # 32 steps of 3, 4, 5, 3, ... tokens (fillers, verdict, newline), then EOS
+    assert problem.num_steps == 32 and len(c.token_ids) == 11 * 3 + 11 * 4 + 10 * 5 + 1
+    t = Factory(Shapes(prompt_tokens=64, completion_tokens=128), "r").trajectory("p", None, 0, c)
+    assert t.completion_token_ids.tolist() == c.token_ids
+    assert t.logprobs.tolist() == pytest.approx(c.logprobs)
+    assert len(t.step_spans) == 32 and len(t.prefix_token_ids) == 64
+    assert t.step_spans[-1][1] == len(c.token_ids)  # EOS joins the last step
+    last_verdict = [x for x in c.token_ids if x in (GOOD, BAD)][-1]
+    assert t.reward == float(last_verdict == GOOD)
