@@ -61,6 +61,7 @@ from ops.bench.capacity_model import (
     stream_rates,
     total,
 )
+from ops.bench.transport import server_cpu_seconds
 from ops.harness import console_table, markdown_table, parser, write_bench_section
 from protocol.adapters import fetch_adapter, publish_adapter
 from protocol.codec import encode
@@ -268,10 +269,10 @@ class Snapshot:
 def snapshot(client) -> Snapshot:
     """From a synchronous redis-py client of one node: INFO cpu, stats, commandstats, memory.
     INFO's own calls are left out of the commands."""
-    cpu, stats = client.info("cpu"), client.info("stats")
+    stats = client.info("stats")
     commands = client.info("commandstats")
     return Snapshot(
-        cpu=float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"]),
+        cpu=server_cpu_seconds(client),
         commands=sum(int(v["calls"]) for k, v in commands.items() if k not in ("cmdstat_info",)),
         bytes_in=int(stats["total_net_input_bytes"]),
         bytes_out=int(stats["total_net_output_bytes"]),
