@@ -10,18 +10,16 @@ import pytest
 
 from actors.engines.base import GenerationRequest, SamplingSettings
 from actors.engines.scripted import BAD, BOS, GOOD, ScriptedEngine
-from ops.bench.capacity import (
+from ops.bench.capacity_costs import (
     Costs,
     Factory,
     Shapes,
-    Sim,
     measure_adapter,
     measure_idle,
     measure_stream,
-    scripted_problem,
-    simulate,
 )
 from ops.bench.capacity_model import STREAMS, Deployment
+from ops.bench.capacity_sim import Sim, scripted_problem, simulate
 from protocol.streams import RESETS, SAMPLES, TRAJECTORIES
 
 
