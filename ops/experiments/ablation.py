@@ -166,7 +166,27 @@ def pinned_policy(config: Path, sets: dict[str, str], build: bool = False) -> Pa
         for name in POLICY_FILES:
             shutil.copy2(built / name, where / name)
         print(f"  base policy {boot.cache_key()} pinned in {where} (commit it)", flush=True)
+        print(f"  {band_line(json.loads((where / 'bootstrap.json').read_text()))}", flush=True)
     return where
+
+
+def band_line(record: dict) -> str:
+    """One line on a built policy's `bootstrap.json`: its held-out step accuracy against the
+    per-step bands, and a warning when the build stopped outside them (by its time or step
+    cap): the runs on it then start from a policy weaker or stronger than the bands ask."""
+    cfg, acc = record["config"], record.get("step_accuracy")
+    if acc is None:  # the arithmetic task: one pass@1 band
+        return f"pass@1 {record['pass_at_1']:.3f}, in band: {record['in_band']}"
+    line = (
+        f"easy steps right {acc['easy_right']}/{acc['easy_total']} = {acc['easy_rate']:.3f} "
+        f"(band >= {cfg['easy_step_min']:.2f}), pivot {acc['pivot_right']}/{acc['pivot_total']}"
+        f" = {acc['pivot_rate']:.3f} (band {cfg['pivot_band_low']:.2f}-"
+        f"{cfg['pivot_band_high']:.2f}), {record['train_steps']} SFT steps in "
+        f"{record['seconds']:.0f} s"
+    )
+    if record["in_band"]:
+        return line
+    return f"WARNING: outside its bands, stopped by its cap: {line}"
 
 
 def policy_sha(path: Path) -> str:

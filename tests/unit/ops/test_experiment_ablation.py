@@ -213,6 +213,25 @@ def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_
     assert "policy" not in ab.run_settings("ppo", 0, 3.0, 10, demo)
 
 
+def test_a_pinned_policy_built_outside_its_bands_is_announced_as_such():
+    cfg = {"easy_step_min": 0.97, "pivot_band_low": 0.15, "pivot_band_high": 0.5}
+    acc = {"easy_right": 755, "easy_total": 759, "easy_rate": 755 / 759}
+    record = {"config": cfg, "train_steps": 1642, "seconds": 301.8, "pass_at_1": 0.115}
+    out = {
+        **record,
+        "in_band": False,
+        "step_accuracy": {**acc, "pivot_right": 26, "pivot_total": 200, "pivot_rate": 0.13},
+    }
+    line = ab.band_line(out)
+    assert line.startswith("WARNING: outside its bands")
+    assert "755/759 = 0.995" in line and "26/200 = 0.130 (band 0.15-0.50)" in line
+    assert "1642 SFT steps in 302 s" in line
+    inside = {**out, "in_band": True, "step_accuracy": {**out["step_accuracy"], "pivot_rate": 0.2}}
+    assert not ab.band_line(inside).startswith("WARNING")
+    # the arithmetic task's record has one pass@1 band and no per-step accuracy
+    assert ab.band_line({**record, "in_band": True}) == "pass@1 0.115, in band: True"
+
+
 def test_a_run_that_shared_the_machine_is_flagged_by_the_cpu_others_used():
     from ops.experiments.ablation import OTHERS_MAX, cpu_use
 
