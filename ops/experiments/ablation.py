@@ -262,6 +262,9 @@ def launch_one(
 ) -> None:
     """One `gpo launch` of `arm` with `seed`; its console goes to <run>/launch.log and its
     summary to `SUMMARIES`."""
+    # a pinned config's policy first: a run's settings name the weights it runs on, and the
+    # first run of a cell runs on weights built here
+    policy = pinned_policy(config, run_sets(arm, seed, eval_every), build=True)
     settings = run_settings(arm, seed, minutes, eval_every, config)
     if load_summary(config, arm, seed, settings) is not None:
         print(f"  {run_id(arm, seed)}: done before, kept", flush=True)
@@ -273,7 +276,6 @@ def launch_one(
             f"gpo experiment ablation: {path} holds a run of {run_id(arm, seed)} with other "
             f"settings ({describe_change(before, settings)}); move it aside to run it again"
         )
-    policy = pinned_policy(config, run_sets(arm, seed, eval_every), build=True)
     run = out / config.stem / run_id(arm, seed)
     if run.exists():  # an interrupted run: start it again from nothing
         subprocess.run(["rm", "-rf", str(run)], check=True)

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import math
+import subprocess
 
 import pytest
 
@@ -211,6 +212,39 @@ def test_a_pinned_config_runs_on_its_committed_policy_and_summaries_name_it(tmp_
     demo = ab.ROOT / "ops" / "configs" / "demo.toml"
     assert ab.pinned_policy(demo, {}) is None
     assert "policy" not in ab.run_settings("ppo", 0, 3.0, 10, demo)
+
+
+def test_the_first_run_on_a_newly_built_policy_names_it_in_its_summary(tmp_path, monkeypatch):
+    # a pivot-map cell's base policy is built just before the cell's first run: that run's
+    # summary must name the weights it ran on, or a resumed study takes it for another's
+    from ops.tiny_policy import bootstrap as boot
+
+    monkeypatch.setattr(ab, "SUMMARIES", tmp_path / "summaries")
+    built = tmp_path / "built"
+    built.mkdir()
+    for name in ab.POLICY_FILES:
+        (built / name).write_text("{}")
+    (built / "model.safetensors").write_bytes(b"weights")
+    record = {"config": {}, "pass_at_1": 0.2, "in_band": True, "train_steps": 1, "seconds": 1}
+    (built / "bootstrap.json").write_text(json.dumps(record))
+    monkeypatch.setattr(boot, "bootstrap", lambda config: built)
+    monkeypatch.setattr(ab, "read_curve", lambda run: rep.Curve([0], [0.0], [0.1], 1.0, 1, 0, 1))
+    launched = []
+
+    def fake_run(cmd, **kw):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(ab.subprocess, "run", fake_run)
+    pivot = ab.ROOT / "ops" / "configs" / "pivot.toml"
+    ab.launch_one(tmp_path / "runs", pivot, "ppo@L8-d1", 0, 15.0, 10)
+    sha = hashlib.sha256(b"weights").hexdigest()[:16]
+    saved = json.loads(ab.summary_path(pivot, "ppo@L8-d1", 0).read_text())["settings"]
+    assert saved["policy"] == sha
+    assert any(a.startswith("run.model=") and "policies" in a for a in launched[0])
+    # resumed, the run is found done and not launched again
+    ab.launch_one(tmp_path / "runs", pivot, "ppo@L8-d1", 0, 15.0, 10)
+    assert len(launched) == 1
 
 
 def test_a_pinned_policy_built_outside_its_bands_is_announced_as_such():
