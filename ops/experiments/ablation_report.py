@@ -347,6 +347,18 @@ def _mean(xs: list[float]) -> float:
     return sum(xs) / len(xs) if xs else math.nan
 
 
+def cell_runs(
+    study: Study, curves: dict[tuple[str, int], Curve], cell: str, seeds: list[int]
+) -> dict[tuple[str, int], Curve]:
+    """The runs of one cell of a map, keyed by (arm, seed) without the cell."""
+    return {
+        (a, s): curves[(f"{a}@{cell}", s)]
+        for a, _ in study.arms
+        for s in seeds
+        if (f"{a}@{cell}", s) in curves
+    }
+
+
 def map_report(
     name: str,
     study: Study,
@@ -358,12 +370,7 @@ def map_report(
     labels = dict(study.arms)
     rows, per_run = [], []
     for cell in study.cells:
-        runs = {
-            (a, s): curves[(f"{a}@{cell}", s)]
-            for a, _ in study.arms
-            for s in seeds
-            if (f"{a}@{cell}", s) in curves
-        }
+        runs = cell_runs(study, curves, cell, seeds)
         if not runs:
             continue
         t_end = min(c.duration for c in runs.values())
@@ -376,12 +383,14 @@ def map_report(
     if not rows:
         return "(no runs found)"
     head = ["cell", "difference", "isolates", "at", "mean ± std over seeds", "range"]
+    plot = plot_map(name, study, curves, seeds)
     return "\n\n".join(
         [
             f"Study `{name}` ({study.title}); cells {', '.join(study.cells)} (L: steps per "
             f"chain, d: digits of the pivot factor); seeds {seeds}, {minutes:g} minutes per "
             f"run; machine: {machine_line()}.",
             markdown_table(head, rows),
+            f"![{name}](results/{plot})",
             "<details><summary>per run</summary>\n\n"
             + markdown_table(["cell", "run", "updates", "pass@1 first → last"], per_run)
             + "\n\n</details>",
@@ -441,19 +450,50 @@ def plot_study(
     name: str, study: Study, runs: dict[tuple[str, int], Curve], seeds: list[int]
 ) -> str:
     """Mean curve over seeds with the min-max band, against updates and against time."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    _plot_arms(axes, study.arms, runs, seeds)
+    axes[0].legend()
+    fig.suptitle(f"ablation: {study.title} (mean over {len(seeds)} seeds, band = min-max)")
+    return _save(plt, fig, name)
+
+
+def plot_map(
+    name: str, study: Study, curves: dict[tuple[str, int], Curve], seeds: list[int]
+) -> str:
+    """One column per cell: its arms' mean curves with min-max bands, against updates (top)
+    and against time (bottom)."""
+    plt = _pyplot()
+    cells = {cell: runs for cell in study.cells if (runs := cell_runs(study, curves, cell, seeds))}
+    fig, axes = plt.subplots(2, len(cells), figsize=(4 * len(cells), 7), squeeze=False)
+    for col, (cell, runs) in enumerate(cells.items()):
+        _plot_arms(axes[:, col], study.arms, runs, seeds)
+        axes[0, col].set_title(cell)
+    axes[0, 0].legend()
+    fig.suptitle(f"ablation: {study.title} (mean over seeds {seeds}, band = min-max)")
+    return _save(plt, fig, name)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_arms(
+    axes, arms: tuple[tuple[str, str], ...], runs: dict[tuple[str, int], Curve], seeds: list[int]
+) -> None:
+    """Each arm's mean over seeds and min-max band on (updates, seconds) axes."""
     import numpy as np
 
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for arm, label in study.arms:
+    for arm, label in arms:
         cs = [runs[(arm, s)] for s in seeds if (arm, s) in runs]
         if not cs:
             continue
-        for ax, key in ((axes[0], "steps"), (axes[1], "seconds")):
+        for ax, key in zip(axes, ("steps", "seconds"), strict=True):
             end = min(getattr(c, key)[-1] for c in cs)
             grid = np.linspace(0, end, 40)
             ys = np.array([np.interp(grid, getattr(c, key), c.pass_at_1) for c in cs])
@@ -464,8 +504,10 @@ def plot_study(
     for ax in axes:
         ax.set_ylabel("held-out pass@1")
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle(f"ablation: {study.title} (mean over {len(seeds)} seeds, band = min-max)")
+
+
+def _save(plt, fig, name: str) -> str:
+    PLOTS.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     path = PLOTS / f"ablation-{name}.png"
     fig.savefig(path, dpi=100)

@@ -81,6 +81,40 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
     assert (tmp_path / "plots" / "ablation-selection.png").is_file()
 
 
+def test_the_map_report_pairs_arms_within_each_cell_and_plots_the_cells_it_has(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
+    steps = [0, 20, 40, 60]
+    curves = {
+        (f"{arm}@{cell}", seed): rep.Curve(
+            steps=steps,
+            seconds=[0.0, 30.0, 60.0, 90.0],
+            pass_at_1=[0.3 + gain * s / 60 for s in steps],
+            duration=90.0,
+            updates=60,
+            resets=0,
+            samples=100,
+        )
+        for cell, arm, gain in (
+            ("L8-d1", "ppo", 0.0),
+            ("L8-d1", "gpo-group", 0.1),
+            ("L16-d2", "ppo", 0.0),
+            ("L16-d2", "gpo-group", -0.05),
+        )
+        for seed in (0, 1)
+    }
+    text = rep.study_report("pivot-map", studies.STUDIES["pivot-map"], curves, [0, 1], 15.0)
+    # within a cell, the window (60, 90] s holds only the evaluation at 90 s (step 60)
+    pair = "GPO (group) − plain PPO (group, no MC) | resets, estimator group"
+    assert f"| L8-d1 | {pair} | equal time | 0.100 ± 0.000 | [+0.100, +0.100] |" in text
+    assert f"| L16-d2 | {pair} | equal updates (U = 60) | -0.050 ± 0.000 |" in text
+    assert "| L8-d2 |" not in text and "| L16-d1 |" not in text  # cells without runs
+    assert "![pivot-map](results/ablation-pivot-map.png)" in text
+    assert (tmp_path / "plots" / "ablation-pivot-map.png").is_file()
+
+
 def test_arms_differ_from_their_pair_in_the_fields_named():
     """The one-thing pairs: GPO and PPO with the same estimator differ in the resets only
     (selection, the MC search PPO does not need, and the reset share of the batch)."""
