@@ -375,14 +375,15 @@ def map_report(
             continue
         t_end = min(c.duration for c in runs.values())
         for a, b, what in study.pairs:
-            rows += [[cell, *r] for r in paired_rows(runs, seeds, t_end, a, b, what, labels)]
+            n = sum((a, s) in runs and (b, s) in runs for s in seeds)
+            rows += [[cell, n, *r] for r in paired_rows(runs, seeds, t_end, a, b, what, labels)]
         per_run += [
             [cell, f"{labels[a]} s{s}", c.updates, f"{c.pass_at_1[0]:.3f} → {c.pass_at_1[-1]:.3f}"]
             for (a, s), c in runs.items()
         ]
     if not rows:
         return "(no runs found)"
-    head = ["cell", "difference", "isolates", "at", "mean ± std over seeds", "range"]
+    head = ["cell", "seeds", "difference", "isolates", "at", "mean ± std over seeds", "range"]
     plot = plot_map(name, study, curves, seeds)
     return "\n\n".join(
         [

@@ -108,8 +108,8 @@ def test_the_map_report_pairs_arms_within_each_cell_and_plots_the_cells_it_has(
     text = rep.study_report("pivot-map", studies.STUDIES["pivot-map"], curves, [0, 1], 15.0)
     # within a cell, the window (60, 90] s holds only the evaluation at 90 s (step 60)
     pair = "GPO (group) − plain PPO (group, no MC) | resets, estimator group"
-    assert f"| L8-d1 | {pair} | equal time | 0.100 ± 0.000 | [+0.100, +0.100] |" in text
-    assert f"| L16-d2 | {pair} | equal updates (U = 60) | -0.050 ± 0.000 |" in text
+    assert f"| L8-d1 | 2 | {pair} | equal time | 0.100 ± 0.000 | [+0.100, +0.100] |" in text
+    assert f"| L16-d2 | 2 | {pair} | equal updates (U = 60) | -0.050 ± 0.000 |" in text
     assert "| L8-d2 |" not in text and "| L16-d1 |" not in text  # cells without runs
     assert "![pivot-map](results/ablation-pivot-map.png)" in text
     assert (tmp_path / "plots" / "ablation-pivot-map.png").is_file()
