@@ -1,10 +1,10 @@
-"""The ablation's read-out: one run's curve from its logs, and a study's tables and plot.
+"""The ablation's read-out: one run's curve from its logs, and a study's tables.
 
 `gpo experiment ablation` (ops/experiments/ablation.py) runs the arms and keeps each run's
 `Curve` as a summary; this module turns the curves of a `Study` into its markdown section:
 pass@1 per arm at equal time and at the end, paired differences by seed at equal time,
 updates and generated tokens (the mean of the evaluations in the last third of the window,
-see `window_mean`), and the plot of mean curves with min-max bands.
+see `window_mean`); its plot is drawn by `ablation_plots`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ops.harness import PLOTS, machine_line, markdown_table
+from ops.experiments import ablation_plots
+from ops.harness import machine_line, markdown_table
 from ops.report import read_jsonl
 
 PLAIN_PPO = "ppo"
@@ -224,7 +225,7 @@ def study_report(
             )
     if study.speedup:
         tables.append(speedup_report(runs, seeds, *study.speedup, labels))
-    plot = plot_study(name, study, runs, seeds)
+    plot = ablation_plots.plot_study(name, study, runs, seeds)
     per_seed = markdown_table(
         ["run", "updates", "evaluations", "pass@1 first → last", "best"],
         [
@@ -368,11 +369,12 @@ def map_report(
 ) -> str:
     """A study over cells: its pairs in every cell, at equal time, updates and tokens."""
     labels = dict(study.arms)
-    rows, per_run = [], []
+    rows, per_run, cells = [], [], {}
     for cell in study.cells:
         runs = cell_runs(study, curves, cell, seeds)
         if not runs:
             continue
+        cells[cell] = runs
         t_end = min(c.duration for c in runs.values())
         for a, b, what in study.pairs:
             n = sum((a, s) in runs and (b, s) in runs for s in seeds)
@@ -384,7 +386,7 @@ def map_report(
     if not rows:
         return "(no runs found)"
     head = ["cell", "seeds", "difference", "isolates", "at", "mean ± std over seeds", "range"]
-    plot = plot_map(name, study, curves, seeds)
+    plot = ablation_plots.plot_map(name, study, cells, seeds)
     return "\n\n".join(
         [
             f"Study `{name}` ({study.title}); cells {', '.join(study.cells)} (L: steps per "
@@ -445,72 +447,3 @@ def paired_rows(
         m, sd, lo, hi = spread(d)
         rows.append([f"{labels[a]} − {labels[b]}", what, at, fmt(m, sd), f"[{lo:+.3f}, {hi:+.3f}]"])
     return rows
-
-
-def plot_study(
-    name: str, study: Study, runs: dict[tuple[str, int], Curve], seeds: list[int]
-) -> str:
-    """Mean curve over seeds with the min-max band, against updates and against time."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    _plot_arms(axes, study.arms, runs, seeds)
-    axes[0].legend()
-    fig.suptitle(f"ablation: {study.title} (mean over {len(seeds)} seeds, band = min-max)")
-    return _save(plt, fig, name)
-
-
-def plot_map(
-    name: str, study: Study, curves: dict[tuple[str, int], Curve], seeds: list[int]
-) -> str:
-    """One column per cell: its arms' mean curves with min-max bands, against updates (top)
-    and against time (bottom)."""
-    plt = _pyplot()
-    cells = {cell: runs for cell in study.cells if (runs := cell_runs(study, curves, cell, seeds))}
-    fig, axes = plt.subplots(2, len(cells), figsize=(4 * len(cells), 7), squeeze=False)
-    for col, (cell, runs) in enumerate(cells.items()):
-        _plot_arms(axes[:, col], study.arms, runs, seeds)
-        axes[0, col].set_title(cell)
-    axes[0, 0].legend()
-    fig.suptitle(f"ablation: {study.title} (mean over seeds {seeds}, band = min-max)")
-    return _save(plt, fig, name)
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _plot_arms(
-    axes, arms: tuple[tuple[str, str], ...], runs: dict[tuple[str, int], Curve], seeds: list[int]
-) -> None:
-    """Each arm's mean over seeds and min-max band on (updates, seconds) axes."""
-    import numpy as np
-
-    for arm, label in arms:
-        cs = [runs[(arm, s)] for s in seeds if (arm, s) in runs]
-        if not cs:
-            continue
-        for ax, key in zip(axes, ("steps", "seconds"), strict=True):
-            end = min(getattr(c, key)[-1] for c in cs)
-            grid = np.linspace(0, end, 40)
-            ys = np.array([np.interp(grid, getattr(c, key), c.pass_at_1) for c in cs])
-            (line,) = ax.plot(grid, ys.mean(0), label=label)
-            ax.fill_between(grid, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.15)
-    axes[0].set_xlabel("learner updates")
-    axes[1].set_xlabel("training seconds (evaluation time excluded)")
-    for ax in axes:
-        ax.set_ylabel("held-out pass@1")
-        ax.grid(alpha=0.3)
-
-
-def _save(plt, fig, name: str) -> str:
-    PLOTS.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    path = PLOTS / f"ablation-{name}.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path.name

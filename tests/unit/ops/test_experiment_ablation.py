@@ -8,6 +8,7 @@ import subprocess
 import pytest
 
 from ops.experiments import ablation as ab
+from ops.experiments import ablation_plots as plots
 from ops.experiments import ablation_report as rep
 from ops.experiments import ablation_studies as studies
 
@@ -18,6 +19,20 @@ def write_log(run_dir, evals, updates):
     lines = [{"event": "eval", **e} for e in evals]
     lines += [{"event": "update", **u} for u in updates]
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+
+
+def linear_curve(gain: float, resets: int) -> rep.Curve:
+    """Evaluations every 20 updates and 30 s from 0.3, rising by `gain` over 60 updates."""
+    steps = [0, 20, 40, 60]
+    return rep.Curve(
+        steps=steps,
+        seconds=[0.0, 30.0, 60.0, 90.0],
+        pass_at_1=[0.3 + gain * s / 60 for s in steps],
+        duration=90.0,
+        updates=60,
+        resets=resets,
+        samples=100,
+    )
 
 
 def test_window_mean_takes_the_last_third_or_the_last_value_before():
@@ -52,21 +67,12 @@ def test_read_curve_subtracts_evaluation_time(tmp_path):
 
 
 def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
-    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(plots, "PLOTS", tmp_path / "plots")
     monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
     curves = {}
     for arm, gain in (("gpo", 0.1), ("none", 0.0), ("random", 0.05)):
         for seed in (0, 1):
-            steps = [0, 20, 40, 60]
-            curves[(arm, seed)] = rep.Curve(
-                steps=steps,
-                seconds=[0.0, 30.0, 60.0, 90.0],
-                pass_at_1=[0.3 + gain * s / 60 for s in steps],
-                duration=90.0,
-                updates=60,
-                resets=10,
-                samples=100,
-            )
+            curves[(arm, seed)] = linear_curve(gain, resets=10)
     text = rep.study_report("selection", studies.STUDIES["selection"], curves, [0, 1], 3.0)
     # equal time: window (60, 90] s holds only the evaluation at 90 s (step 60) -> 0.3 + gain
     assert "| GPO (mc) | 2 | 0.300 | 0.400 ± 0.000" in text
@@ -84,19 +90,10 @@ def test_study_report_compares_arms_at_the_common_window(tmp_path, monkeypatch):
 def test_the_map_report_pairs_arms_within_each_cell_and_plots_the_cells_it_has(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(plots, "PLOTS", tmp_path / "plots")
     monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
-    steps = [0, 20, 40, 60]
     curves = {
-        (f"{arm}@{cell}", seed): rep.Curve(
-            steps=steps,
-            seconds=[0.0, 30.0, 60.0, 90.0],
-            pass_at_1=[0.3 + gain * s / 60 for s in steps],
-            duration=90.0,
-            updates=60,
-            resets=0,
-            samples=100,
-        )
+        (f"{arm}@{cell}", seed): linear_curve(gain, resets=0)
         for cell, arm, gain in (
             ("L8-d1", "ppo", 0.0),
             ("L8-d1", "gpo-group", 0.1),
@@ -318,7 +315,7 @@ def test_a_run_that_shared_the_machine_is_flagged_by_the_cpu_others_used():
 
 
 def test_the_async_study_splits_an_update_into_waiting_and_training(tmp_path, monkeypatch):
-    monkeypatch.setattr(rep, "PLOTS", tmp_path / "plots")
+    monkeypatch.setattr(plots, "PLOTS", tmp_path / "plots")
     monkeypatch.setattr(rep, "machine_line", lambda: "test machine")
 
     def curve(updates: int, update_seconds: float) -> rep.Curve:
