@@ -214,7 +214,7 @@ def study_report(
         rows = [
             row
             for a, b, what in pairs
-            for row in paired_rows(runs, seeds, t_end, a, b, what, labels)
+            for row in paired_rows(paired_runs(runs, seeds, a, b), t_end, a, b, what, labels)
         ]
         if rows:
             tables.append(
@@ -377,8 +377,8 @@ def map_report(
         cells[cell] = runs
         t_end = min(c.duration for c in runs.values())
         for a, b, what in study.pairs:
-            n = sum((a, s) in runs and (b, s) in runs for s in seeds)
-            rows += [[cell, n, *r] for r in paired_rows(runs, seeds, t_end, a, b, what, labels)]
+            pairs = paired_runs(runs, seeds, a, b)
+            rows += [[cell, len(pairs), *r] for r in paired_rows(pairs, t_end, a, b, what, labels)]
         per_run += [
             [cell, f"{labels[a]} s{s}", c.updates, f"{c.pass_at_1[0]:.3f} → {c.pass_at_1[-1]:.3f}"]
             for (a, s), c in runs.items()
@@ -418,9 +418,15 @@ def comparisons(study: Study) -> list[tuple[str, list[tuple[str, str, str]]]]:
     return out
 
 
+def paired_runs(
+    runs: dict[tuple[str, int], Curve], seeds: list[int], a: str, b: str
+) -> list[tuple[Curve, Curve]]:
+    """(a's run, b's run) for each seed that has both: the pairs a paired difference is over."""
+    return [(runs[(a, s)], runs[(b, s)]) for s in seeds if (a, s) in runs and (b, s) in runs]
+
+
 def paired_rows(
-    runs: dict[tuple[str, int], Curve],
-    seeds: list[int],
+    pairs: list[tuple[Curve, Curve]],
     t_end: float,
     a: str,
     b: str,
@@ -428,8 +434,8 @@ def paired_rows(
     labels: dict[str, str],
 ) -> list[list[str]]:
     """a − b at equal time (T), at equal updates (U: the most both reached in every seed)
-    and, when the runs know them, at equal generated tokens (G, likewise), paired by seed."""
-    pairs = [(runs[(a, s)], runs[(b, s)]) for s in seeds if (a, s) in runs and (b, s) in runs]
+    and, when the runs know them, at equal generated tokens (G, likewise), over `pairs`
+    (`paired_runs`)."""
     if not pairs:
         return []
     u_end = min(min(x.steps[-1], y.steps[-1]) for x, y in pairs)
