@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ops.harness import PLOTS
 
 if TYPE_CHECKING:
@@ -52,8 +54,6 @@ def _plot_arms(
     axes, arms: tuple[tuple[str, str], ...], runs: dict[tuple[str, int], Curve], seeds: list[int]
 ) -> None:
     """Each arm's mean over seeds and min-max band on (updates, seconds) axes."""
-    import numpy as np
-
     for arm, label in arms:
         cs = [runs[(arm, s)] for s in seeds if (arm, s) in runs]
         if not cs:
