@@ -658,7 +658,7 @@ def test_15_memory_plateaus_streams_trimmed_nothing_pending_lost(tmp_path, make_
         # long the oldest entry stays pending (acked entries behind it stay until it goes),
         # so the test is on the trend over the whole watch, not on two windows' maxima: an
         # untrimmed stream grows by every entry produced, a trimmed one by none on average.
-        times, entries, size, produced = (list(x) for x in zip(*seen))
+        times, entries, size, produced = zip(*seen)
         shown = [(round(t), n, b // 1024, p) for t, n, b, p in seen[::5]]
         rate = linear_regression(times, produced).slope
         growth = linear_regression(times, entries).slope
